@@ -1,0 +1,95 @@
+"""FastAPI dependencies as `Annotated` aliases. Values come from lifespan state, never module globals."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+import openai
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import ValidationFailed
+from app.services.auth import Authenticator, Principal
+from app.settings import Settings
+from app.state import AppState
+
+# auto_error=False: a missing header is answered by our own 401 envelope, not FastAPI's 403.
+bearer_scheme = HTTPBearer(auto_error=False, description="A Parley API key (pk_…) or a JWT.")
+admin_scheme = HTTPBearer(auto_error=False, scheme_name="AdminToken", description="PARLEY_ADMIN_TOKEN")
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.parley
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_upstream(state: StateDep) -> openai.AsyncOpenAI:
+    return state.upstream
+
+
+UpstreamDep = Annotated[openai.AsyncOpenAI, Depends(get_upstream)]
+
+
+async def get_db(state: StateDep) -> AsyncIterator[AsyncSession]:
+    """One transaction per request, committed when the handler returns without error."""
+    async with state.sessionmaker() as db:
+        yield db
+        await db.commit()
+
+
+DbDep = Annotated[AsyncSession, Depends(get_db)]
+
+
+def get_authenticator(state: StateDep) -> Authenticator:
+    return state.authenticator
+
+
+async def get_principal(
+    authenticator: Annotated[Authenticator, Depends(get_authenticator)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    return await authenticator.authenticate(credentials.credentials if credentials else None)
+
+
+UserDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def require_admin(
+    authenticator: Annotated[Authenticator, Depends(get_authenticator)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_scheme)],
+) -> None:
+    authenticator.check_admin(credentials.credentials if credentials else None)
+
+
+AdminDep = Depends(require_admin)
+
+
+class ListParams:
+    """`limit`, `after`, `order` of every list route."""
+
+    def __init__(
+        self,
+        limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1-100.")] = 20,
+        after: Annotated[str | None, Query(max_length=64, description="Return items after this id.")] = None,
+        order: Annotated[Literal["asc", "desc"] | None, Query(description="By creation time.")] = None,
+    ) -> None:
+        if after is not None and ("\x00" in after or not after.isascii()):
+            raise ValidationFailed("Invalid cursor.", param="after")
+        self.limit = limit
+        self.after = after
+        self.order = order
+
+
+ListDep = Annotated[ListParams, Depends()]

@@ -1,0 +1,82 @@
+"""Render every error in the contract's envelope: {"error": {type, code, message, param}}."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import ParleyError
+
+logger = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("authentication_error", "invalid_credentials"),
+    403: ("permission_error", "forbidden"),
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+}
+
+
+def error_response(
+    status: int,
+    type_: str,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"type": type_, "code": code, "message": message, "param": param}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _parley_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ParleyError)
+    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers or None)
+
+
+def _location(loc: tuple[int | str, ...]) -> str | None:
+    # Drop the "body"/"query"/"path" source so `param` names the field as the client wrote it.
+    parts = [str(part) for part in loc[1:]] if len(loc) > 1 else [str(part) for part in loc]
+    return ".".join(parts) or None
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"msg": "Invalid request.", "loc": (), "type": "value_error"}
+    if first.get("type") == "json_invalid":
+        return error_response(400, "invalid_request_error", "invalid_json", "The request body is not valid JSON.")
+    param = _location(tuple(first.get("loc", ())))
+    code = "unknown_parameter" if first.get("type") == "extra_forbidden" else "invalid_value"
+    message = f"Invalid '{param}': {first.get('msg')}." if param else f"{first.get('msg')}."
+    if len(errors) > 1:
+        message += f" ({len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return error_response(422, "invalid_request_error", code, message, param)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    type_, code = _HTTP_CODES.get(exc.status_code, ("invalid_request_error", "http_error"))
+    message = exc.detail if isinstance(exc.detail, str) else "Request failed."
+    if exc.status_code == 404 and message == "Not Found":
+        message = "No such route."
+    return error_response(exc.status_code, type_, code, message, headers=dict(exc.headers or {}))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("request.unhandled_error", extra={"path": request.url.path})
+    return error_response(500, "server_error", "internal_error", "Parley hit an unexpected error.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ParleyError, _parley_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,40 @@
+"""Pieces shared by the routers: list envelopes and documented error responses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from app.api.schemas import ErrorEnvelope, ListResponse
+
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+def list_response(
+    items: Sequence[S], has_more: bool, render: Callable[[S], R], id_of: Callable[[R], str]
+) -> ListResponse[R]:
+    data = [render(item) for item in items]
+    return ListResponse[R](
+        data=data,
+        first_id=id_of(data[0]) if data else None,
+        last_id=id_of(data[-1]) if data else None,
+        has_more=has_more,
+    )
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "Malformed request (e.g. invalid JSON).",
+        401: "Missing or invalid credentials.",
+        403: "The credential may not use this route.",
+        404: "No such object for this user.",
+        409: "Conflicts with the current state.",
+        413: "Request body too large.",
+        415: "Request body is not JSON.",
+        422: "A field is invalid or unknown.",
+        429: "Rate limited; see Retry-After.",
+        502: "The upstream model service failed.",
+        504: "The upstream model service timed out.",
+    }
+    return {status: {"model": ErrorEnvelope, "description": descriptions[status]} for status in statuses}

@@ -1,0 +1,92 @@
+"""/v1/sessions: a user's chat threads and their history."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
+
+from app.api.deps import DbDep, ListDep, SettingsDep, UpstreamDep, UserDep
+from app.api.routes.common import errors, list_response
+from app.api.schemas import (
+    ListResponse,
+    MessageRead,
+    SessionCreate,
+    SessionDeleted,
+    SessionRead,
+    SessionUpdate,
+)
+from app.services import sessions as sessions_service
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=errors(400, 401, 413, 415, 422))
+
+SessionId = Annotated[str, Path(min_length=1, max_length=64, description="A `sess_…` id.")]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(429, 502, 504))
+async def create_session(
+    body: SessionCreate, db: DbDep, user: UserDep, settings: SettingsDep, upstream: UpstreamDep
+) -> SessionRead:
+    """Create a session and its upstream Conversation; `messages` imports a Chat Completions history."""
+    session = await sessions_service.create_session(
+        db,
+        settings=settings,
+        upstream=upstream,
+        principal=user,
+        title=body.title,
+        metadata=body.metadata or {},
+        prompt=body.prompt.model_dump(exclude_none=True) if body.prompt else None,
+        model=body.model,
+        messages=[sessions_service.ImportedMessage(m.role, m.content) for m in body.messages or []],
+    )
+    return SessionRead.of(session)
+
+
+@router.get("")
+async def list_sessions(db: DbDep, user: UserDep, page: ListDep) -> ListResponse[SessionRead]:
+    result = await sessions_service.list_sessions(
+        db, principal=user, limit=page.limit, after=page.after, order=page.order or "desc"
+    )
+    return list_response(result.items, result.has_more, SessionRead.of, lambda s: s.id)
+
+
+@router.get("/{session_id}", responses=errors(404))
+async def get_session(session_id: SessionId, db: DbDep, user: UserDep) -> SessionRead:
+    return SessionRead.of(await sessions_service.get_session(db, principal=user, session_id=session_id))
+
+
+@router.patch("/{session_id}", responses=errors(404))
+async def update_session(
+    session_id: SessionId, body: SessionUpdate, db: DbDep, user: UserDep, settings: SettingsDep
+) -> SessionRead:
+    """Change the title, metadata or pinned prompt; fields left out stay as they are."""
+    changes = {name: getattr(body, name) for name in body.model_fields_set & {"title", "metadata", "prompt"}}
+    if "metadata" in changes:
+        changes["metadata"] = changes["metadata"] or {}
+    if changes.get("prompt") is not None:
+        changes["prompt"] = changes["prompt"].model_dump(exclude_none=True)
+    session = await sessions_service.update_session(
+        db, settings=settings, principal=user, session_id=session_id, **changes
+    )
+    return SessionRead.of(session)
+
+
+@router.delete("/{session_id}", responses=errors(404, 502, 504))
+async def delete_session(session_id: SessionId, db: DbDep, user: UserDep, upstream: UpstreamDep) -> SessionDeleted:
+    """Delete the session and its upstream Conversation."""
+    deleted_id = await sessions_service.delete_session(db, upstream=upstream, principal=user, session_id=session_id)
+    return SessionDeleted(id=deleted_id)
+
+
+@router.get("/{session_id}/messages", responses=errors(404))
+async def list_messages(session_id: SessionId, db: DbDep, user: UserDep, page: ListDep) -> ListResponse[MessageRead]:
+    """The session's history, from Parley's database (oldest first by default)."""
+    result = await sessions_service.list_messages(
+        db,
+        principal=user,
+        session_id=session_id,
+        limit=page.limit,
+        after=page.after,
+        order=page.order or "asc",
+    )
+    return list_response(result.items, result.has_more, MessageRead.of, lambda m: m.id)

@@ -1,0 +1,141 @@
+"""`parley serve | migrate | keys create | simulator`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from app.settings import Settings
+
+LOOPBACK_FOR_WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}  # noqa: S104
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from app.main import create_app
+
+    settings = Settings()
+    if settings.uses_simulator and not settings.openai_base_url and not settings.public_base_url:
+        # The simulator is mounted on this same server; Parley reaches it over loopback.
+        host = LOOPBACK_FOR_WILDCARD.get(args.host, args.host)
+        settings = settings.model_copy(update={"public_base_url": f"http://{host}:{args.port}"})
+    _configure_logging(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=args.graceful_shutdown,
+    )
+    return 0
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from app.db.engine import build_engine
+    from app.db.migrate import current_revision, upgrade
+
+    settings = Settings()
+    _configure_logging(settings)
+
+    async def run() -> str | None:
+        engine = build_engine(settings.database_url)
+        try:
+            await upgrade(engine, directory=settings.migrations_dir)
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    revision = asyncio.run(run())
+    print(f"database migrated to {revision}")
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from app.db.engine import build_engine, build_sessionmaker
+    from app.db.migrate import upgrade
+    from app.services.api_keys import issue_key_for_name
+
+    settings = Settings()
+
+    async def run() -> tuple[str, str, str]:
+        engine = build_engine(settings.database_url)
+        try:
+            if settings.is_sqlite:
+                await upgrade(engine, directory=settings.migrations_dir)
+            async with build_sessionmaker(engine)() as db, db.begin():
+                issued = await issue_key_for_name(db, user_name=args.user, key_name=args.name)
+                return issued.user.id, issued.record.id, issued.secret
+        finally:
+            await engine.dispose()
+
+    if not args.user.strip() or "\x00" in args.user or len(args.user) > 255:
+        print("error: --user must be a non-empty name of at most 255 characters", file=sys.stderr)
+        return 2
+    user_id, key_id, secret = asyncio.run(run())
+    print(f"Created API key {key_id} for user '{args.user}' ({user_id}). It is shown only once:")
+    print(secret)
+    return 0
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    from app.simulator import create_simulator_app
+
+    settings = Settings()
+    _configure_logging(settings)
+    uvicorn.run(
+        create_simulator_app(prompts_path=settings.simulator_prompts_file),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description="A stateful chat backend for the OpenAI Responses API.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--graceful-shutdown", type=float, default=20.0, help="seconds to finish open turns")
+    serve.set_defaults(handler=_serve)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database to the latest schema")
+    migrate.set_defaults(handler=_migrate)
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser("create", help="create an API key (and the user, if new)")
+    create.add_argument("--user", required=True, help="the user's name")
+    create.add_argument("--name", default=None, help="a label for the key")
+    create.set_defaults(handler=_keys_create)
+
+    simulator = commands.add_parser("simulator", help="run the offline OpenAI-compatible simulator alone")
+    simulator.add_argument("--host", default="127.0.0.1")
+    simulator.add_argument("--port", type=int, default=8001)
+    simulator.set_defaults(handler=_simulator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

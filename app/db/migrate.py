@@ -1,0 +1,64 @@
+"""Running Alembic from inside Parley: the embedded database at start-up, `parley migrate`, readiness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.settings import PROJECT_ROOT
+
+
+def migrations_dir(configured: Path | None = None) -> Path:
+    """Where the Alembic chain lives: configured, beside the source tree, or in the working directory."""
+    for candidate in (configured, PROJECT_ROOT / "migrations", Path.cwd() / "migrations"):
+        if candidate is not None and (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("Alembic migrations not found; set PARLEY_MIGRATIONS_DIR")
+
+
+def alembic_config(directory: Path | None = None, *, url: str | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir(directory)))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def head_revision(directory: Path | None = None) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(directory)).get_current_head()
+
+
+async def upgrade(engine: AsyncEngine, *, revision: str = "head", directory: Path | None = None) -> None:
+    config = alembic_config(directory)
+
+    def _run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(_run)
+
+
+async def downgrade(engine: AsyncEngine, *, revision: str, directory: Path | None = None) -> None:
+    config = alembic_config(directory)
+
+    def _run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(_run)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    def _read(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(_read)

@@ -1,0 +1,73 @@
+"""Users and their API keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.ids import new_id
+from app.db.models import ApiKey, User
+from app.repositories.pagination import Order, Page, paginate
+
+
+async def get_user(db: AsyncSession, user_id: str) -> User | None:
+    return await db.get(User, user_id)
+
+
+async def get_user_by_name(db: AsyncSession, name: str) -> User | None:
+    return await db.scalar(select(User).where(User.name == name))
+
+
+async def create_user(db: AsyncSession, *, name: str) -> User:
+    user = User(id=new_id("user"), name=name)
+    db.add(user)
+    await db.flush()
+    return user
+
+
+async def get_or_create_user(db: AsyncSession, *, name: str) -> User:
+    """Race-safe: two first requests of one new JWT subject create exactly one user."""
+    user = await get_user_by_name(db, name)
+    if user is not None:
+        return user
+    try:
+        async with db.begin_nested():
+            return await create_user(db, name=name)
+    except IntegrityError:
+        existing = await get_user_by_name(db, name)
+        if existing is None:
+            raise
+        return existing
+
+
+async def list_users(db: AsyncSession, *, limit: int, after: str | None, order: Order) -> Page[User]:
+    return await paginate(db, select(User), User.id, limit=limit, after=after, order=order)
+
+
+async def create_api_key(db: AsyncSession, *, user_id: str, key_hash: str, prefix: str, name: str | None) -> ApiKey:
+    key = ApiKey(id=new_id("key"), user_id=user_id, key_hash=key_hash, prefix=prefix, name=name)
+    db.add(key)
+    await db.flush()
+    return key
+
+
+async def find_user_by_key_hash(db: AsyncSession, key_hash: str) -> User | None:
+    statement = (
+        select(User)
+        .join(ApiKey, ApiKey.user_id == User.id)
+        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    )
+    return await db.scalar(statement)
+
+
+async def list_api_keys(db: AsyncSession, *, user_id: str, limit: int, after: str | None, order: Order) -> Page[ApiKey]:
+    statement = select(ApiKey).where(ApiKey.user_id == user_id)
+    return await paginate(db, statement, ApiKey.id, limit=limit, after=after, order=order)
+
+
+async def revoke_api_key(db: AsyncSession, *, key_id: str, at: dt.datetime) -> ApiKey | None:
+    await db.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=at))
+    return await db.get(ApiKey, key_id, populate_existing=True)

@@ -1,0 +1,108 @@
+"""Who is calling: a Parley API key, a JWT from the deployment's identity provider, or the admin token."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.errors import AuthenticationFailed, PermissionDenied
+from app.repositories import users as users_repo
+from app.services.api_keys import hash_key, looks_like_api_key
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_CREDENTIAL_LENGTH = 8192
+HMAC_ALGORITHMS = ["HS256", "HS384", "HS512"]
+ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    name: str
+    via: str  # "api_key" | "jwt"
+
+
+class Authenticator:
+    """Verifies bearer credentials. One per app; holds the JWKS cache."""
+
+    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._settings = settings
+        self._sessionmaker = sessionmaker
+        self._jwks = (
+            jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=600, timeout=5) if settings.jwks_url else None
+        )
+
+    async def authenticate(self, credential: str | None) -> Principal:
+        if not credential or len(credential) > MAX_CREDENTIAL_LENGTH:
+            raise AuthenticationFailed()
+        if looks_like_api_key(credential):
+            return await self._from_api_key(credential)
+        if credential.count(".") == 2:
+            return await self._from_jwt(credential)
+        raise AuthenticationFailed()
+
+    def check_admin(self, credential: str | None) -> None:
+        """Admin routes: the admin token, or 401/403."""
+        if not credential:
+            raise AuthenticationFailed()
+        token = self._settings.admin_token
+        if token is not None and hmac.compare_digest(credential.encode(), token.get_secret_value().encode()):
+            return
+        raise PermissionDenied("Admin routes need the admin token.", code="admin_only")
+
+    async def _from_api_key(self, credential: str) -> Principal:
+        # Its own short transaction: the request's database session stays untouched until needed.
+        async with self._sessionmaker() as db:
+            user = await users_repo.find_user_by_key_hash(db, hash_key(credential))
+        if user is None:
+            raise AuthenticationFailed("Invalid API key.", code="invalid_api_key")
+        return Principal(user_id=user.id, name=user.name, via="api_key")
+
+    async def _from_jwt(self, token: str) -> Principal:
+        claims = await self._verify_jwt(token)
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject or len(subject) > 255 or "\x00" in subject:
+            raise AuthenticationFailed("The token has no usable 'sub' claim.", code="invalid_token")
+        async with self._sessionmaker() as db, db.begin():
+            user = await users_repo.get_or_create_user(db, name=subject)
+        return Principal(user_id=user.id, name=user.name, via="jwt")
+
+    async def _verify_jwt(self, token: str) -> dict[str, Any]:
+        settings = self._settings
+        options = {"require": ["exp", "sub"], "verify_aud": settings.jwt_audience is not None}
+        try:
+            header = jwt.get_unverified_header(token)
+            algorithm = header.get("alg")
+            if self._jwks is not None and algorithm in ASYMMETRIC_ALGORITHMS:
+                # PyJWKClient fetches with blocking urllib; keep it off the event loop.
+                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+                key: Any = signing_key.key
+                allowed = [a for a in settings.jwt_algorithms if a in ASYMMETRIC_ALGORITHMS]
+            elif settings.jwt_secret is not None and algorithm in HMAC_ALGORITHMS:
+                key = settings.jwt_secret.get_secret_value()
+                allowed = [a for a in settings.jwt_algorithms if a in HMAC_ALGORITHMS]
+            else:
+                raise AuthenticationFailed("Token algorithm not accepted.", code="invalid_token")
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=allowed,
+                audience=settings.jwt_audience,
+                issuer=settings.jwt_issuer,
+                options=options,  # type: ignore[arg-type]
+                leeway=30,
+            )
+        except jwt.ExpiredSignatureError as error:
+            raise AuthenticationFailed("The token has expired.", code="token_expired") from error
+        except (jwt.PyJWTError, ValueError) as error:
+            logger.info("auth.jwt_rejected", extra={"reason": type(error).__name__})
+            raise AuthenticationFailed("Invalid token.", code="invalid_token") from error
+        return claims

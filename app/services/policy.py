@@ -1,0 +1,35 @@
+"""What a client may choose: models and dashboard prompts (PARLEY_ALLOWED_MODELS / _PROMPTS).
+
+An empty list lets clients pick only the deployment's defaults, because a client choosing the model is
+a client choosing the bill. `*` allows anything. On the embedded default (the simulator, which costs
+nothing) an empty list allows anything.
+"""
+
+from __future__ import annotations
+
+from app.errors import ValidationFailed
+from app.settings import Settings
+
+
+def _allowed(value: str, allowed: list[str], default: str | None, settings: Settings) -> bool:
+    if "*" in allowed or value in allowed or value == default:
+        return True
+    return not allowed and settings.uses_simulator
+
+
+def check_model(settings: Settings, model: str | None) -> None:
+    if model is not None and not _allowed(model, settings.allowed_models, settings.default_model, settings):
+        raise ValidationFailed(
+            f"Model '{model}' is not allowed on this deployment.", param="model", code="model_not_allowed"
+        )
+
+
+def check_prompt(settings: Settings, prompt_id: str | None) -> None:
+    if prompt_id is not None and not _allowed(
+        prompt_id, settings.allowed_prompts, settings.default_prompt_id, settings
+    ):
+        raise ValidationFailed(
+            f"Prompt '{prompt_id}' is not allowed on this deployment.",
+            param="prompt.id",
+            code="prompt_not_allowed",
+        )

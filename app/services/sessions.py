@@ -1,0 +1,139 @@
+"""Sessions: a user's chat threads, each owning one upstream Conversation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.base import utcnow
+from app.db.ids import new_id
+from app.db.models import ChatSession, Message
+from app.errors import NotFound
+from app.repositories import sessions as sessions_repo
+from app.repositories.pagination import Order, Page
+from app.services.auth import Principal
+from app.services.policy import check_model, check_prompt
+from app.settings import Settings
+from app.upstream import conversations as upstream_conversations
+
+logger = logging.getLogger(__name__)
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedMessage:
+    role: str
+    content: str
+
+
+def _not_found(session_id: str) -> NotFound:
+    return NotFound(f"No session with id '{session_id}'.", code="session_not_found", param="session_id")
+
+
+async def get_session(db: AsyncSession, *, principal: Principal, session_id: str) -> ChatSession:
+    session = await sessions_repo.get_owned_session(db, user_id=principal.user_id, session_id=session_id)
+    if session is None:
+        raise _not_found(session_id)
+    return session
+
+
+async def list_sessions(
+    db: AsyncSession, *, principal: Principal, limit: int, after: str | None, order: Order
+) -> Page[ChatSession]:
+    return await sessions_repo.list_owned_sessions(db, user_id=principal.user_id, limit=limit, after=after, order=order)
+
+
+async def create_session(
+    db: AsyncSession,
+    *,
+    settings: Settings,
+    upstream: openai.AsyncOpenAI,
+    principal: Principal,
+    title: str | None,
+    metadata: dict[str, str],
+    prompt: dict[str, Any] | None,
+    model: str | None,
+    messages: Sequence[ImportedMessage],
+) -> ChatSession:
+    check_model(settings, model)
+    check_prompt(settings, prompt["id"] if prompt else None)
+    session_id = new_id("sess")
+    # The upstream call comes first and outside any transaction: no row exists for a conversation that
+    # failed to be created, and no database lock is held while the network is awaited.
+    conversation_id = await upstream_conversations.create_conversation(
+        upstream,
+        metadata={"parley_session_id": session_id, "parley_user_id": principal.user_id},
+        items=[upstream_conversations.message_item(m.role, m.content) for m in messages],
+    )
+    now = utcnow()
+    session = ChatSession(
+        id=session_id,
+        user_id=principal.user_id,
+        conversation_id=conversation_id,
+        title=title,
+        metadata_=metadata,
+        prompt=prompt,
+        model=model,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        await sessions_repo.add_session(db, session)
+        await sessions_repo.add_messages(
+            db,
+            [
+                Message(id=new_id("msg"), session_id=session_id, role=m.role, content=m.content, created_at=now)
+                for m in messages
+            ],
+        )
+    except Exception:
+        await upstream_conversations.delete_conversation(upstream, conversation_id)
+        raise
+    logger.info("session.created", extra={"session_id": session_id, "conversation_id": conversation_id})
+    return session
+
+
+async def update_session(
+    db: AsyncSession,
+    *,
+    settings: Settings,
+    principal: Principal,
+    session_id: str,
+    title: str | None = _UNSET,
+    metadata: dict[str, str] = _UNSET,
+    prompt: dict[str, Any] | None = _UNSET,
+) -> ChatSession:
+    session = await get_session(db, principal=principal, session_id=session_id)
+    if title is not _UNSET:
+        session.title = title
+    if metadata is not _UNSET:
+        session.metadata_ = metadata
+    if prompt is not _UNSET:
+        check_prompt(settings, prompt["id"] if prompt else None)
+        session.prompt = prompt
+    session.updated_at = utcnow()
+    await db.flush()
+    return session
+
+
+async def delete_session(
+    db: AsyncSession, *, upstream: openai.AsyncOpenAI, principal: Principal, session_id: str
+) -> str:
+    session = await get_session(db, principal=principal, session_id=session_id)
+    await upstream_conversations.delete_conversation(upstream, session.conversation_id)
+    await sessions_repo.soft_delete_session(db, session, at=utcnow())
+    logger.info("session.deleted", extra={"session_id": session_id})
+    return session.id
+
+
+async def list_messages(
+    db: AsyncSession, *, principal: Principal, session_id: str, limit: int, after: str | None, order: Order
+) -> Page[Message]:
+    session = await get_session(db, principal=principal, session_id=session_id)
+    return await sessions_repo.list_messages(db, session_id=session.id, limit=limit, after=after, order=order)

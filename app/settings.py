@@ -1,0 +1,92 @@
+"""Configuration, read only through pydantic-settings.
+
+Every Parley setting has the `PARLEY_` prefix (environment or `.env`); the OpenAI client's own variables
+(`OPENAI_API_KEY`, `OPENAI_BASE_URL`) keep their standard names so an existing deployment's environment
+works unchanged. There is no module-level instance: `create_app(settings)` receives one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SQLITE_PATH = Path("var") / "parley.db"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # An empty OPENAI_API_KEY (e.g. passed through by compose) means "not set", not a key.
+        env_ignore_empty=True,
+        validate_by_name=True,
+    )
+
+    database_url: str = f"sqlite+aiosqlite:///{DEFAULT_SQLITE_PATH}"
+    database_pool_size: int = Field(default=10, ge=1)
+    database_pool_timeout_s: float = Field(default=10.0, gt=0)
+    migrations_dir: Path | None = None
+
+    admin_token: SecretStr | None = None
+
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "PARLEY_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "PARLEY_OPENAI_BASE_URL")
+    )
+    upstream_timeout_s: float = Field(default=600.0, gt=0)
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+
+    # The embedded simulator: mounted at /simulator when no OpenAI key is configured.
+    public_base_url: str | None = None
+    simulator_prompts_file: Path | None = None
+
+    default_prompt_id: str | None = None
+    default_prompt_version: str | None = None
+    default_model: str = "gpt-5-mini"
+    default_instructions: str = "You are a helpful assistant."
+    allowed_models: Annotated[list[str], NoDecode] = []
+    allowed_prompts: Annotated[list[str], NoDecode] = []
+    cors_origins: Annotated[list[str], NoDecode] = []
+
+    jwt_secret: SecretStr | None = None
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256", "RS256", "ES256"]
+
+    redis_url: str | None = None
+    tools: Annotated[list[str], NoDecode] = []
+    pricing_file: Path | None = None
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_title_chars: int = Field(default=200, ge=1)
+    max_message_chars: int = Field(default=32_000, ge=1)
+    max_import_messages: int = Field(default=1_000, ge=1)
+
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("allowed_models", "allowed_prompts", "cors_origins", "tools", "jwt_algorithms", mode="before")
+    @classmethod
+    def _split_comma_list(cls, value: object) -> object:
+        # Lists come from the environment as "a,b,c", which reads better in a compose file than JSON.
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def uses_simulator(self) -> bool:
+        """No OpenAI key: the embedded default, with the built-in simulator as the upstream."""
+        return self.openai_api_key is None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,22 @@
+"""What the lifespan builds and the request handlers use: one object on `app.state.parley`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import openai
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.services.auth import Authenticator
+from app.settings import Settings
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    upstream: openai.AsyncOpenAI
+    authenticator: Authenticator
+    upstream_base_url: str
+    head_revision: str | None

@@ -1,0 +1,55 @@
+"""Alembic environment: one chain for SQLite and Postgres.
+
+Parley runs migrations in-process (embedded SQLite at start-up, `parley migrate`, the test suite) by
+handing a live connection in `config.attributes["connection"]`; the plain `alembic` command line builds
+its own engine from Parley's settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from app.db import models  # noqa: F401  (registers every table on Base.metadata)
+from app.db.base import Base
+from app.db.engine import build_engine
+from app.settings import Settings
+
+target_metadata = Base.metadata
+
+
+def _configure_and_run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_with_own_engine(url: str) -> None:
+    engine = build_engine(url)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_configure_and_run)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+def run_migrations_online() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        _configure_and_run(connection)
+        return
+    url = context.config.get_main_option("sqlalchemy.url") or Settings().database_url
+    asyncio.run(_run_with_own_engine(url))
+
+
+if context.is_offline_mode():
+    raise SystemExit("Parley's migrations run online only (they need to know the dialect).")
+run_migrations_online()
