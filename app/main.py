@@ -79,6 +79,8 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="A stateful chat backend for the OpenAI Responses API.",
         lifespan=lifespan,
+        # An API answers a wrong path with 404, not a redirect a client would silently follow.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.include_router(health.router)

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SQLITE_PATH = Path("var") / "parley.db"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The id of the demo prompt shipped in app/simulator/prompts.json.
+SIMULATOR_DEMO_PROMPT_ID = "pmpt_parley_demo"
 
 
 class Settings(BaseSettings):
@@ -86,6 +88,13 @@ class Settings(BaseSettings):
     def uses_simulator(self) -> bool:
         """No OpenAI key: the embedded default, with the built-in simulator as the upstream."""
         return self.openai_api_key is None
+
+    @property
+    def effective_default_prompt_id(self) -> str | None:
+        """On the embedded default the simulator's demo prompt is the default, so a first message works."""
+        if self.default_prompt_id:
+            return self.default_prompt_id
+        return SIMULATOR_DEMO_PROMPT_ID if self.uses_simulator else None
 
     @property
     def is_sqlite(self) -> bool:

@@ -235,9 +235,7 @@ def test_hadolint_finds_nothing() -> None:
 
 def test_the_image_is_built_in_stages() -> None:
     assert len(stages()) >= 2
-    copied_from = {
-        split_flags(ins.args)[0].get("from") for ins in final_stage().all("COPY") if "--from" in ins.args
-    }
+    copied_from = {split_flags(ins.args)[0].get("from") for ins in final_stage().all("COPY") if "--from" in ins.args}
     assert copied_from & {stage.name for stage in stages()[:-1]}, "the final stage copies from no builder"
 
 
@@ -379,8 +377,7 @@ def test_the_database_has_a_readiness_check_and_keeps_its_data() -> None:
     assert "pg_isready" in " ".join(db["healthcheck"]["test"])
     volumes = [str(volume).split(":") for volume in db["volumes"]]
     assert any(
-        name in compose().get("volumes", {}) and target == "/var/lib/postgresql/data"
-        for name, target, *_ in volumes
+        name in compose().get("volumes", {}) and target == "/var/lib/postgresql/data" for name, target, *_ in volumes
     )
 
 

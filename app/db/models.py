@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, Money, PortableJSON, UTCDateTime, utcnow
@@ -71,3 +71,83 @@ class Message(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (Index("ix_messages_session_id_id", "session_id", "id"),)
+
+
+TURN_IN_FLIGHT_STATUSES = ("queued", "in_progress")
+TURN_FINAL_STATUSES = ("completed", "incomplete", "failed", "cancelled", "requires_action")
+_IN_FLIGHT_SQL = "status IN ('queued', 'in_progress')"
+
+
+class Turn(Base):
+    """One user message and everything the assistant did to answer it."""
+
+    __tablename__ = "turns"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(24))
+    input: Mapped[Any] = mapped_column(PortableJSON)
+    # What was sent upstream, resolved from message → session → deployment defaults.
+    request: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", PortableJSON, default=dict)
+    output_text: Mapped[str] = mapped_column(Text, default="")
+    response_ids: Mapped[list[str]] = mapped_column(PortableJSON, default=list)
+    usage: Mapped[dict[str, int] | None] = mapped_column(PortableJSON)
+    cost_usd: Mapped[Decimal | None] = mapped_column(Money())
+    error: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # The process running the turn (see Runner); lets a live replica tell its turns from a dead one's.
+    runner_id: Mapped[str | None] = mapped_column(String(64))
+    cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_event_id: Mapped[int | None] = mapped_column(Integer)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_turns_session_id_id", "session_id", "id"),
+        Index("uq_turns_user_id_idempotency_key", "user_id", "idempotency_key", unique=True),
+        # One turn in flight per session, enforced by the database so it holds across processes.
+        Index(
+            "uq_turns_session_in_flight",
+            "session_id",
+            unique=True,
+            sqlite_where=text(_IN_FLIGHT_SQL),
+            postgresql_where=text(_IN_FLIGHT_SQL),
+        ),
+        Index("ix_turns_status_runner_id", "status", "runner_id"),
+    )
+
+
+class UsageRecord(Base):
+    """The cost ledger: one row per upstream response, never two (unique on the response id)."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    response_id: Mapped[str] = mapped_column(String(128), unique=True)
+    turn_id: Mapped[str] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[str] = mapped_column(String(40), index=True)
+    user_id: Mapped[str] = mapped_column(String(40), index=True)
+    model: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(24))
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cached_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    total_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal | None] = mapped_column(Money())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RunnerHeartbeat(Base):
+    """Each live Parley process beats here; turns of a runner that stopped beating are reconciled."""
+
+    __tablename__ = "runner_heartbeats"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    beat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -82,8 +82,7 @@ def integer_out_of_range(param: str, value: int, *, minimum: int | None, maximum
     if minimum is not None and value < minimum:
         return SimulatorError(
             400,
-            f"Invalid '{param}': integer below minimum value. Expected a value >= {minimum}, "
-            f"but got {value} instead.",
+            f"Invalid '{param}': integer below minimum value. Expected a value >= {minimum}, but got {value} instead.",
             param=param,
             code="integer_below_min_value",
         )

@@ -19,11 +19,14 @@ _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])")
 _ECHO_MAX_TOKENS = 24
 _DEFAULT_MIN_TOKENS = 12
 _DEFAULT_MAX_TOKENS = 40
-_FILLER = (
-    "the answer depends on a few details worth checking first and here is a short overview of them "
-    "in plain words so that each step stays clear simple and easy to follow while we keep the focus "
-    "on what matters most for you today with one more useful note about timing cost and quality"
-).split()
+_FILLER_SENTENCES = (
+    "Here is a short, deterministic answer from the simulator.",
+    "Each word arrives as its own token.",
+    "The same input always gets the same reply.",
+    "Nothing here comes from a real model.",
+    "Tokens are counted as words and punctuation marks.",
+    "Ask again and you will read these very sentences once more.",
+)
 
 
 def count_tokens(text: str) -> int:
@@ -57,13 +60,10 @@ def reply_tokens(*, user_text: str | None, tool_outputs: list[str], output_token
         target = min(_DEFAULT_MAX_TOKENS, max(_DEFAULT_MIN_TOKENS, len(tokens) + 4 + seed % 9))
     else:
         target = output_tokens
-    position = seed
+    sentence = seed
     while len(tokens) < target:
-        position = (position * 1103515245 + 12345) & 0x7FFFFFFF
-        word = _FILLER[position % len(_FILLER)]
-        tokens.append(" " + word)
-        if len(tokens) % 12 == 0 and len(tokens) < target:
-            tokens.append(".")
+        tokens.extend(split_tokens(" " + _FILLER_SENTENCES[sentence % len(_FILLER_SENTENCES)]))
+        sentence += 1
     return tokens[:target]
 
 

@@ -50,9 +50,7 @@ def optional_bool(body: JsonObject, key: str) -> bool | None:
     raise invalid_type(key, "a boolean", value)
 
 
-def optional_int(
-    body: JsonObject, key: str, *, minimum: int | None = None, maximum: int | None = None
-) -> int | None:
+def optional_int(body: JsonObject, key: str, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
     value = body.get(key)
     if value is None:
         return None

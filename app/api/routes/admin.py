@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, status
 
 from app.api.deps import AdminDep, DbDep, ListDep
-from app.api.routes.common import errors, list_response
+from app.api.routes.common import KeyId, UserId, errors, list_response
 from app.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead, ListResponse, UserCreate, UserRead
 from app.db.base import utcnow
 from app.errors import Conflict, NotFound
@@ -20,9 +18,6 @@ router = APIRouter(
     dependencies=[AdminDep],
     responses=errors(400, 401, 403, 413, 415, 422),
 )
-
-UserId = Annotated[str, Path(min_length=1, max_length=64)]
-KeyId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 @router.post("/users", status_code=status.HTTP_201_CREATED, responses=errors(409))

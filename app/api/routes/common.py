@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Path
 
 from app.api.schemas import ErrorEnvelope, ListResponse
 
@@ -38,3 +40,14 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         504: "The upstream model service timed out.",
     }
     return {status: {"model": ErrorEnvelope, "description": descriptions[status]} for status in statuses}
+
+
+def _id_path(prefix: str) -> Any:
+    # Anything not id-shaped is refused before any query runs (NUL bytes, path tricks, 10 kB ids).
+    return Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description=f"A `{prefix}_…` id.")
+
+
+SessionId = Annotated[str, _id_path("sess")]
+TurnId = Annotated[str, _id_path("turn")]
+UserId = Annotated[str, _id_path("user")]
+KeyId = Annotated[str, _id_path("key")]

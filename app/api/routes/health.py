@@ -36,4 +36,3 @@ async def readyz(state: StateDep) -> Health:
     if revision != head:
         raise ServiceUnavailable(f"The database is at {revision}, not at head {head}.", code="migrations_pending")
     return Health(status="ready", database="ok", revision=revision)
-

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, status
 
 from app.api.deps import DbDep, ListDep, SettingsDep, UpstreamDep, UserDep
-from app.api.routes.common import errors, list_response
+from app.api.routes.common import SessionId, errors, list_response
 from app.api.schemas import (
     ListResponse,
     MessageRead,
@@ -19,8 +17,6 @@ from app.api.schemas import (
 from app.services import sessions as sessions_service
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=errors(400, 401, 413, 415, 422))
-
-SessionId = Annotated[str, Path(min_length=1, max_length=64, description="A `sess_…` id.")]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=errors(429, 502, 504))

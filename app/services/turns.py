@@ -1,0 +1,284 @@
+"""Turns: starting one (a short transaction), reading them, and asking for a cancel."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.base import utcnow
+from app.db.ids import new_id
+from app.db.models import ChatSession, Message, Turn
+from app.errors import Conflict, NotFound, ValidationFailed
+from app.repositories import sessions as sessions_repo
+from app.repositories import turns as turns_repo
+from app.repositories.pagination import Order, Page
+from app.services.auth import Principal
+from app.services.policy import check_model, check_prompt
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """A validated `POST …/messages` body."""
+
+    input: str | list[dict[str, Any]]
+    prompt: dict[str, Any] | None = None
+    prompt_variables: dict[str, str] | None = None
+    model: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    stream: bool = True
+
+    def fingerprint(self, session_id: str) -> str:
+        """What makes two sends 'the same request' for an Idempotency-Key (stream mode aside)."""
+        payload = {
+            "session_id": session_id,
+            "input": self.input,
+            "prompt": self.prompt,
+            "prompt_variables": self.prompt_variables,
+            "model": self.model,
+            "metadata": self.metadata,
+        }
+        return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StartedTurn:
+    turn: Turn
+    session: ChatSession
+    replayed: bool  # an earlier request with the same Idempotency-Key made this turn
+
+
+def safety_identifier(user_id: str) -> str:
+    """A stable, non-reversible id of the user for OpenAI's abuse monitoring (≤ 64 chars)."""
+    return hashlib.sha256(f"parley:{user_id}".encode()).hexdigest()[:64]
+
+
+def input_text(value: str | list[dict[str, Any]]) -> str:
+    """The user's words as they go into the history: the text parts of the input."""
+    if isinstance(value, str):
+        return value
+    parts: list[str] = []
+    for item in value:
+        content = item.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(
+                str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "input_text"
+            )
+    return "\n".join(parts)
+
+
+def resolve_upstream_body(
+    settings: Settings, *, session: ChatSession, request: TurnRequest, principal: Principal, turn_id: str
+) -> dict[str, Any]:
+    """prompt and model: message overrides → session → deployment default."""
+    check_model(settings, request.model)
+    check_prompt(settings, request.prompt["id"] if request.prompt else None)
+    prompt: dict[str, Any] | None = None
+    if request.prompt is not None:
+        prompt = dict(request.prompt)
+    elif session.prompt:
+        prompt = dict(session.prompt)
+    elif settings.effective_default_prompt_id:
+        prompt = {"id": settings.effective_default_prompt_id}
+        if settings.default_prompt_version:
+            prompt["version"] = settings.default_prompt_version
+    if prompt is not None and request.prompt_variables:
+        prompt["variables"] = {**(prompt.get("variables") or {}), **request.prompt_variables}
+    body: dict[str, Any] = {
+        "conversation": session.conversation_id,
+        "input": [{"role": "user", "content": request.input}] if isinstance(request.input, str) else request.input,
+        "store": True,
+        "stream": True,
+        "safety_identifier": safety_identifier(principal.user_id),
+        "metadata": {"parley_session_id": session.id, "parley_turn_id": turn_id},
+    }
+    model = request.model or session.model
+    if prompt is not None:
+        body["prompt"] = prompt
+        if model:
+            body["model"] = model
+    else:
+        body["model"] = model or settings.default_model
+        body["instructions"] = settings.default_instructions
+    return body
+
+
+async def start_turn(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    settings: Settings,
+    principal: Principal,
+    session_id: str,
+    request: TurnRequest,
+    idempotency_key: str | None,
+    runner_id: str,
+) -> StartedTurn:
+    """One short transaction: idempotency, the one-turn-in-flight rule, the turn row, the user message."""
+    fingerprint = request.fingerprint(session_id)
+    async with sessionmaker() as db:
+        try:
+            async with db.begin():
+                session = await sessions_repo.get_owned_session(db, user_id=principal.user_id, session_id=session_id)
+                if session is None:
+                    raise NotFound(f"No session with id '{session_id}'.", code="session_not_found", param="session_id")
+                if idempotency_key is not None:
+                    existing = await turns_repo.find_by_idempotency_key(
+                        db, user_id=principal.user_id, key=idempotency_key
+                    )
+                    if existing is not None:
+                        return StartedTurn(_check_same(existing, fingerprint), session, replayed=True)
+                running = await turns_repo.find_in_flight(db, session_id=session_id)
+                if running is not None:
+                    raise _in_progress(running.id)
+                turn_id = new_id("turn")
+                body = resolve_upstream_body(
+                    settings, session=session, request=request, principal=principal, turn_id=turn_id
+                )
+                now = utcnow()
+                turn = Turn(
+                    id=turn_id,
+                    session_id=session_id,
+                    user_id=principal.user_id,
+                    status="in_progress",
+                    input=request.input,
+                    request=body,
+                    metadata_=request.metadata,
+                    output_text="",
+                    response_ids=[],
+                    idempotency_key=idempotency_key,
+                    request_fingerprint=fingerprint,
+                    runner_id=runner_id,
+                    created_at=now,
+                )
+                await turns_repo.add_turn(db, turn)
+                await sessions_repo.add_messages(
+                    db,
+                    [
+                        Message(
+                            id=new_id("msg"),
+                            session_id=session_id,
+                            turn_id=turn_id,
+                            role="user",
+                            content=input_text(request.input),
+                            status="completed",
+                            created_at=now,
+                        )
+                    ],
+                )
+                session.turn_count += 1
+                session.last_turn_at = now
+                session.updated_at = now
+                await db.flush()
+                return StartedTurn(turn, session, replayed=False)
+        except IntegrityError:
+            # Lost a race: a concurrent duplicate of this request, or another turn of the session.
+            return await _after_conflict(
+                sessionmaker, principal=principal, session_id=session_id, key=idempotency_key, fingerprint=fingerprint
+            )
+
+
+def _check_same(turn: Turn, fingerprint: str) -> Turn:
+    if turn.request_fingerprint != fingerprint:
+        raise ValidationFailed(
+            "This Idempotency-Key was used with a different request.",
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
+    return turn
+
+
+def _in_progress(turn_id: str) -> Conflict:
+    return Conflict(
+        "A turn is already in progress in this session; wait for it to finish or cancel it.",
+        code="turn_in_progress",
+        param=turn_id,
+    )
+
+
+async def _after_conflict(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    principal: Principal,
+    session_id: str,
+    key: str | None,
+    fingerprint: str,
+) -> StartedTurn:
+    async with sessionmaker() as db, db.begin():
+        session = await sessions_repo.get_owned_session(db, user_id=principal.user_id, session_id=session_id)
+        if session is None:
+            raise NotFound(f"No session with id '{session_id}'.", code="session_not_found", param="session_id")
+        if key is not None:
+            existing = await turns_repo.find_by_idempotency_key(db, user_id=principal.user_id, key=key)
+            if existing is not None:
+                return StartedTurn(_check_same(existing, fingerprint), session, replayed=True)
+        running = await turns_repo.find_in_flight(db, session_id=session_id)
+        raise _in_progress(running.id if running else "unknown")
+
+
+async def get_turn(db: AsyncSession, *, principal: Principal, session_id: str, turn_id: str) -> Turn:
+    turn = await turns_repo.get_owned_turn(db, user_id=principal.user_id, session_id=session_id, turn_id=turn_id)
+    if turn is None:
+        raise NotFound(f"No turn with id '{turn_id}' in this session.", code="turn_not_found", param="turn_id")
+    return turn
+
+
+async def list_turns(
+    db: AsyncSession, *, principal: Principal, session_id: str, limit: int, after: str | None, order: Order
+) -> Page[Turn]:
+    session = await sessions_repo.get_owned_session(db, user_id=principal.user_id, session_id=session_id)
+    if session is None:
+        raise NotFound(f"No session with id '{session_id}'.", code="session_not_found", param="session_id")
+    return await turns_repo.list_turns(db, session_id=session_id, limit=limit, after=after, order=order)
+
+
+async def request_cancel(
+    sessionmaker: async_sessionmaker[AsyncSession], *, principal: Principal, session_id: str, turn_id: str
+) -> Turn:
+    """Record the cancel on the turn, so whichever process runs it honours it."""
+    async with sessionmaker() as db, db.begin():
+        turn = await get_turn(db, principal=principal, session_id=session_id, turn_id=turn_id)
+        await turns_repo.request_cancel(db, turn_id=turn.id, at=utcnow())
+        return turn
+
+
+async def load_turn(sessionmaker: async_sessionmaker[AsyncSession], turn_id: str) -> Turn | None:
+    async with sessionmaker() as db:
+        return await turns_repo.get_turn(db, turn_id)
+
+
+def iso(moment: dt.datetime) -> str:
+    """ISO 8601 in UTC with a Z, as pydantic writes the other objects' timestamps."""
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def render_turn(turn: Turn, *, stream_url: str | None) -> dict[str, Any]:
+    """The contract's Turn object, as plain JSON-ready data (shared by the API and the event stream)."""
+    return {
+        "id": turn.id,
+        "object": "turn",
+        "session_id": turn.session_id,
+        "status": turn.status,
+        "input": turn.input,
+        "output_text": turn.output_text,
+        "response_ids": list(turn.response_ids or []),
+        "usage": turn.usage,
+        "cost_usd": f"{turn.cost_usd:.8f}" if turn.cost_usd is not None else None,
+        "error": turn.error,
+        "metadata": turn.metadata_ or {},
+        "created_at": iso(turn.created_at),
+        "completed_at": iso(turn.completed_at) if turn.completed_at else None,
+        "ttft_ms": turn.ttft_ms,
+        "duration_ms": turn.duration_ms,
+        "stream_url": stream_url,
+    }

@@ -1,0 +1,155 @@
+"""Turning a checked `POST /v1/responses` into a response ready to generate: context, usage, output plan."""
+
+from __future__ import annotations
+
+import copy
+
+from app.simulator.create_params import CreateParams
+from app.simulator.errors import SimulatorError, conversation_locked, conversation_not_found, missing_parameter
+from app.simulator.faults import GenerationFault
+from app.simulator.generation import (
+    count_tokens,
+    function_arguments,
+    reasoning_tokens,
+    reply_tokens,
+    stable_hash,
+    tools_to_call,
+)
+from app.simulator.items import (
+    check_tool_outputs_have_calls,
+    count_item_tokens,
+    newest_user_text,
+    output_text,
+)
+from app.simulator.json_types import JsonObject
+from app.simulator.prompts import ResolvedPrompt
+from app.simulator.response_object import initial_response
+from app.simulator.runner import (
+    Generation,
+    Pacing,
+    PlannedFunctionCall,
+    PlannedItem,
+    PlannedMessage,
+    PlannedReasoning,
+)
+from app.simulator.state import CachedPrefix, ResponseRecord, SimulatorState, StoredConversation
+
+
+def start_response(state: SimulatorState, params: CreateParams, fault: GenerationFault | None) -> ResponseRecord:
+    """Resolve prompt, conversation and history, lock the conversation, and store the response."""
+    prompt = state.prompts.resolve(params.prompt) if params.prompt is not None else None
+    model = params.model or (prompt.model if prompt else None)
+    if model is None:
+        raise missing_parameter("model")
+
+    conversation: StoredConversation | None = None
+    history: list[JsonObject] = []
+    cached_prefix: CachedPrefix | None = None
+    if params.conversation_id is not None:
+        conversation = state.conversations.get(params.conversation_id)
+        if conversation is None:
+            raise conversation_not_found(params.conversation_id, param="conversation")
+        if conversation.locked_by is not None:
+            raise conversation_locked()
+        history = list(conversation.items)
+        cached_prefix = conversation.cached_prefix
+    elif params.previous_response_id is not None:
+        previous = state.responses.get(params.previous_response_id)
+        if previous is None:
+            raise SimulatorError(
+                400,
+                f"Previous response with id '{params.previous_response_id}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        history = previous.context_items + previous.response["output"]
+        cached_prefix = CachedPrefix(previous.instructions_key, previous.input_tokens)
+    check_tool_outputs_have_calls(history + params.input_items)
+
+    instructions_text, instructions_echo = _instructions(params.instructions, prompt)
+    instructions_key = stable_hash(instructions_text)
+    prefix_tokens = count_tokens(instructions_text) + count_item_tokens(history)
+    input_tokens = prefix_tokens + count_item_tokens(params.input_items)
+    cached_tokens = 0
+    if cached_prefix is not None and cached_prefix.instructions_key == instructions_key:
+        cached_tokens = min(cached_prefix.tokens, prefix_tokens)
+
+    config = state.config
+    response = initial_response(params=params, model=model, instructions=instructions_echo, prompt=prompt)
+    new_items = copy.deepcopy(params.input_items)
+
+    def on_finish(status: str) -> None:
+        if conversation is None:
+            return
+        if conversation.locked_by == response["id"]:
+            conversation.locked_by = None
+        if status in ("completed", "incomplete"):
+            conversation.items.extend(new_items)
+            conversation.items.extend(copy.deepcopy(response["output"]))
+            conversation.cached_prefix = CachedPrefix(instructions_key, input_tokens)
+
+    generation = Generation(
+        response=response,
+        plan=_plan(params, model=model, history=history, output_tokens=config.output_tokens),
+        pacing=Pacing(config.tokens_per_second, config.first_token_delay_ms / 1000),
+        fault=fault,
+        input_tokens=input_tokens,
+        cached_tokens=cached_tokens,
+        encode=params.stream or params.background,
+        obfuscate=params.include_obfuscation,
+        on_finish=on_finish,
+    )
+    record = ResponseRecord(
+        response=response,
+        generation=generation,
+        context_items=history + params.input_items,
+        input_tokens=input_tokens,
+        instructions_key=instructions_key,
+    )
+    if conversation is not None:
+        conversation.locked_by = record.id
+    if params.store:
+        state.responses[record.id] = record
+    return record
+
+
+def _instructions(instructions: str | None, prompt: ResolvedPrompt | None) -> tuple[str, str | list[JsonObject] | None]:
+    """The text the model reads, and the `instructions` the Response echoes.
+
+    A stored prompt's instructions come back as developer messages, as the real service returns them.
+    """
+    if prompt is None:
+        return instructions or "", instructions
+    texts = [prompt.instructions] + ([instructions] if instructions else [])
+    echo: list[JsonObject] = [
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": text}]} for text in texts
+    ]
+    return "\n".join(texts), echo
+
+
+def _plan(
+    params: CreateParams, *, model: str, history: list[JsonObject], output_tokens: int | None
+) -> list[PlannedItem]:
+    user_text = newest_user_text(params.input_items) or newest_user_text(history) or ""
+    tool_outputs = [
+        output_text(item.get("output")) for item in params.input_items if item.get("type") == "function_call_output"
+    ]
+    plan: list[PlannedItem] = []
+    effort = (params.reasoning or {}).get("effort")
+    hidden = reasoning_tokens(model=model, effort=effort, seed_text=user_text)
+    if hidden:
+        plan.append(PlannedReasoning(hidden))
+    calls = tools_to_call(
+        tools=params.function_tools,
+        tool_choice=params.tool_choice,
+        user_text=user_text,
+        parallel=params.parallel_tool_calls,
+        has_tool_outputs=bool(tool_outputs),
+    )
+    if calls:
+        plan.extend(PlannedFunctionCall(tool.name, function_arguments(tool, user_text)) for tool in calls)
+    else:
+        plan.append(
+            PlannedMessage(reply_tokens(user_text=user_text, tool_outputs=tool_outputs, output_tokens=output_tokens))
+        )
+    return plan

@@ -1,0 +1,131 @@
+"""The Responses API: create (streamed or not, background or not), retrieve (also as a resumable stream),
+cancel and delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app.simulator.create_params import parse_create_params
+from app.simulator.deps import StateDep
+from app.simulator.errors import SimulatorError, conversation_locked, invalid_type, response_not_found
+from app.simulator.faults import (
+    ConversationLockedFault,
+    CutFault,
+    HttpErrorFault,
+    ReplayFault,
+    error_details,
+    http_error,
+)
+from app.simulator.json_types import json_response
+from app.simulator.planning import start_response
+from app.simulator.state import EventLog, ResponseRecord, SimulatorState
+from app.simulator.streaming import (
+    SSE_CONTENT_TYPE,
+    DroppedResponse,
+    GenerationStream,
+    LogStream,
+    drain,
+    pump_into_log,
+)
+from app.simulator.validation import parse_json_object
+
+router = APIRouter(prefix="/v1/responses")
+
+_HTTP_STATUS_FOR_FAILURE = {"rate_limit_exceeded": 429, "insufficient_quota": 429}
+
+
+@router.post("")
+async def create_response(request: Request, state: StateDep) -> Response:
+    fault = state.next_fault()
+    if isinstance(fault, HttpErrorFault):
+        raise http_error(fault)
+    if isinstance(fault, ConversationLockedFault):
+        raise conversation_locked()
+    if isinstance(fault, ReplayFault):
+        return Response(fault.sse.encode(), media_type=SSE_CONTENT_TYPE.decode())
+    params = parse_create_params(parse_json_object(await request.body()))
+    record = start_response(state, params, fault)
+    generation = record.generation
+    if params.background:
+        record.log = EventLog()
+        record.task = state.spawn(pump_into_log(generation.batches(), record.log))
+        if params.stream:
+            return LogStream(record.log, start=0, cut_by=generation)
+        if isinstance(fault, CutFault):
+            return DroppedResponse()
+        return json_response(generation.snapshot())
+    if params.stream:
+        return GenerationStream(generation, spawn=state.spawn)
+    return await _run_to_end(state, record)
+
+
+async def _run_to_end(state: SimulatorState, record: ResponseRecord) -> Response:
+    """A non-streamed call: the whole generation, then the final Response (or the error it failed with)."""
+    generation = record.generation
+    batches = generation.batches()
+    async for _ in batches:
+        if generation.cut_at is not None:
+            state.spawn(drain(batches))
+            return DroppedResponse()
+    response = generation.snapshot()
+    if response["status"] == "failed":
+        code = response["error"]["code"]
+        error_type, message = error_details(code)
+        raise SimulatorError(_HTTP_STATUS_FOR_FAILURE.get(code, 500), message, type=error_type, code=code)
+    return json_response(response)
+
+
+@router.get("/{response_id}")
+async def get_response(response_id: str, request: Request, state: StateDep) -> Response:
+    record = _record(state, response_id)
+    query = request.query_params
+    if query.get("stream", "false").lower() != "true":
+        return json_response(record.generation.snapshot())
+    if record.log is None:
+        raise SimulatorError(
+            400,
+            "This response cannot be streamed because it wasn't created with background=true.",
+            param="stream",
+        )
+    raw_after = query.get("starting_after")
+    try:
+        starting_after = -1 if raw_after is None else int(raw_after)
+    except ValueError:
+        raise invalid_type("starting_after", "an integer", raw_after) from None
+    return LogStream(record.log, start=max(starting_after + 1, 0))
+
+
+@router.post("/{response_id}/cancel")
+async def cancel_response(response_id: str, state: StateDep) -> Response:
+    record = _record(state, response_id)
+    if not record.background:
+        raise SimulatorError(400, "Only responses created with background=true can be cancelled.", param=None)
+    _stop(record)
+    return json_response(record.generation.snapshot())
+
+
+@router.delete("/{response_id}")
+async def delete_response(response_id: str, state: StateDep) -> Response:
+    record = _record(state, response_id)
+    _stop(record)
+    del state.responses[record.id]
+    return json_response({"id": record.id, "object": "response", "deleted": True})
+
+
+def _stop(record: ResponseRecord) -> None:
+    """Cancelling is idempotent: a finished response is returned as it ended."""
+    if record.generation.finished:
+        return
+    if record.task is not None:
+        record.task.cancel()
+    record.generation.abandon()
+    if record.log is not None:
+        record.log.close()
+
+
+def _record(state: SimulatorState, response_id: str) -> ResponseRecord:
+    record = state.responses.get(response_id)
+    if record is None:
+        raise response_not_found(response_id)
+    return record

@@ -1,0 +1,427 @@
+"""The turn runner: each turn runs in a task owned by the application, not by the request.
+
+A browser that disconnects only stops reading the event log; the upstream stream is still read to its end
+and the turn is stored and billed. Cancel, shutdown and recovery of turns left behind by a dead process
+all end in the same place: one `TurnOutcome`, persisted once, then exactly one terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx2
+import openai
+import orjson
+
+from app.errors import ParleyError, ServiceUnavailable
+from app.streaming.event_log import EventLog, EventLogRegistry
+from app.streaming.outcome import TurnOutcome
+from app.streaming.turn_state import ResponseOutcome, TurnState
+from app.upstream.responses import StreamPolicy, UpstreamStream, open_stream, retrieve_response
+from app.upstream.sse import SSESplitter
+
+logger = logging.getLogger(__name__)
+
+UNFINISHED_RESPONSE_STATUSES = frozenset({"queued", "in_progress"})
+
+
+@dataclass(slots=True)
+class TurnJob:
+    turn_id: str
+    session_id: str
+    user_id: str
+    upstream_body: dict[str, Any]
+    created_turn: dict[str, Any]
+    stream_url: str
+    started_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class OrphanedTurn:
+    """A turn left in flight by a process that stopped beating."""
+
+    job: TurnJob
+    response_ids: list[str]
+    output_text: str
+
+
+class TurnStore(Protocol):
+    """Persistence the runner needs; implemented over the database in `services.turn_store`."""
+
+    async def store_response_ids(self, turn_id: str, response_ids: list[str]) -> None: ...
+    async def finish(self, job: TurnJob, outcome: TurnOutcome) -> dict[str, Any]: ...
+    async def cancel_requests(self, turn_ids: list[str]) -> list[str]: ...
+    async def beat(self, runner_id: str) -> None: ...
+    async def remove_heartbeat(self, runner_id: str) -> None: ...
+    async def claim_orphans(self, runner_id: str, stale_before: dt.datetime) -> list[OrphanedTurn]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    stream_policy: StreamPolicy
+    heartbeat_interval_s: float = 5.0
+    orphan_after_s: float = 30.0
+    sweep_interval_s: float = 15.0
+    cancel_poll_interval_s: float = 1.0
+    recovery_timeout_s: float = 15.0
+
+
+class TurnHandle:
+    """A running turn as this process sees it: its log, and futures for 'upstream opened' and 'done'."""
+
+    __slots__ = ("_pump", "cancel_reason", "done", "job", "log", "opened", "side_tasks", "task")
+
+    def __init__(self, job: TurnJob, log: EventLog) -> None:
+        loop = asyncio.get_running_loop()
+        self.job = job
+        self.log = log
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.cancel_reason: str | None = None  # "cancelled" | "shutdown"
+        self.task: asyncio.Task[None] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self.side_tasks: set[asyncio.Task[None]] = set()
+        # Nobody may be waiting on `opened` (the client left); don't let asyncio warn about it.
+        self.opened.add_done_callback(_consume_exception)
+
+    def interrupt(self, reason: str) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class _Stalled(Exception):
+    pass
+
+
+class _Cut(Exception):
+    pass
+
+
+class TurnRunner:
+    def __init__(
+        self,
+        *,
+        upstream: openai.AsyncOpenAI,
+        store: TurnStore,
+        logs: EventLogRegistry,
+        config: RunnerConfig,
+    ) -> None:
+        self.id = f"runner_{uuid.uuid4().hex}"
+        self.upstream = upstream
+        self.store = store
+        self.logs = logs
+        self.config = config
+        self.accepting = True
+        self._handles: dict[str, TurnHandle] = {}
+        self._background: list[asyncio.Task[None]] = []
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.beat(self.id)
+        self._background = [
+            asyncio.create_task(self._every(self.config.heartbeat_interval_s, self._beat), name="runner-heartbeat"),
+            asyncio.create_task(
+                self._every(self.config.cancel_poll_interval_s, self._poll_cancels), name="runner-cancels"
+            ),
+            asyncio.create_task(self._every(self.config.sweep_interval_s, self._sweep, first=0.0), name="runner-sweep"),
+        ]
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop taking turns; let running ones finish within the grace period, then store the rest as
+        interrupted, so every event log gets its terminal event and every reader sees it."""
+        self.accepting = False
+        running = [h for h in self._handles.values() if h.task is not None and not h.task.done()]
+        if running:
+            logger.info("runner.draining", extra={"turns": len(running), "grace_s": grace_s})
+            _, pending = await asyncio.wait([h.task for h in running if h.task], timeout=grace_s)
+            for handle in running:
+                if handle.task in pending:
+                    handle.interrupt("shutdown")
+            if pending:
+                await asyncio.wait(pending, timeout=max(2.0, self.config.recovery_timeout_s / 3))
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.store.remove_heartbeat(self.id)
+
+    def begin_shutdown(self) -> None:
+        """Called from the server's signal handling: refuse new turns at once."""
+        self.accepting = False
+
+    async def _every(self, interval: float, action: Any, first: float | None = None) -> None:
+        await asyncio.sleep(interval if first is None else first)
+        while True:
+            try:
+                await action()
+            except Exception:
+                logger.exception("runner.background_failed", extra={"action": getattr(action, "__name__", "?")})
+            await asyncio.sleep(interval)
+
+    async def _beat(self) -> None:
+        await self.store.beat(self.id)
+
+    async def _poll_cancels(self) -> None:
+        running = [turn_id for turn_id, h in self._handles.items() if not h.done.done()]
+        if running:
+            for turn_id in await self.store.cancel_requests(running):
+                self.cancel(turn_id)
+
+    async def _sweep(self) -> None:
+        self.logs.expire()
+        stale_before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.config.orphan_after_s)
+        for orphan in await self.store.claim_orphans(self.id, stale_before):
+            await self._reconcile(orphan)
+
+    # --- turns ------------------------------------------------------------------------------------
+
+    def handle(self, turn_id: str) -> TurnHandle | None:
+        return self._handles.get(turn_id)
+
+    def spawn(self, job: TurnJob) -> TurnHandle:
+        if not self.accepting:
+            raise ServiceUnavailable(
+                "Parley is shutting down; retry shortly.", code="shutting_down", headers={"Retry-After": "2"}
+            )
+        log = self.logs.create(job.turn_id)
+        log.append("turn.created", orjson.dumps({"turn": job.created_turn}))
+        handle = TurnHandle(job, log)
+        self._handles[job.turn_id] = handle
+        handle.task = asyncio.create_task(self._run(handle), name=f"turn-{job.turn_id}")
+        return handle
+
+    def cancel(self, turn_id: str) -> bool:
+        handle = self._handles.get(turn_id)
+        if handle is None or handle.done.done():
+            return False
+        handle.interrupt("cancelled")
+        return True
+
+    async def _run(self, handle: TurnHandle) -> None:
+        job = handle.job
+        state = TurnState(started_at=job.started_at)
+        try:
+            try:
+                stream = await open_stream(self.upstream, job.upstream_body, self.config.stream_policy)
+            except ParleyError as error:
+                handle.opened.set_exception(error)
+                outcome = TurnOutcome(
+                    status="failed",
+                    output_text="",
+                    response_ids=[],
+                    error={"code": error.code, "message": error.message, "status": error.status_code},
+                )
+                await self._finish(handle, state, outcome)
+                return
+            handle.opened.set_result(None)
+            failure = await self._relay(handle, stream, state)
+            outcome = await self._decide(handle, state, failure)
+            await self._finish(handle, state, outcome)
+        except Exception as error:  # a bug must still end the turn and its stream
+            logger.exception("runner.turn_crashed", extra={"turn_id": job.turn_id})
+            if not handle.opened.done():
+                handle.opened.set_exception(error)
+            if not handle.done.done():
+                outcome = TurnOutcome(
+                    status="failed",
+                    output_text=state.text,
+                    response_ids=list(state.response_ids),
+                    error={"code": "internal_error", "message": "Parley failed while running this turn."},
+                )
+                await self._finish(handle, state, outcome)
+        finally:
+            self._handles.pop(job.turn_id, None)
+
+    async def _relay(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> str | None:
+        """Relay upstream events into the log until the stream ends. Returns why it ended early
+        ("cancelled", "shutdown", "stalled", "cut") or None when it ended by itself."""
+        pump = asyncio.create_task(self._pump(handle, stream, state))
+        handle._pump = pump
+        if handle.cancel_reason is not None:
+            pump.cancel()
+        try:
+            await asyncio.wait([pump])
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        if pump.cancelled():
+            return handle.cancel_reason or "cancelled"
+        error = pump.exception()
+        if isinstance(error, _Stalled):
+            return "stalled"
+        if isinstance(error, _Cut):
+            return "cut"
+        if error is not None:
+            raise error
+        return None
+
+    async def _pump(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> None:
+        log, job = handle.log, handle.job
+        splitter = SSESplitter()
+        append, observe = log.append, state.observe
+        try:
+            async for chunk in stream.chunks():
+                for name, data in splitter.feed(chunk):
+                    append(name, data)
+                    try:
+                        new_response = observe(name, data)
+                    except (ValueError, TypeError, AttributeError):
+                        logger.warning("upstream.unparseable_event", extra={"turn_id": job.turn_id, "event": name})
+                        continue
+                    if new_response is not None:
+                        # Stored now, not at the end, yet without holding up the relay.
+                        self._side_task(handle, self.store.store_response_ids(job.turn_id, list(state.response_ids)))
+        except httpx2.TimeoutException as error:
+            raise _Stalled() from error
+        except (httpx2.TransportError, httpx2.StreamError) as error:
+            raise _Cut() from error
+        if state.terminal_event is None and state.error_event is None:
+            raise _Cut()
+
+    def _side_task(self, handle: TurnHandle, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        handle.side_tasks.add(task)
+        task.add_done_callback(handle.side_tasks.discard)
+
+    async def _decide(self, handle: TurnHandle, state: TurnState, failure: str | None) -> TurnOutcome:
+        response_ids = list(state.response_ids)
+        outcome = TurnOutcome(status="completed", output_text=state.text, response_ids=response_ids)
+        if failure is None:
+            last = state.outcomes.get(state.current_response_id or "")
+            if state.terminal_event == "response.completed":
+                outcome.status = "completed"
+            elif state.terminal_event == "response.incomplete":
+                outcome.status = "incomplete"
+                outcome.error = {
+                    "code": (last.incomplete_reason if last else None) or "incomplete",
+                    "message": "The upstream response ended incomplete.",
+                }
+            else:
+                outcome.status = "failed"
+                upstream_error = (last.error if last else None) or state.error_event or {}
+                outcome.error = {
+                    "code": upstream_error.get("code") or "upstream_failed",
+                    "message": upstream_error.get("message") or "The upstream response failed.",
+                }
+            if last is not None and last.output_text and len(last.output_text) > len(outcome.output_text):
+                outcome.output_text = last.output_text
+        else:
+            outcome = await self._recover(state, failure)
+        outcome.responses = [state.outcomes[r] for r in response_ids if r in state.outcomes] + [
+            r for r in outcome.responses if r.response_id not in state.outcomes
+        ]
+        return outcome
+
+    async def _recover(self, state: TurnState, failure: str) -> TurnOutcome:
+        """The stream ended early: ask the upstream how the response really ended (usage, text)."""
+        response_ids = list(state.response_ids)
+        statuses = {"cancelled": "cancelled", "shutdown": "incomplete", "stalled": "failed", "cut": "failed"}
+        errors = {
+            "cancelled": None,
+            "shutdown": {"code": "interrupted", "message": "Parley shut down before the turn finished."},
+            "stalled": {"code": "upstream_timeout", "message": "The upstream stream stalled past the timeout."},
+            "cut": {"code": "upstream_disconnected", "message": "The upstream stream ended before the response did."},
+        }
+        outcome = TurnOutcome(
+            status=statuses[failure], output_text=state.text, response_ids=response_ids, error=errors[failure]
+        )
+        response_id = state.current_response_id
+        if response_id is None or response_id in state.outcomes:
+            return outcome
+        # A cut stream may still be finishing upstream; a cancelled or stalled one is looked at once.
+        wait = self.config.recovery_timeout_s if failure == "cut" else min(2.0, self.config.recovery_timeout_s)
+        recovered = await self._retrieve_settled(response_id, wait)
+        if recovered is None:
+            return outcome
+        outcome.responses.append(recovered)
+        if failure == "cut" and recovered.status in ("completed", "incomplete"):
+            outcome.status = recovered.status
+            outcome.output_text = recovered.output_text or state.text
+            outcome.error = (
+                None
+                if recovered.status == "completed"
+                else {
+                    "code": recovered.incomplete_reason or "incomplete",
+                    "message": "The upstream response ended incomplete.",
+                }
+            )
+        return outcome
+
+    async def _retrieve_settled(self, response_id: str, wait_s: float) -> ResponseOutcome | None:
+        deadline = time.monotonic() + wait_s
+        delay = 0.1
+        while True:
+            response = await retrieve_response(self.upstream, response_id)
+            if response is None:
+                return None
+            outcome = ResponseOutcome.from_response(response)
+            if outcome.status not in UNFINISHED_RESPONSE_STATUSES or time.monotonic() + delay > deadline:
+                return outcome
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _finish(self, handle: TurnHandle, state: TurnState, outcome: TurnOutcome) -> None:
+        """Persist once, then send the one terminal event (the stored turn) and close the log."""
+        if handle.side_tasks:
+            await asyncio.gather(*handle.side_tasks, return_exceptions=True)
+        outcome.ttft_ms = state.ttft_ms
+        outcome.duration_ms = int((time.monotonic() - handle.job.started_at) * 1000)
+        outcome.last_event_id = len(handle.log) + 1
+        final = await self.store.finish(handle.job, outcome)
+        handle.log.append(outcome.terminal_event, orjson.dumps({"turn": final}))
+        handle.log.close()
+        if not handle.done.done():
+            handle.done.set_result(final)
+        logger.info(
+            "turn.finished",
+            extra={"turn_id": handle.job.turn_id, "status": outcome.status, "events": len(handle.log)},
+        )
+
+    async def _reconcile(self, orphan: OrphanedTurn) -> None:
+        """Finish a turn a dead process left in flight: from the upstream response when there is one."""
+        job = orphan.job
+        outcome = TurnOutcome(
+            status="failed",
+            output_text=orphan.output_text,
+            response_ids=list(orphan.response_ids),
+            error={"code": "interrupted", "message": "The process running this turn stopped."},
+        )
+        if orphan.response_ids:
+            recovered = await self._retrieve_settled(orphan.response_ids[-1], 0)
+            if recovered is not None:
+                outcome.responses.append(recovered)
+                if recovered.status in ("completed", "incomplete", "failed", "cancelled"):
+                    outcome.status = recovered.status
+                    outcome.output_text = recovered.output_text or orphan.output_text
+                    outcome.error = (
+                        None
+                        if recovered.status == "completed"
+                        else recovered.error
+                        or {
+                            "code": recovered.incomplete_reason or recovered.status,
+                            "message": f"The upstream response ended {recovered.status}.",
+                        }
+                    )
+        await self.store.finish(job, outcome)
+        logger.info("turn.reconciled", extra={"turn_id": job.turn_id, "status": outcome.status})
+
+
+async def wait_for(future: Awaitable[Any]) -> Any:
+    """Await a runner future without letting the waiter's cancellation cancel the turn."""
+    return await asyncio.shield(future)

@@ -1,0 +1,111 @@
+"""What a turn learns from the upstream events it relays, parsing only what it needs.
+
+Most events pass through untouched; only these are decoded: `response.created` (the response id),
+text deltas (the stored answer), and the terminal events (status, usage, error).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+TERMINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+
+
+@dataclass(slots=True)
+class ResponseOutcome:
+    """The final state of one upstream response, from its terminal event or a later retrieve."""
+
+    response_id: str
+    status: str
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    incomplete_reason: str | None = None
+    output_text: str | None = None
+
+    @classmethod
+    def from_response(cls, response: dict[str, Any]) -> ResponseOutcome:
+        details = response.get("incomplete_details")
+        error = response.get("error")
+        return cls(
+            response_id=str(response.get("id")),
+            status=str(response.get("status")),
+            model=response.get("model") if isinstance(response.get("model"), str) else None,
+            usage=response.get("usage") if isinstance(response.get("usage"), dict) else None,
+            error=error if isinstance(error, dict) else None,
+            incomplete_reason=details.get("reason") if isinstance(details, dict) else None,
+            output_text=output_text_of(response),
+        )
+
+
+def output_text_of(response: dict[str, Any]) -> str:
+    """Every output_text part of every message item, joined (what the SDK's `output_text` does)."""
+    parts: list[str] = []
+    for item in response.get("output") or ():
+        if isinstance(item, dict) and item.get("type") == "message":
+            for content in item.get("content") or ():
+                if isinstance(content, dict) and content.get("type") == "output_text":
+                    parts.append(str(content.get("text", "")))
+    return "".join(parts)
+
+
+@dataclass(slots=True)
+class TurnState:
+    started_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    response_ids: list[str] = field(default_factory=list)
+    text_parts: list[str] = field(default_factory=list)
+    outcomes: dict[str, ResponseOutcome] = field(default_factory=dict)
+    error_event: dict[str, Any] | None = None
+    terminal_event: str | None = None
+    events_relayed: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    @property
+    def current_response_id(self) -> str | None:
+        return self.response_ids[-1] if self.response_ids else None
+
+    def observe(self, name: str, data: bytes) -> str | None:
+        """Note what matters in one event; returns a new response id when one appears."""
+        self.events_relayed += 1
+        if name == "response.output_text.delta":
+            delta = orjson.loads(data).get("delta")
+            if isinstance(delta, str):
+                if self.first_token_at is None:
+                    self.first_token_at = time.monotonic()
+                self.text_parts.append(delta)
+            return None
+        if name == "response.created":
+            response = orjson.loads(data).get("response") or {}
+            response_id = response.get("id")
+            if isinstance(response_id, str) and response_id not in self.response_ids:
+                self.response_ids.append(response_id)
+                return response_id
+            return None
+        if name in TERMINAL_RESPONSE_EVENTS:
+            response = orjson.loads(data).get("response")
+            if isinstance(response, dict):
+                outcome = ResponseOutcome.from_response(response)
+                self.outcomes[outcome.response_id] = outcome
+            self.terminal_event = name
+            return None
+        if name == "error":
+            payload = orjson.loads(data)
+            nested = payload.get("error")
+            # The real service nests the fields; the SDK's type has them flat. Accept both.
+            source = nested if isinstance(nested, dict) else payload
+            self.error_event = {"code": source.get("code"), "message": source.get("message")}
+        return None
+
+    @property
+    def ttft_ms(self) -> int | None:
+        if self.first_token_at is None:
+            return None
+        return int((self.first_token_at - self.started_at) * 1000)

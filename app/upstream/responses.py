@@ -1,0 +1,141 @@
+"""Opening one streamed `responses.create` call and reading its raw bytes.
+
+The SDK's automatic retries are off for this call: a retry after OpenAI accepted the request would
+append to the conversation and bill twice. Parley retries only where the upstream provably did not start:
+the connection was refused, or a 429/503 came back before any body (honouring Retry-After up to a bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import openai
+from openai._response import AsyncAPIResponse
+
+from app.errors import Conflict, InvalidRequest, ParleyError, RateLimited, UpstreamError, UpstreamTimeout
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPolicy:
+    read_timeout_s: float
+    connect_timeout_s: float
+    max_attempts: int = 3
+    max_retry_wait_s: float = 5.0
+
+
+class UpstreamStream:
+    """An open upstream response: its headers now, its body bytes as they arrive."""
+
+    def __init__(self, response: AsyncAPIResponse[Any]) -> None:
+        self._response = response
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    @property
+    def request_id(self) -> str | None:
+        return self._response.request_id
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._response.http_response.aiter_bytes()
+
+    async def aclose(self) -> None:
+        await self._response.close()
+
+
+def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(float(value) * scale, 0.0)
+            except ValueError:
+                return None
+    return None
+
+
+def _provably_not_started(error: openai.APIConnectionError) -> bool:
+    return not isinstance(error, openai.APITimeoutError) and isinstance(error.__cause__, httpx2.ConnectError)
+
+
+async def open_stream(client: openai.AsyncOpenAI, body: dict[str, Any], policy: StreamPolicy) -> UpstreamStream:
+    """POST /v1/responses with stream=true; returns once the upstream answered 200 with headers."""
+    streaming_client = client.with_options(
+        max_retries=0,
+        timeout=openai.Timeout(policy.read_timeout_s, connect=policy.connect_timeout_s),
+    )
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            response = await streaming_client.responses.with_streaming_response.create(**body).__aenter__()
+            return UpstreamStream(response)
+        except openai.APIStatusError as error:
+            wait = _retry_after_seconds(error.response.headers)
+            retry = (
+                error.status_code in RETRYABLE_STATUSES
+                and attempt < policy.max_attempts
+                and (wait is None or wait <= policy.max_retry_wait_s)
+            )
+            if not retry:
+                raise map_open_error(error) from error
+            delay = wait if wait is not None else 0.5 * 2 ** (attempt - 1)
+        except openai.APIConnectionError as error:
+            if not _provably_not_started(error) or attempt >= policy.max_attempts:
+                raise map_open_error(error) from error
+            delay = 0.25 * 2 ** (attempt - 1)
+        logger.warning("upstream.retrying", extra={"attempt": attempt, "delay_s": delay})
+        await asyncio.sleep(delay)
+
+
+def map_open_error(error: openai.OpenAIError) -> ParleyError:
+    """Failures before the first byte, as the HTTP status the client gets (see the contract)."""
+    if isinstance(error, openai.APITimeoutError):
+        return UpstreamTimeout("The upstream model service did not answer in time.")
+    if isinstance(error, openai.APIConnectionError):
+        return UpstreamError("The upstream model service could not be reached.", code="upstream_unreachable")
+    if not isinstance(error, openai.APIStatusError):
+        return UpstreamError("The upstream model service failed.")
+    status = error.status_code
+    body = error.body if isinstance(error.body, dict) else {}
+    code = body.get("code") if isinstance(body.get("code"), str) else None
+    message = body.get("message") if isinstance(body.get("message"), str) else error.message
+    logger.warning("upstream.rejected", extra={"status": status, "code": code, "upstream_request_id": error.request_id})
+    if code == "conversation_locked":
+        return Conflict(
+            "The session's conversation is busy with another request; retry in a few seconds.",
+            code="conversation_locked",
+        )
+    if status == 429:
+        retry_after = error.response.headers.get("retry-after")
+        return RateLimited(
+            "The upstream model service is rate limiting requests; retry later.",
+            code=code or "upstream_rate_limited",
+            headers={"Retry-After": retry_after} if retry_after else {"Retry-After": "1"},
+        )
+    if status in (400, 404, 422):
+        return InvalidRequest(f"The upstream model service rejected the request: {message}", code=code)
+    if status == 504:
+        return UpstreamTimeout("The upstream model service timed out.")
+    return UpstreamError(f"The upstream model service failed (HTTP {status}).", code=code or "upstream_error")
+
+
+async def retrieve_response(client: openai.AsyncOpenAI, response_id: str) -> dict[str, Any] | None:
+    """GET /v1/responses/{id} as plain JSON; None when it cannot be had (404, network)."""
+    try:
+        raw = await client.responses.with_raw_response.retrieve(response_id)
+        parsed: Any = raw.http_response.json()
+    except (openai.OpenAIError, ValueError) as error:
+        logger.info("upstream.retrieve_failed", extra={"response_id": response_id, "error": type(error).__name__})
+        return None
+    return parsed if isinstance(parsed, dict) else None

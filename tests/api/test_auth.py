@@ -1,0 +1,246 @@
+"""Bearer credentials on every /v1 route: Parley API keys, JWTs (HS256 secret or JWKS), the admin token."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from tests.conftest import ADMIN_TOKEN, ApiUser, RunningParley, create_api_user, run_parley
+from tests.servers import serve
+
+JWT_SECRET = "jwt-test-secret-" + "x" * 32
+ISSUER = "https://id.example.test/"
+AUDIENCE = "parley-tests"
+
+USER_ROUTES = [
+    ("GET", "/v1/sessions"),
+    ("POST", "/v1/sessions"),
+    ("GET", f"/v1/sessions/sess_{'0' * 32}"),
+    ("PATCH", f"/v1/sessions/sess_{'0' * 32}"),
+    ("DELETE", f"/v1/sessions/sess_{'0' * 32}"),
+    ("GET", f"/v1/sessions/sess_{'0' * 32}/messages"),
+]
+ADMIN_ROUTES = [
+    ("GET", "/v1/admin/users"),
+    ("POST", "/v1/admin/users"),
+    ("POST", f"/v1/admin/users/user_{'0' * 32}/keys"),
+    ("GET", f"/v1/admin/users/user_{'0' * 32}/keys"),
+    ("POST", f"/v1/admin/keys/key_{'0' * 32}/revoke"),
+]
+
+
+def _claims(**overrides: Any) -> dict[str, Any]:
+    now = dt.datetime.now(dt.UTC)
+    claims: dict[str, Any] = {
+        "sub": f"jwt-user-{uuid.uuid4().hex[:8]}",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + dt.timedelta(minutes=5),
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+@pytest.mark.parametrize(("method", "path"), USER_ROUTES + ADMIN_ROUTES)
+@pytest.mark.parametrize("credential", [None, "", "pk_not-a-real-key", "garbage", "a.b.c", "Basic abc"])
+async def test_missing_or_bad_credentials_are_401(
+    client: httpx.AsyncClient, parley: RunningParley, method: str, path: str, credential: str | None
+) -> None:
+    headers = {} if credential is None else {"Authorization": f"Bearer {credential}"}
+    if credential == "":
+        headers = {"Authorization": "Bearer"}
+    elif credential == "Basic abc":
+        headers = {"Authorization": credential}
+    before = len((await client.get(f"{parley.simulator_url}/_control/requests")).json())
+    response = await client.request(method, path, headers=headers, json={"title": "x"} if method != "GET" else None)
+    if path.startswith("/v1/admin") and credential not in (None, "", "Basic abc"):
+        assert response.status_code == 403  # a credential, but not the admin token
+    else:
+        assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"] == "Bearer"
+    error = response.json()["error"]
+    assert set(error) == {"type", "code", "message", "param"}
+    after = len((await client.get(f"{parley.simulator_url}/_control/requests")).json())
+    assert after == before  # nothing went upstream
+
+
+async def test_user_key_cannot_use_admin_routes(client: httpx.AsyncClient, user: ApiUser) -> None:
+    for method, path in ADMIN_ROUTES:
+        response = await client.request(method, path, headers=user.headers, json={"name": "x"})
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "admin_only"
+
+
+async def test_admin_token_is_not_a_user_credential(client: httpx.AsyncClient, parley: RunningParley) -> None:
+    response = await client.get("/v1/sessions", headers=parley.admin_headers)
+    assert response.status_code == 401
+
+
+async def test_revoked_key_stops_working_at_once(client: httpx.AsyncClient, parley: RunningParley) -> None:
+    user = await create_api_user(client)
+    assert (await client.get("/v1/sessions", headers=user.headers)).status_code == 200
+    keys = (await client.get(f"/v1/admin/users/{user.id}/keys", headers=parley.admin_headers)).json()["data"]
+    assert len(keys) == 1
+    assert "key" not in keys[0]  # never shown again
+    assert user.key.startswith(keys[0]["prefix"])
+    revoked = await client.post(f"/v1/admin/keys/{keys[0]['id']}/revoke", headers=parley.admin_headers)
+    assert revoked.status_code == 200
+    assert revoked.json()["revoked_at"] is not None
+    assert (await client.get("/v1/sessions", headers=user.headers)).status_code == 401
+
+
+async def test_a_user_may_hold_several_keys_for_one_identity(client: httpx.AsyncClient, parley: RunningParley) -> None:
+    user = await create_api_user(client)
+    second = await client.post(f"/v1/admin/users/{user.id}/keys", json={"name": "laptop"}, headers=parley.admin_headers)
+    assert second.status_code == 201
+    other_key = second.json()["key"]
+    assert other_key != user.key
+    created = await client.post("/v1/sessions", json={"title": "shared"}, headers=user.headers)
+    seen = await client.get(f"/v1/sessions/{created.json()['id']}", headers={"Authorization": f"Bearer {other_key}"})
+    assert seen.status_code == 200
+
+
+async def test_admin_user_names_are_unique(client: httpx.AsyncClient, parley: RunningParley) -> None:
+    user = await create_api_user(client)
+    again = await client.post("/v1/admin/users", json={"name": user.name}, headers=parley.admin_headers)
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "user_exists"
+    missing = await client.post(f"/v1/admin/users/user_{'f' * 32}/keys", json={}, headers=parley.admin_headers)
+    assert missing.status_code == 404
+
+
+# --- JWTs -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="module")
+def jwks_url(rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey) -> Iterator[str]:
+    keys = []
+    for kid, key, alg in (("rsa-1", rsa_key, "RS256"), ("ec-1", ec_key, "ES256")):
+        jwk = json.loads(jwt.algorithms.get_default_algorithms()[alg].to_jwk(key.public_key()))  # type: ignore[attr-defined]
+        keys.append(jwk | {"kid": kid, "use": "sig", "alg": alg})
+
+    async def jwks(_: object) -> JSONResponse:
+        return JSONResponse({"keys": keys})
+
+    with serve(Starlette(routes=[Route("/.well-known/jwks.json", jwks)])) as url:
+        yield f"{url}/.well-known/jwks.json"
+
+
+@pytest.fixture(scope="module")
+def jwt_parley(database_url: str, backend: str, jwks_url: str) -> Iterator[RunningParley]:
+    with run_parley(
+        database_url,
+        backend,
+        jwt_secret=JWT_SECRET,
+        jwks_url=jwks_url,
+        jwt_issuer=ISSUER,
+        jwt_audience=AUDIENCE,
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def jwt_client(jwt_parley: RunningParley) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=jwt_parley.base_url, timeout=30) as http:
+        yield http
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_hs256_jwt_creates_the_user_on_first_sight(jwt_client: httpx.AsyncClient) -> None:
+    claims = _claims()
+    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+    created = await jwt_client.post("/v1/sessions", json={"title": "via jwt"}, headers=_bearer(token))
+    assert created.status_code == 201, created.text
+    # A second token for the same subject is the same user.
+    token2 = jwt.encode(_claims(sub=claims["sub"]), JWT_SECRET, algorithm="HS256")
+    listed = await jwt_client.get("/v1/sessions", headers=_bearer(token2))
+    assert [s["id"] for s in listed.json()["data"]] == [created.json()["id"]]
+    # Another subject sees nothing of it.
+    stranger = jwt.encode(_claims(), JWT_SECRET, algorithm="HS256")
+    assert (await jwt_client.get(f"/v1/sessions/{created.json()['id']}", headers=_bearer(stranger))).status_code == 404
+
+
+async def test_concurrent_first_requests_of_a_new_subject_make_one_user(jwt_client: httpx.AsyncClient) -> None:
+    claims = _claims()
+    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+    responses = await asyncio.gather(*(jwt_client.get("/v1/sessions", headers=_bearer(token)) for _ in range(8)))
+    assert [r.status_code for r in responses] == [200] * 8
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    users = (await jwt_client.get("/v1/admin/users", params={"limit": 100}, headers=admin)).json()
+    assert [u["name"] for u in users["data"]].count(claims["sub"]) == 1
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+async def test_jwks_signed_tokens_are_accepted(
+    jwt_client: httpx.AsyncClient, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey, alg: str
+) -> None:
+    key, kid = (rsa_key, "rsa-1") if alg == "RS256" else (ec_key, "ec-1")
+    token = jwt.encode(_claims(), key, algorithm=alg, headers={"kid": kid})
+    response = await jwt_client.get("/v1/sessions", headers=_bearer(token))
+    assert response.status_code == 200, response.text
+
+
+def _bad_tokens(rsa_key: rsa.RSAPrivateKey) -> dict[str, str]:
+    other_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    unsigned = jwt.encode(_claims(), None, algorithm="none")  # type: ignore[arg-type]
+    good = jwt.encode(_claims(), JWT_SECRET, algorithm="HS256")
+    header, _payload, signature = good.split(".")
+    tampered_payload = jwt.utils.base64url_encode(
+        json.dumps(_claims(sub="someone-else"), default=str).encode()
+    ).decode()
+    return {
+        "expired": jwt.encode(_claims(exp=past, iat=past - dt.timedelta(minutes=5)), JWT_SECRET, algorithm="HS256"),
+        "wrong secret": jwt.encode(_claims(), "not-the-secret-" + "y" * 32, algorithm="HS256"),
+        "wrong issuer": jwt.encode(_claims(iss="https://evil.example/"), JWT_SECRET, algorithm="HS256"),
+        "wrong audience": jwt.encode(_claims(aud="someone-else"), JWT_SECRET, algorithm="HS256"),
+        "no sub": jwt.encode(_claims(sub=None), JWT_SECRET, algorithm="HS256"),
+        "no exp": jwt.encode(_claims(exp=None), JWT_SECRET, algorithm="HS256"),
+        "alg none": unsigned,
+        "tampered claims": f"{header}.{tampered_payload}.{signature}",
+        "unknown jwks key": jwt.encode(_claims(), other_rsa, algorithm="RS256", headers={"kid": "rsa-1"}),
+        "unknown kid": jwt.encode(_claims(), rsa_key, algorithm="RS256", headers={"kid": "nope"}),
+    }
+
+
+async def test_bad_tokens_are_401(jwt_client: httpx.AsyncClient, rsa_key: rsa.RSAPrivateKey) -> None:
+    for name, token in _bad_tokens(rsa_key).items():
+        response = await jwt_client.get("/v1/sessions", headers=_bearer(token))
+        assert response.status_code == 401, f"{name}: {response.status_code} {response.text}"
+        assert response.json()["error"]["type"] == "authentication_error", name
+
+
+async def test_jwts_are_refused_where_none_are_configured(client: httpx.AsyncClient) -> None:
+    token = jwt.encode(_claims(), JWT_SECRET, algorithm="HS256")
+    assert (await client.get("/v1/sessions", headers=_bearer(token))).status_code == 401
+
+
+async def test_api_keys_still_work_beside_jwts(jwt_client: httpx.AsyncClient) -> None:
+    user: ApiUser = await create_api_user(jwt_client)
+    assert (await jwt_client.get("/v1/sessions", headers=user.headers)).status_code == 200
