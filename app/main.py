@@ -11,13 +11,18 @@ from starlette.routing import Mount
 
 from app.api.error_handlers import install_error_handlers
 from app.api.middleware import RequestGuardMiddleware, SecurityHeadersMiddleware
-from app.api.routes import admin, health, sessions
+from app.api.routes import admin, health, sessions, turns
 from app.db.engine import build_engine, build_sessionmaker
 from app.db.migrate import head_revision, upgrade
 from app.services.auth import Authenticator
+from app.services.stream_tokens import StreamTokens
+from app.services.turn_store import SqlTurnStore
 from app.settings import Settings
 from app.state import AppState
+from app.streaming.event_log import EventLogRegistry
+from app.streaming.runner import RunnerConfig, TurnRunner
 from app.upstream.client import build_openai_client
+from app.upstream.responses import StreamPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,22 @@ def upstream_base_url(settings: Settings) -> str:
     return "https://api.openai.com/v1"
 
 
+def runner_config(settings: Settings) -> RunnerConfig:
+    return RunnerConfig(
+        stream_policy=StreamPolicy(
+            read_timeout_s=settings.upstream_stall_timeout_s,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            max_attempts=settings.upstream_max_attempts,
+            max_retry_wait_s=settings.upstream_max_retry_wait_s,
+        ),
+        heartbeat_interval_s=settings.runner_heartbeat_interval_s,
+        orphan_after_s=settings.runner_orphan_after_s,
+        sweep_interval_s=settings.runner_sweep_interval_s,
+        cancel_poll_interval_s=settings.runner_cancel_poll_interval_s,
+        recovery_timeout_s=settings.upstream_recovery_timeout_s,
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
     base_url = upstream_base_url(settings)
 
@@ -50,6 +71,13 @@ def create_app(settings: Settings) -> FastAPI:
             await upgrade(engine, directory=settings.migrations_dir)
         sessionmaker = build_sessionmaker(engine)
         upstream = build_openai_client(settings, base_url=base_url)
+        logs = EventLogRegistry(retention_s=settings.resume_window_s)
+        runner = TurnRunner(
+            upstream=upstream,
+            store=SqlTurnStore(sessionmaker),
+            logs=logs,
+            config=runner_config(settings),
+        )
         app.state.parley = AppState(
             settings=settings,
             engine=engine,
@@ -58,6 +86,9 @@ def create_app(settings: Settings) -> FastAPI:
             authenticator=Authenticator(settings, sessionmaker),
             upstream_base_url=base_url,
             head_revision=head_revision(settings.migrations_dir),
+            runner=runner,
+            logs=logs,
+            stream_tokens=StreamTokens(settings),
         )
         if settings.uses_simulator:
             logger.warning(
@@ -68,9 +99,11 @@ def create_app(settings: Settings) -> FastAPI:
             )
         else:
             logger.info("parley.upstream: %s", base_url)
+        await runner.start()
         try:
             yield
         finally:
+            await runner.shutdown(settings.shutdown_grace_s)
             await upstream.close()
             await engine.dispose()
 
@@ -85,6 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(turns.router)
     app.include_router(admin.router)
     if settings.uses_simulator:
         from app.simulator import create_simulator_app

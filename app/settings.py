@@ -45,6 +45,24 @@ class Settings(BaseSettings):
     )
     upstream_timeout_s: float = Field(default=600.0, gt=0)
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # A streamed response silent for this long counts as stalled (reasoning models think quietly).
+    upstream_stall_timeout_s: float = Field(default=180.0, gt=0)
+    upstream_max_attempts: int = Field(default=3, ge=1, le=10)
+    upstream_max_retry_wait_s: float = Field(default=5.0, ge=0)
+    upstream_recovery_timeout_s: float = Field(default=15.0, ge=0)
+
+    # Turns and their event streams.
+    secret_key: SecretStr | None = None
+    stream_token_ttl_s: int = Field(default=3600, ge=60)
+    resume_window_s: float = Field(default=900.0, ge=0)
+    sse_ping_interval_s: float = Field(default=10.0, gt=0, le=15)
+    sse_send_timeout_s: float = Field(default=30.0, gt=0)
+    shutdown_grace_s: float = Field(default=15.0, ge=0)
+    cancel_wait_s: float = Field(default=10.0, ge=0)
+    runner_heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    runner_orphan_after_s: float = Field(default=30.0, gt=0)
+    runner_sweep_interval_s: float = Field(default=15.0, gt=0)
+    runner_cancel_poll_interval_s: float = Field(default=1.0, gt=0)
 
     # The embedded simulator: mounted at /simulator when no OpenAI key is configured.
     public_base_url: str | None = None
@@ -69,9 +87,8 @@ class Settings(BaseSettings):
     pricing_file: Path | None = None
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    max_title_chars: int = Field(default=200, ge=1)
     max_message_chars: int = Field(default=32_000, ge=1)
-    max_import_messages: int = Field(default=1_000, ge=1)
+    max_input_items: int = Field(default=32, ge=1)
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

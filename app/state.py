@@ -8,7 +8,10 @@ import openai
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.services.auth import Authenticator
+from app.services.stream_tokens import StreamTokens
 from app.settings import Settings
+from app.streaming.event_log import EventLogRegistry
+from app.streaming.runner import TurnRunner
 
 
 @dataclass(slots=True)
@@ -20,3 +23,6 @@ class AppState:
     authenticator: Authenticator
     upstream_base_url: str
     head_revision: str | None
+    runner: TurnRunner
+    logs: EventLogRegistry
+    stream_tokens: StreamTokens

@@ -81,6 +81,9 @@ class SqlTurnStore:
             "last_event_id": outcome.last_event_id,
             "completed_at": now,
         }
+        if outcome.status == "failed" and not outcome.response_ids:
+            # Nothing started upstream (e.g. a 429): the client may retry with the same Idempotency-Key.
+            values["idempotency_key"] = None
         for attempt in range(1, FINISH_ATTEMPTS + 1):
             try:
                 await self._write_final(job, outcome, values, now)
@@ -90,7 +93,7 @@ class SqlTurnStore:
                     logger.exception("turn.finish_not_stored", extra={"turn_id": job.turn_id})
                     break
                 await asyncio.sleep(0.2 * attempt)
-        return {**job.created_turn, **_rendered(values), "stream_url": job.stream_url}
+        return {**job.created_turn, **_rendered(values), "stream_url": job.stream_url or None}
 
     async def _write_final(self, job: TurnJob, outcome: TurnOutcome, values: dict[str, Any], now: dt.datetime) -> None:
         async with self._sessionmaker() as db, db.begin():

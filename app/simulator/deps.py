@@ -11,7 +11,7 @@ from app.simulator.state import SimulatorState
 from app.simulator.validation import parse_json_object
 
 
-def get_state(request: Request) -> SimulatorState:
+async def get_state(request: Request) -> SimulatorState:
     return cast(SimulatorState, request.app.state.simulator)
 
 

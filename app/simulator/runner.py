@@ -8,6 +8,7 @@ where they go: straight to an HTTP stream, or into an `EventLog` for background 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ from app.simulator.json_types import JsonObject
 from app.simulator.response_object import served_tier
 
 _MAX_BATCH = 256
+# Paced tokens are due on a 5 ms grid, so a thousand paced streams share a few hundred event-loop wake-ups
+# a second instead of needing one each per token.
+_PACING_GRID = 0.005
 _EMPTY = b""
 
 
@@ -145,7 +149,8 @@ class Generation:
                     if batch:
                         yield batch
                         batch = []
-                    delay = step + shift - loop.time()
+                    due = math.ceil((step + shift) / _PACING_GRID) * _PACING_GRID
+                    delay = due - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 else:

@@ -37,6 +37,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         422: "A field is invalid or unknown.",
         429: "Rate limited; see Retry-After.",
         502: "The upstream model service failed.",
+        503: "Parley is shutting down or its database is unavailable; see Retry-After.",
         504: "The upstream model service timed out.",
     }
     return {status: {"model": ErrorEnvelope, "description": descriptions[status]} for status in statuses}

@@ -1,0 +1,35 @@
+"""The HTTP side of a turn's event stream, on sse-starlette.
+
+Frames come pre-encoded from the event log and go out as they are; sse-starlette adds the keep-alive
+`: ping` comments (also before the first token), notices disconnects and drains streams on shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.settings import Settings
+
+SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+def _ping() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping", sep="\n")
+
+
+def event_stream_response(frames: AsyncIterator[bytes], settings: Settings) -> EventSourceResponse:
+    return EventSourceResponse(
+        frames,
+        headers=SSE_HEADERS,
+        ping=settings.sse_ping_interval_s,
+        ping_message_factory=_ping,
+        sep="\n",
+        send_timeout=settings.sse_send_timeout_s,
+        # On shutdown the runner finishes or interrupts every turn within its grace period, which ends
+        # these streams with their terminal event; sse-starlette waits a little longer before cutting.
+        shutdown_event=anyio.Event(),
+        shutdown_grace_period=settings.shutdown_grace_s + 3,
+    )
