@@ -7,8 +7,10 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from app.settings import Settings
 
@@ -23,6 +25,29 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
+class ParleyServer(uvicorn.Server):
+    """uvicorn waits for open connections before it runs the lifespan's shutdown, and turn streams stay
+    open until their turn ends: so the runner starts draining at the signal itself."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+        self._drain: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        state = getattr(self._app.state, "parley", None)
+        if state is not None and not self.should_exit:
+            state.runner.begin_shutdown()
+            loop = asyncio.get_event_loop()
+
+            def start_draining() -> None:
+                self._drain = loop.create_task(state.runner.drain(state.settings.shutdown_grace_s))
+
+            # Signal handlers run between bytecodes; call_soon_threadsafe also wakes the loop.
+            loop.call_soon_threadsafe(start_draining)
+        super().handle_exit(sig, frame)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
@@ -32,14 +57,17 @@ def _serve(args: argparse.Namespace) -> int:
         host = LOOPBACK_FOR_WILDCARD.get(args.host, args.host)
         settings = settings.model_copy(update={"public_base_url": f"http://{host}:{args.port}"})
     _configure_logging(settings)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host,
         port=args.port,
         log_config=None,
         proxy_headers=True,
-        timeout_graceful_shutdown=args.graceful_shutdown,
+        # Room for the runner's grace period, the terminal events and the final writes.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s + 5),
     )
+    ParleyServer(config, app).run()
     return 0
 
 
@@ -111,7 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--graceful-shutdown", type=float, default=20.0, help="seconds to finish open turns")
     serve.set_defaults(handler=_serve)
 
     migrate = commands.add_parser("migrate", help="upgrade the database to the latest schema")

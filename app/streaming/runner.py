@@ -142,19 +142,23 @@ class TurnRunner:
             asyncio.create_task(self._every(self.config.sweep_interval_s, self._sweep, first=0.0), name="runner-sweep"),
         ]
 
-    async def shutdown(self, grace_s: float) -> None:
+    async def drain(self, grace_s: float) -> None:
         """Stop taking turns; let running ones finish within the grace period, then store the rest as
         interrupted, so every event log gets its terminal event and every reader sees it."""
         self.accepting = False
-        running = [h for h in self._handles.values() if h.task is not None and not h.task.done()]
-        if running:
-            logger.info("runner.draining", extra={"turns": len(running), "grace_s": grace_s})
-            _, pending = await asyncio.wait([h.task for h in running if h.task], timeout=grace_s)
-            for handle in running:
-                if handle.task in pending:
-                    handle.interrupt("shutdown")
-            if pending:
-                await asyncio.wait(pending, timeout=max(2.0, self.config.recovery_timeout_s / 3))
+        running = [h.task for h in self._handles.values() if h.task is not None and not h.task.done()]
+        if not running:
+            return
+        logger.info("runner.draining", extra={"turns": len(running), "grace_s": grace_s})
+        _, pending = await asyncio.wait(running, timeout=grace_s) if grace_s > 0 else (set(), set(running))
+        for handle in list(self._handles.values()):
+            if handle.task in pending:
+                handle.interrupt("shutdown")
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+
+    async def shutdown(self, grace_s: float) -> None:
+        await self.drain(grace_s)
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
