@@ -185,6 +185,21 @@ def check_tool_outputs_have_calls(context: list[JsonObject]) -> None:
             )
 
 
+def check_no_duplicate_ids(existing: list[JsonObject], new: list[JsonObject]) -> None:
+    """Re-sending items a conversation already holds is refused (a classic tool-loop bug)."""
+    seen = {item.get("id") for item in existing}
+    for item in new:
+        if item.get("type") == "item_reference":
+            continue
+        if item["id"] in seen:
+            raise SimulatorError(
+                400,
+                f"Duplicate item found with id {item['id']}. Remove duplicate items from your input and try again.",
+                param="input",
+            )
+        seen.add(item["id"])
+
+
 def newest_user_text(items: list[JsonObject]) -> str | None:
     for item in reversed(items):
         if item.get("type") == "message" and item.get("role") == "user":

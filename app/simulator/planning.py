@@ -16,6 +16,7 @@ from app.simulator.generation import (
     tools_to_call,
 )
 from app.simulator.items import (
+    check_no_duplicate_ids,
     check_tool_outputs_have_calls,
     count_item_tokens,
     newest_user_text,
@@ -65,6 +66,8 @@ def start_response(state: SimulatorState, params: CreateParams, fault: Generatio
         history = previous.context_items + previous.response["output"]
         cached_prefix = CachedPrefix(previous.instructions_key, previous.input_tokens)
     check_tool_outputs_have_calls(history + params.input_items)
+    if conversation is not None:
+        check_no_duplicate_ids(conversation.items, params.input_items)
 
     instructions_text, instructions_echo = _instructions(params.instructions, prompt)
     instructions_key = stable_hash(instructions_text)
@@ -76,7 +79,7 @@ def start_response(state: SimulatorState, params: CreateParams, fault: Generatio
 
     config = state.config
     response = initial_response(params=params, model=model, instructions=instructions_echo, prompt=prompt)
-    new_items = copy.deepcopy(params.input_items)
+    new_items = [copy.deepcopy(item) for item in params.input_items if item.get("type") != "item_reference"]
 
     def on_finish(status: str) -> None:
         if conversation is None:

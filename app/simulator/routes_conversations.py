@@ -14,7 +14,7 @@ from app.simulator.errors import (
     missing_parameter,
     not_found,
 )
-from app.simulator.items import parse_input
+from app.simulator.items import check_no_duplicate_ids, parse_input
 from app.simulator.json_types import JsonObject, json_response
 from app.simulator.state import SimulatorState, StoredConversation
 from app.simulator.validation import metadata, optional_list
@@ -27,6 +27,7 @@ MAX_ITEMS_PER_CALL = 20
 @router.post("")
 async def create_conversation(state: StateDep, body: JsonBodyDep) -> Response:
     items = parse_input(optional_list(body, "items", max_length=MAX_ITEMS_PER_CALL) or [], param="items")
+    check_no_duplicate_ids([], items)
     conversation = state.create_conversation(metadata(body.get("metadata")), items)
     return json_response(conversation.to_json())
 
@@ -78,6 +79,7 @@ async def create_items(conversation_id: str, state: StateDep, body: JsonBodyDep)
     if raw_items is None:
         raise missing_parameter("items")
     items = parse_input(raw_items, param="items")
+    check_no_duplicate_ids(conversation.items, items)
     conversation.items.extend(items)
     return json_response(_list(items, has_more=False))
 

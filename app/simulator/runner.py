@@ -108,6 +108,10 @@ class Generation:
     # -- driving -------------------------------------------------------------------------------------------
 
     async def batches(self) -> AsyncGenerator[list[bytes], None]:
+        """The response's frames, in batches that end wherever the generation waits or a fault strikes.
+
+        Unpaced, a whole response comes in a few large batches; paced, every token is its own batch.
+        """
         loop = asyncio.get_running_loop()
         self._first_token_at = loop.time() + self._pacing.first_token_delay
         fault = self._fault

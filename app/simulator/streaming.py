@@ -48,6 +48,8 @@ class GenerationStream(_AsgiResponse):
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         outcome = await _until_disconnect(self._send(batches, send), receive)
         if outcome is None:
+            # The real service stops generating when a non-background stream's client leaves. We end such a
+            # response as `cancelled`, billed for the tokens produced so far, so a GET shows what happened.
             await batches.aclose()
             self._generation.abandon()
         elif outcome:
