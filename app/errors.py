@@ -4,6 +4,7 @@
      ├── InvalidRequest            400 invalid_request_error
      │    └── ValidationFailed     422 invalid_request_error
      ├── AuthenticationFailed      401 authentication_error
+     ├── PaymentRequired           402 budget_error
      ├── PermissionDenied          403 permission_error
      ├── NotFound                  404 not_found_error
      ├── Conflict                  409 conflict_error
@@ -62,6 +63,12 @@ class AuthenticationFailed(ParleyError):
 
     def __init__(self, message: str = "Missing or invalid credentials.", *, code: str | None = None) -> None:
         super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class PaymentRequired(ParleyError):
+    status_code = 402
+    type = "budget_error"
+    code = "budget_exceeded"
 
 
 class PermissionDenied(ParleyError):

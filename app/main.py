@@ -15,6 +15,8 @@ from app.api.routes import admin, health, sessions, turns
 from app.db.engine import build_engine, build_sessionmaker
 from app.db.migrate import head_revision, upgrade
 from app.services.auth import Authenticator
+from app.services.pricing import Pricer
+from app.services.spool import Spool
 from app.services.stream_tokens import StreamTokens
 from app.services.turn_store import SqlTurnStore
 from app.settings import Settings
@@ -74,7 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
         logs = EventLogRegistry(retention_s=settings.resume_window_s)
         runner = TurnRunner(
             upstream=upstream,
-            store=SqlTurnStore(sessionmaker),
+            store=SqlTurnStore(sessionmaker, pricer=Pricer(settings.pricing_file), spool=Spool(settings.spool_dir)),
             logs=logs,
             config=runner_config(settings),
         )

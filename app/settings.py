@@ -7,6 +7,7 @@ works unchanged. There is no module-level instance: `create_app(settings)` recei
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -81,6 +82,13 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256", "RS256", "ES256"]
+
+    # The cost ledger, budgets and limits.
+    spool_dir: Path = Path("var") / "spool"
+    default_monthly_budget_usd: Decimal | None = Field(default=None, ge=0)
+    rate_limit_turns_per_minute: int = Field(default=30, ge=0)  # 0: no limit
+    rate_limit_concurrent_turns: int = Field(default=4, ge=0)  # in-flight turns per user; 0: no limit
+    metrics_token: SecretStr | None = None
 
     redis_url: str | None = None
     tools: Annotated[list[str], NoDecode] = []

@@ -6,6 +6,7 @@ working as users of their own (each `user` fixture makes a fresh one), not by re
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,10 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "openai_api_key": None,
         "openai_base_url": None,
         "public_base_url": None,
+        "spool_dir": Path(tempfile.mkdtemp(prefix="parley-spool-")),
+        # Tests send many turns quickly; the limits have tests of their own.
+        "rate_limit_turns_per_minute": 0,
+        "rate_limit_concurrent_turns": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

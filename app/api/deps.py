@@ -49,7 +49,9 @@ async def get_db(state: StateDep) -> AsyncIterator[AsyncSession]:
         await db.commit()
 
 
-DbDep = Annotated[AsyncSession, Depends(get_db)]
+# scope="function": committed and closed when the handler returns, before the response is sent, so a client
+# that has its 201 can rely on the row (and a stream never holds a connection).
+DbDep = Annotated[AsyncSession, Depends(get_db, scope="function")]
 
 
 def get_authenticator(state: StateDep) -> Authenticator:

@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData, Numeric, String
+from sqlalchemy import JSON, BigInteger, DateTime, MetaData, Numeric
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
@@ -49,30 +49,33 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 
 class Money(TypeDecorator[Decimal]):
-    """USD amounts as exact decimals: NUMERIC on Postgres, canonical decimal text on SQLite.
+    """USD amounts as exact decimals: NUMERIC on Postgres; on SQLite, whole units of 10^-10 USD.
 
-    SQLite has no decimal type; SQLAlchemy would round-trip NUMERIC through float there, which is exactly
-    the rounding error a cost ledger must not have.
+    SQLite has no decimal type: SQLAlchemy would round-trip NUMERIC through float, and SUM() over text
+    goes through float too. Integers of a fixed scale stay exact, also inside SUM().
     """
 
     impl = Numeric(20, 10)
     cache_ok = True
+    SQLITE_SCALE = Decimal(10) ** 10
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "sqlite":
-            return dialect.type_descriptor(String(40))
+            return dialect.type_descriptor(BigInteger())
         return dialect.type_descriptor(Numeric(20, 10, asdecimal=True))
 
     def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
         if value is None:
             return None
         if dialect.name == "sqlite":
-            return format(Decimal(value), "f")
+            return int((Decimal(value) * self.SQLITE_SCALE).to_integral_value())
         return Decimal(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         if value is None:
             return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)) / self.SQLITE_SCALE
         return Decimal(str(value))
 
 

@@ -18,6 +18,8 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     # The user's stable name: given to `parley keys create --user NAME`, or a JWT's `sub`.
     name: Mapped[str] = mapped_column(String(255), unique=True)
+    # None: the deployment's default (PARLEY_DEFAULT_MONTHLY_BUDGET_USD).
+    monthly_budget_usd: Mapped[Decimal | None] = mapped_column(Money())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -131,16 +133,41 @@ class UsageRecord(Base):
     response_id: Mapped[str] = mapped_column(String(128), unique=True)
     turn_id: Mapped[str] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"), index=True)
     session_id: Mapped[str] = mapped_column(String(40), index=True)
-    user_id: Mapped[str] = mapped_column(String(40), index=True)
-    model: Mapped[str | None] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(40))
+    prompt_id: Mapped[str | None] = mapped_column(String(128))
+    prompt_version: Mapped[str | None] = mapped_column(String(64))
+    model_requested: Mapped[str | None] = mapped_column(String(128))
+    model: Mapped[str | None] = mapped_column(String(128))  # as served, e.g. gpt-5-2025-08-07
+    service_tier: Mapped[str | None] = mapped_column(String(24))
     status: Mapped[str] = mapped_column(String(24))
     input_tokens: Mapped[int | None] = mapped_column(BigInteger)
     cached_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int | None] = mapped_column(BigInteger)
     output_tokens: Mapped[int | None] = mapped_column(BigInteger)
     reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger)
     total_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    web_search_calls: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # None when unknown (no usage, or no price for the model), never 0 for unknown.
     cost_usd: Mapped[Decimal | None] = mapped_column(Money())
+    price_source: Mapped[str | None] = mapped_column(String(64))
+    upstream_request_id: Mapped[str | None] = mapped_column(String(128))
+    rate_limits: Mapped[dict[str, str] | None] = mapped_column(PortableJSON)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),)
+
+
+class UserMonthlySpend(Base):
+    """Spend per user and calendar month (UTC), kept with the ledger so a budget check is one row."""
+
+    __tablename__ = "user_monthly_spend"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # "2026-11"
+    cost_usd: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class RunnerHeartbeat(Base):

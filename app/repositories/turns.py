@@ -7,12 +7,19 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import TURN_IN_FLIGHT_STATUSES, ChatSession, RunnerHeartbeat, Turn, UsageRecord
+from app.db.models import (
+    TURN_IN_FLIGHT_STATUSES,
+    ChatSession,
+    RunnerHeartbeat,
+    Turn,
+    UsageRecord,
+    UserMonthlySpend,
+)
 from app.repositories.pagination import Order, Page, paginate
 
 
@@ -153,3 +160,49 @@ async def add_session_cost(db: AsyncSession, *, session_id: str, cost: Decimal |
         else:
             values["total_cost_usd"] = ChatSession.total_cost_usd + cost
     await db.execute(update(ChatSession).where(ChatSession.id == session_id).values(**values))
+
+
+async def add_monthly_spend(db: AsyncSession, *, user_id: str, month: str, cost: Decimal, at: dt.datetime) -> None:
+    """Add to a user's spend for one month (a row per user and month, created on first spend)."""
+    existing = await db.get(UserMonthlySpend, (user_id, month), with_for_update=True)
+    if existing is None:
+        db.add(UserMonthlySpend(user_id=user_id, month=month, cost_usd=cost, updated_at=at))
+        await db.flush()
+        return
+    if db.get_bind().dialect.name == "sqlite":
+        existing.cost_usd = existing.cost_usd + cost
+    else:
+        existing.cost_usd = UserMonthlySpend.cost_usd + cost
+    existing.updated_at = at
+    await db.flush()
+
+
+async def monthly_spend(db: AsyncSession, *, user_id: str, month: str) -> Decimal:
+    spend = await db.scalar(
+        select(UserMonthlySpend.cost_usd).where(UserMonthlySpend.user_id == user_id, UserMonthlySpend.month == month)
+    )
+    return spend if spend is not None else Decimal(0)
+
+
+async def count_turns_since(db: AsyncSession, *, user_id: str, since: dt.datetime) -> tuple[int, dt.datetime | None]:
+    """How many turns the user started since `since`, and when the oldest of them started."""
+    row = (
+        await db.execute(
+            select(func.count(Turn.id), func.min(Turn.created_at)).where(
+                Turn.user_id == user_id, Turn.created_at >= since
+            )
+        )
+    ).one()
+    oldest = row[1]
+    if isinstance(oldest, str):  # SQLite hands MIN() back untyped
+        oldest = dt.datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=dt.UTC)
+    return int(row[0]), oldest
+
+
+async def count_in_flight_for_user(db: AsyncSession, *, user_id: str) -> int:
+    count = await db.scalar(
+        select(func.count(Turn.id)).where(Turn.user_id == user_id, Turn.status.in_(TURN_IN_FLIGHT_STATUSES))
+    )
+    return int(count or 0)

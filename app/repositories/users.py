@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -71,3 +72,19 @@ async def list_api_keys(db: AsyncSession, *, user_id: str, limit: int, after: st
 async def revoke_api_key(db: AsyncSession, *, key_id: str, at: dt.datetime) -> ApiKey | None:
     await db.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=at))
     return await db.get(ApiKey, key_id, populate_existing=True)
+
+
+async def lock_user(db: AsyncSession, user_id: str) -> User | None:
+    """The user's row, locked for this transaction: serialises one user's turn starts across processes,
+    so limits and budgets are checked against a count nobody else is changing."""
+    user: User | None = await db.scalar(select(User).where(User.id == user_id).with_for_update())
+    return user
+
+
+async def set_monthly_budget(db: AsyncSession, *, user_id: str, budget: Decimal | None) -> User | None:
+    user = await db.get(User, user_id)
+    if user is None:
+        return None
+    user.monthly_budget_usd = budget
+    await db.flush()
+    return user

@@ -1,7 +1,9 @@
 """The runner's persistence (`streaming.runner.TurnStore`) over the database.
 
-Every write is its own short transaction; the per-event path never waits for one. `finish` writes the
-turn's final state, the assistant message and one ledger row per upstream response in one transaction.
+Every write is its own short transaction; the per-event path never waits for one. A turn's end is one
+transaction: its final state, the assistant message, one priced ledger row per upstream response (unique on
+the response id), the session's and the user's spend. If the database cannot take it, the same write goes
+to the local spool and is replayed later.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from app.db.ids import new_id
 from app.db.models import Message
 from app.repositories import sessions as sessions_repo
 from app.repositories import turns as turns_repo
+from app.services.limits import month_of
+from app.services.pricing import Pricer, TokenUsage
+from app.services.spool import Spool
 from app.services.turns import iso, render_turn
 from app.streaming.outcome import TurnOutcome
 from app.streaming.runner import OrphanedTurn, TurnJob
@@ -28,95 +33,163 @@ from app.streaming.turn_state import ResponseOutcome
 logger = logging.getLogger(__name__)
 
 FINISH_ATTEMPTS = 3
-
-
-def _usage_row(job: TurnJob, response: ResponseOutcome) -> dict[str, Any]:
-    usage = response.usage or {}
-    input_details = usage.get("input_tokens_details") or {}
-    output_details = usage.get("output_tokens_details") or {}
-    known = bool(usage)
-    return {
-        "id": new_id("usage"),
-        "response_id": response.response_id,
-        "turn_id": job.turn_id,
-        "session_id": job.session_id,
-        "user_id": job.user_id,
-        "model": response.model,
-        "status": response.status,
-        "input_tokens": usage.get("input_tokens") if known else None,
-        "cached_input_tokens": input_details.get("cached_tokens") if known else None,
-        "output_tokens": usage.get("output_tokens") if known else None,
-        "reasoning_tokens": output_details.get("reasoning_tokens") if known else None,
-        "total_tokens": usage.get("total_tokens") if known else None,
-        # Pricing arrives with the cost ledger; until a price is known the cost is unknown, never 0.
-        "cost_usd": None,
-        "created_at": utcnow(),
-    }
+DATABASE_ERRORS = (OperationalError, DBAPIError, OSError, asyncio.TimeoutError)
 
 
 class SqlTurnStore:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, pricer: Pricer, spool: Spool) -> None:
         self._sessionmaker = sessionmaker
+        self._pricer = pricer
+        self.spool = spool
 
     async def store_response_ids(self, turn_id: str, response_ids: list[str]) -> None:
         try:
             async with self._sessionmaker() as db, db.begin():
                 await turns_repo.set_response_ids(db, turn_id=turn_id, response_ids=response_ids)
-        except DBAPIError:
-            # Not fatal: `finish` writes the ids again with the final state.
-            logger.warning("turn.response_id_not_stored", extra={"turn_id": turn_id}, exc_info=True)
+        except DATABASE_ERRORS:
+            # Not fatal: the final write stores the ids again with the turn's end.
+            logger.warning("turn.response_id_not_stored", extra={"turn_id": turn_id})
 
     async def finish(self, job: TurnJob, outcome: TurnOutcome) -> dict[str, Any]:
-        now = utcnow()
-        cost: Decimal | None = None
-        values: dict[str, Any] = {
+        plan = self._final_write(job, outcome, utcnow())
+        for attempt in range(1, FINISH_ATTEMPTS + 1):
+            try:
+                await self.apply(plan)
+                break
+            except DATABASE_ERRORS:
+                if attempt == FINISH_ATTEMPTS:
+                    logger.error("turn.finish_spooled: database unavailable", extra={"turn_id": job.turn_id})
+                    await self.spool.append(plan)
+                    break
+                await asyncio.sleep(0.2 * attempt)
+        return {**job.created_turn, **plan["rendered"], "stream_url": job.stream_url or None}
+
+    def _final_write(self, job: TurnJob, outcome: TurnOutcome, now: dt.datetime) -> dict[str, Any]:
+        """Everything the end of a turn writes, as plain JSON data (so it can be spooled as it is)."""
+        prompt = job.upstream_body.get("prompt") or {}
+        rows = [self._ledger_row(job, outcome, response, prompt, now) for response in outcome.responses]
+        costs = [row["cost_usd"] for row in rows]
+        total = sum((Decimal(c) for c in costs), Decimal(0)) if costs and None not in costs else None
+        known = sum((Decimal(c) for c in costs if c is not None), Decimal(0))
+        turn_values: dict[str, Any] = {
             "status": outcome.status,
             "output_text": outcome.output_text,
             "response_ids": outcome.response_ids,
             "usage": outcome.usage,
-            "cost_usd": cost,
+            "cost_usd": str(total) if total is not None else None,
             "error": outcome.error,
             "ttft_ms": outcome.ttft_ms,
             "duration_ms": outcome.duration_ms,
             "last_event_id": outcome.last_event_id,
-            "completed_at": now,
+            "completed_at": now.isoformat(),
         }
         if outcome.status == "failed" and not outcome.response_ids:
             # Nothing started upstream (e.g. a 429): the client may retry with the same Idempotency-Key.
-            values["idempotency_key"] = None
-        for attempt in range(1, FINISH_ATTEMPTS + 1):
-            try:
-                await self._write_final(job, outcome, values, now)
-                break
-            except (OperationalError, DBAPIError):
-                if attempt == FINISH_ATTEMPTS:
-                    logger.exception("turn.finish_not_stored", extra={"turn_id": job.turn_id})
-                    break
-                await asyncio.sleep(0.2 * attempt)
-        return {**job.created_turn, **_rendered(values), "stream_url": job.stream_url or None}
+            turn_values["idempotency_key"] = None
+        message = None
+        if outcome.output_text or outcome.status == "completed":
+            message = {"id": new_id("msg"), "content": outcome.output_text, "status": outcome.status}
+        return {
+            "turn_id": job.turn_id,
+            "session_id": job.session_id,
+            "user_id": job.user_id,
+            "at": now.isoformat(),
+            "turn": turn_values,
+            "message": message,
+            "ledger": rows,
+            "known_cost_usd": str(known),
+            "rendered": {
+                **{
+                    k: turn_values[k]
+                    for k in ("status", "output_text", "response_ids", "usage", "error", "ttft_ms", "duration_ms")
+                },
+                "cost_usd": f"{total:.8f}" if total is not None else None,
+                "completed_at": iso(now),
+            },
+        }
 
-    async def _write_final(self, job: TurnJob, outcome: TurnOutcome, values: dict[str, Any], now: dt.datetime) -> None:
+    def _ledger_row(
+        self, job: TurnJob, outcome: TurnOutcome, response: ResponseOutcome, prompt: dict[str, Any], now: dt.datetime
+    ) -> dict[str, Any]:
+        usage = response.usage
+        tokens = TokenUsage.from_response_usage(usage, web_search_calls=response.web_search_calls) if usage else None
+        price = self._pricer.price(
+            model=response.model or job.upstream_body.get("model"), usage=tokens, service_tier=response.service_tier
+        )
+        return {
+            "id": new_id("usage"),
+            "response_id": response.response_id,
+            "turn_id": job.turn_id,
+            "session_id": job.session_id,
+            "user_id": job.user_id,
+            "prompt_id": prompt.get("id"),
+            "prompt_version": prompt.get("version"),
+            "model_requested": job.upstream_body.get("model"),
+            "model": response.model,
+            "service_tier": response.service_tier,
+            "status": response.status,
+            "input_tokens": tokens.input_tokens if tokens else None,
+            "cached_input_tokens": tokens.cached_tokens if tokens else None,
+            "cache_write_tokens": tokens.cache_write_tokens if tokens else None,
+            "output_tokens": tokens.output_tokens if tokens else None,
+            "reasoning_tokens": tokens.reasoning_tokens if tokens else None,
+            "total_tokens": int(usage.get("total_tokens") or 0) if usage else None,
+            "web_search_calls": response.web_search_calls,
+            "cost_usd": str(price.cost_usd) if price.cost_usd is not None else None,
+            "price_source": price.source,
+            "upstream_request_id": response.upstream_request_id,
+            "rate_limits": response.rate_limits or None,
+            "ttft_ms": outcome.ttft_ms,
+            "duration_ms": outcome.duration_ms,
+            "created_at": now.isoformat(),
+        }
+
+    async def apply(self, plan: dict[str, Any]) -> None:
+        """Run one final write (fresh, or replayed from the spool) in one transaction; idempotent."""
+        at = dt.datetime.fromisoformat(plan["at"])
+        turn_values = dict(plan["turn"])
+        turn_values["completed_at"] = dt.datetime.fromisoformat(turn_values["completed_at"])
+        if turn_values["cost_usd"] is not None:
+            turn_values["cost_usd"] = Decimal(turn_values["cost_usd"])
+        ledger = [
+            {
+                **row,
+                "cost_usd": Decimal(row["cost_usd"]) if row["cost_usd"] is not None else None,
+                "created_at": dt.datetime.fromisoformat(row["created_at"]),
+            }
+            for row in plan["ledger"]
+        ]
+        known_cost = Decimal(plan["known_cost_usd"])
         async with self._sessionmaker() as db, db.begin():
-            if not await turns_repo.finish_turn_row(db, turn_id=job.turn_id, values=values):
-                logger.info("turn.already_finished", extra={"turn_id": job.turn_id})
+            if not await turns_repo.finish_turn_row(db, turn_id=plan["turn_id"], values=turn_values):
+                # Already finished (a replay of a write that did land): only make sure the ledger is whole.
+                await turns_repo.insert_usage_records(db, ledger)
                 return
-            if outcome.output_text or outcome.status == "completed":
+            message = plan["message"]
+            if message is not None:
                 await sessions_repo.add_messages(
                     db,
                     [
                         Message(
-                            id=new_id("msg"),
-                            session_id=job.session_id,
-                            turn_id=job.turn_id,
+                            id=message["id"],
+                            session_id=plan["session_id"],
+                            turn_id=plan["turn_id"],
                             role="assistant",
-                            content=outcome.output_text,
-                            status=outcome.status,
-                            created_at=now,
+                            content=message["content"],
+                            status=message["status"],
+                            created_at=at,
                         )
                     ],
                 )
-            await turns_repo.insert_usage_records(db, [_usage_row(job, r) for r in outcome.responses])
-            await turns_repo.add_session_cost(db, session_id=job.session_id, cost=values["cost_usd"], at=now)
+            await turns_repo.insert_usage_records(db, ledger)
+            await turns_repo.add_session_cost(db, session_id=plan["session_id"], cost=known_cost, at=at)
+            if known_cost:
+                await turns_repo.add_monthly_spend(
+                    db, user_id=plan["user_id"], month=month_of(at), cost=known_cost, at=at
+                )
+
+    async def replay_spool(self) -> int:
+        return await self.spool.replay(self.apply)
 
     async def cancel_requests(self, turn_ids: list[str]) -> list[str]:
         async with self._sessionmaker() as db:
@@ -148,18 +221,3 @@ class SqlTurnStore:
             )
             for turn in turns
         ]
-
-
-def _rendered(values: dict[str, Any]) -> dict[str, Any]:
-    cost = values["cost_usd"]
-    return {
-        "status": values["status"],
-        "output_text": values["output_text"],
-        "response_ids": values["response_ids"],
-        "usage": values["usage"],
-        "cost_usd": f"{cost:.8f}" if cost is not None else None,
-        "error": values["error"],
-        "ttft_ms": values["ttft_ms"],
-        "duration_ms": values["duration_ms"],
-        "completed_at": iso(values["completed_at"]),
-    }

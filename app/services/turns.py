@@ -18,8 +18,10 @@ from app.db.models import ChatSession, Message, Turn
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.repositories import sessions as sessions_repo
 from app.repositories import turns as turns_repo
+from app.repositories import users as users_repo
 from app.repositories.pagination import Order, Page
 from app.services.auth import Principal
+from app.services.limits import check_turn_allowed
 from app.services.policy import check_model, check_prompt
 from app.settings import Settings
 
@@ -141,11 +143,15 @@ async def start_turn(
                 running = await turns_repo.find_in_flight(db, session_id=session_id)
                 if running is not None:
                     raise _in_progress(running.id)
+                now = utcnow()
+                user = await users_repo.lock_user(db, principal.user_id)
+                if user is None:
+                    raise NotFound("Unknown user.", code="user_not_found")
+                await check_turn_allowed(db, settings=settings, user=user, now=now)
                 turn_id = new_id("turn")
                 body = resolve_upstream_body(
                     settings, session=session, request=request, principal=principal, turn_id=turn_id
                 )
-                now = utcnow()
                 turn = Turn(
                     id=turn_id,
                     session_id=session_id,

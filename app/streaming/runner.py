@@ -24,7 +24,7 @@ import orjson
 from app.errors import ParleyError, ServiceUnavailable
 from app.streaming.event_log import EventLog, EventLogRegistry
 from app.streaming.outcome import TurnOutcome
-from app.streaming.turn_state import ResponseOutcome, TurnState
+from app.streaming.turn_state import ResponseOutcome, TurnState, rate_limit_headers
 from app.upstream.responses import StreamPolicy, UpstreamStream, open_stream, retrieve_response
 from app.upstream.sse import SSESplitter
 
@@ -62,6 +62,7 @@ class TurnStore(Protocol):
     async def beat(self, runner_id: str) -> None: ...
     async def remove_heartbeat(self, runner_id: str) -> None: ...
     async def claim_orphans(self, runner_id: str, stale_before: dt.datetime) -> list[OrphanedTurn]: ...
+    async def replay_spool(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +134,12 @@ class TurnRunner:
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.store.beat(self.id)
+        # Nothing here may fail the start: a process whose database is down or not yet migrated still
+        # serves /healthz and a 503 /readyz, and its loops pick up once the database is there.
         self._background = [
-            asyncio.create_task(self._every(self.config.heartbeat_interval_s, self._beat), name="runner-heartbeat"),
+            asyncio.create_task(
+                self._every(self.config.heartbeat_interval_s, self._beat, first=0.0), name="runner-heartbeat"
+            ),
             asyncio.create_task(
                 self._every(self.config.cancel_poll_interval_s, self._poll_cancels), name="runner-cancels"
             ),
@@ -174,8 +178,10 @@ class TurnRunner:
         while True:
             try:
                 await action()
-            except Exception:
-                logger.exception("runner.background_failed", extra={"action": getattr(action, "__name__", "?")})
+            except Exception as error:
+                logger.warning(
+                    "runner.background_failed: %s", type(error).__name__, extra={"action": getattr(action, "__name__", "?")}
+                )
             await asyncio.sleep(interval)
 
     async def _beat(self) -> None:
@@ -189,6 +195,8 @@ class TurnRunner:
 
     async def _sweep(self) -> None:
         self.logs.expire()
+        # Final writes spooled while the database was down go in before any orphan is looked at.
+        await self.store.replay_spool()
         stale_before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.config.orphan_after_s)
         for orphan in await self.store.claim_orphans(self.id, stale_before):
             await self._reconcile(orphan)
@@ -234,6 +242,8 @@ class TurnRunner:
                 await self._finish(handle, state, outcome)
                 return
             handle.opened.set_result(None)
+            state.stream_request_id = stream.request_id
+            state.stream_rate_limits = rate_limit_headers(stream.headers)
             failure = await self._relay(handle, stream, state)
             outcome = await self._decide(handle, state, failure)
             await self._finish(handle, state, outcome)
@@ -330,6 +340,10 @@ class TurnRunner:
         outcome.responses = [state.outcomes[r] for r in response_ids if r in state.outcomes] + [
             r for r in outcome.responses if r.response_id not in state.outcomes
         ]
+        for response in outcome.responses:
+            response.upstream_request_id, response.rate_limits = state.response_meta.get(
+                response.response_id, (None, None)
+            )
         return outcome
 
     async def _recover(self, state: TurnState, failure: str) -> TurnOutcome:

@@ -26,11 +26,17 @@ class ResponseOutcome:
     error: dict[str, Any] | None = None
     incomplete_reason: str | None = None
     output_text: str | None = None
+    service_tier: str | None = None
+    web_search_calls: int = 0
+    # From the HTTP response that carried it (set by the runner).
+    upstream_request_id: str | None = None
+    rate_limits: dict[str, str] | None = None
 
     @classmethod
     def from_response(cls, response: dict[str, Any]) -> ResponseOutcome:
         details = response.get("incomplete_details")
         error = response.get("error")
+        tier = response.get("service_tier")
         return cls(
             response_id=str(response.get("id")),
             status=str(response.get("status")),
@@ -39,6 +45,12 @@ class ResponseOutcome:
             error=error if isinstance(error, dict) else None,
             incomplete_reason=details.get("reason") if isinstance(details, dict) else None,
             output_text=output_text_of(response),
+            service_tier=tier if isinstance(tier, str) else None,
+            web_search_calls=sum(
+                1
+                for item in response.get("output") or ()
+                if isinstance(item, dict) and item.get("type") == "web_search_call"
+            ),
         )
 
 
@@ -63,6 +75,10 @@ class TurnState:
     error_event: dict[str, Any] | None = None
     terminal_event: str | None = None
     events_relayed: int = 0
+    # The upstream HTTP response now being read: its x-request-id and x-ratelimit-* headers.
+    stream_request_id: str | None = None
+    stream_rate_limits: dict[str, str] | None = None
+    response_meta: dict[str, tuple[str | None, dict[str, str] | None]] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -87,6 +103,7 @@ class TurnState:
             response_id = response.get("id")
             if isinstance(response_id, str) and response_id not in self.response_ids:
                 self.response_ids.append(response_id)
+                self.response_meta[response_id] = (self.stream_request_id, self.stream_rate_limits)
                 return response_id
             return None
         if name in TERMINAL_RESPONSE_EVENTS:
@@ -109,3 +126,7 @@ class TurnState:
         if self.first_token_at is None:
             return None
         return int((self.first_token_at - self.started_at) * 1000)
+
+
+def rate_limit_headers(headers: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items() if name.lower().startswith("x-ratelimit-")}

@@ -25,6 +25,7 @@ EXPECTED_TABLES = {
     "turns",
     "usage_records",
     "runner_heartbeats",
+    "user_monthly_spend",
     "alembic_version",
 }
 

@@ -25,7 +25,7 @@ async def _poll_until_done(sdk: openai.AsyncOpenAI, response_id: str) -> list[Re
 
 
 async def test_background_create_returns_queued_then_completes(sdk: openai.AsyncOpenAI, simulator: Simulator) -> None:
-    await simulator.configure(tokens_per_second=100, output_tokens=20)
+    await simulator.configure(tokens_per_second=25, output_tokens=25)
 
     created = await sdk.responses.create(model="gpt-4.1-mini", input="Work in the background", background=True)
     polled = await _poll_until_done(sdk, created.id)
@@ -39,7 +39,7 @@ async def test_background_create_returns_queued_then_completes(sdk: openai.Async
     assert final.status == "completed"
     assert final.completed_at is not None
     assert final.usage is not None
-    assert final.usage.output_tokens == 20
+    assert final.usage.output_tokens == 25
 
 
 async def test_background_stream_starts_queued(simulator: Simulator) -> None:

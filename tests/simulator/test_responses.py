@@ -11,6 +11,7 @@ from openai.types.responses import Response, ResponseFunctionToolCall
 
 from app.simulator import DEMO_PROMPT_ID
 from tests.simulator.conftest import AUTH, Simulator
+from tests.simulator.sse import assert_contiguous, validate_with_sdk
 
 INSTRUCTIONS = "You are a test assistant."
 WEATHER_TOOL = {
@@ -226,6 +227,9 @@ async def test_function_call_round_trip(sdk: openai.AsyncOpenAI, simulator: Simu
     )
     call = ResponseFunctionToolCall.model_validate(events[-1].data["response"]["output"][0])
     types = [event.type for event in events]
+    assert_contiguous(events)
+    for event in events:
+        validate_with_sdk(event)
 
     assert types[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
     assert types[-3:] == [
@@ -253,6 +257,30 @@ async def test_function_call_round_trip(sdk: openai.AsyncOpenAI, simulator: Simu
     assert "Sunny, 21 C" in answer.output_text
     items = [item async for item in sdk.conversations.items.list(conversation.id, order="asc")]
     assert [item.type for item in items] == ["message", "function_call", "function_call_output", "message"]
+
+
+async def test_resending_an_item_the_conversation_holds_is_refused(sdk: openai.AsyncOpenAI) -> None:
+    conversation = await sdk.conversations.create()
+    first = await sdk.responses.create(
+        model="gpt-4.1-mini",
+        input="call get_weather",
+        tools=[WEATHER_TOOL],
+        conversation=conversation.id,  # type: ignore[list-item]
+    )
+    call = first.output[0]
+    assert isinstance(call, ResponseFunctionToolCall)
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk.responses.create(
+            model="gpt-4.1-mini",
+            input=[
+                call.model_dump(exclude_none=True),  # type: ignore[list-item]
+                {"type": "function_call_output", "call_id": call.call_id, "output": "ok"},
+            ],
+            conversation=conversation.id,
+        )
+    assert caught.value.param == "input"
+    assert f"Duplicate item found with id {call.id}" in caught.value.message
 
 
 async def test_tool_choice_required_always_calls_a_tool(sdk: openai.AsyncOpenAI) -> None:

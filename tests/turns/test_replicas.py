@@ -43,9 +43,10 @@ def replicas(database_url: str, backend: str, simulator_url: str) -> Iterator[tu
 @pytest.fixture
 async def pair(replicas: tuple[RunningParley, RunningParley], simulator_url: str) -> AsyncIterator[Pair]:
     a, b = replicas
-    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as ca, httpx.AsyncClient(
-        base_url=b.base_url, timeout=30
-    ) as cb:
+    async with (
+        httpx.AsyncClient(base_url=a.base_url, timeout=30) as ca,
+        httpx.AsyncClient(base_url=b.base_url, timeout=30) as cb,
+    ):
         sim = Simulator(ca, simulator_url)
         await sim.configure(tokens_per_second=60, output_tokens=120, first_token_delay_ms=0)
         yield Pair(ca, cb, sim)
