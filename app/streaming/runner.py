@@ -180,7 +180,9 @@ class TurnRunner:
                 await action()
             except Exception as error:
                 logger.warning(
-                    "runner.background_failed: %s", type(error).__name__, extra={"action": getattr(action, "__name__", "?")}
+                    "runner.background_failed: %s",
+                    type(error).__name__,
+                    extra={"action": getattr(action, "__name__", "?")},
                 )
             await asyncio.sleep(interval)
 
