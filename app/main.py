@@ -11,7 +11,7 @@ from starlette.routing import Mount
 
 from app.api.error_handlers import install_error_handlers
 from app.api.middleware import RequestGuardMiddleware, SecurityHeadersMiddleware
-from app.api.routes import admin, health, sessions, turns
+from app.api.routes import admin, health, sessions, turns, usage
 from app.db.engine import build_engine, build_sessionmaker
 from app.db.migrate import head_revision, upgrade
 from app.services.auth import Authenticator
@@ -121,6 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(sessions.router)
     app.include_router(turns.router)
+    app.include_router(usage.router)
     app.include_router(admin.router)
     if settings.uses_simulator:
         from app.simulator import create_simulator_app

@@ -155,11 +155,26 @@ class UserRead(BaseModel):
     id: str
     object: Literal["user"] = "user"
     name: str
+    monthly_budget_usd: MoneyStr | None = Field(description="None: the deployment's default budget applies.")
     created_at: dt.datetime
 
     @classmethod
     def of(cls, user: User) -> UserRead:
-        return cls(id=user.id, name=user.name, created_at=user.created_at)
+        return cls(id=user.id, name=user.name, monthly_budget_usd=user.monthly_budget_usd, created_at=user.created_at)
+
+
+class BudgetUpdate(StrictModel):
+    monthly_budget_usd: Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=8)] | None = Field(
+        description="USD per calendar month (UTC), as a decimal string; null: the deployment's default."
+    )
+
+
+class BudgetRead(BaseModel):
+    object: Literal["budget"] = "budget"
+    user_id: str
+    monthly_budget_usd: MoneyStr | None = Field(description="The budget in force; null: unlimited.")
+    month: str
+    spent_usd: MoneyStr
 
 
 class ApiKeyCreate(StrictModel):

@@ -49,14 +49,16 @@ class Authenticator:
             return await self._from_jwt(credential)
         raise AuthenticationFailed()
 
+    def is_admin(self, credential: str) -> bool:
+        token = self._settings.admin_token
+        return token is not None and hmac.compare_digest(credential.encode(), token.get_secret_value().encode())
+
     def check_admin(self, credential: str | None) -> None:
         """Admin routes: the admin token, or 401/403."""
         if not credential:
             raise AuthenticationFailed()
-        token = self._settings.admin_token
-        if token is not None and hmac.compare_digest(credential.encode(), token.get_secret_value().encode()):
-            return
-        raise PermissionDenied("Admin routes need the admin token.", code="admin_only")
+        if not self.is_admin(credential):
+            raise PermissionDenied("Admin routes need the admin token.", code="admin_only")
 
     async def _from_api_key(self, credential: str) -> Principal:
         # Its own short transaction: the request's database session stays untouched until needed.

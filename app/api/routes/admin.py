@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.deps import AdminDep, DbDep, ListDep
+from app.api.deps import AdminDep, DbDep, ListDep, StateDep
 from app.api.routes.common import KeyId, UserId, errors, list_response
-from app.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead, ListResponse, UserCreate, UserRead
+from app.api.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyRead,
+    BudgetRead,
+    BudgetUpdate,
+    ListResponse,
+    UserCreate,
+    UserRead,
+)
 from app.db.base import utcnow
+from app.db.models import User
 from app.errors import Conflict, NotFound
+from app.repositories import turns as turns_repo
 from app.repositories import users as users_repo
 from app.services import api_keys
+from app.services.limits import budget_of, month_of
+from app.state import AppState
 
 router = APIRouter(
     prefix="/v1/admin",
@@ -31,6 +45,33 @@ async def create_user(body: UserCreate, db: DbDep) -> UserRead:
 async def list_users(db: DbDep, page: ListDep) -> ListResponse[UserRead]:
     result = await users_repo.list_users(db, limit=page.limit, after=page.after, order=page.order or "desc")
     return list_response(result.items, result.has_more, UserRead.of, lambda u: u.id)
+
+
+@router.put("/users/{user_id}/budget", responses=errors(404))
+async def set_budget(user_id: UserId, body: BudgetUpdate, db: DbDep, state: StateDep) -> BudgetRead:
+    """Set a user's monthly budget; over it, new turns get 402 `budget_exceeded` before any upstream call."""
+    user = await users_repo.set_monthly_budget(db, user_id=user_id, budget=body.monthly_budget_usd)
+    if user is None:
+        raise NotFound(f"No user with id '{user_id}'.", param="user_id")
+    return await _budget(db, state, user)
+
+
+@router.get("/users/{user_id}/budget", responses=errors(404))
+async def get_budget(user_id: UserId, db: DbDep, state: StateDep) -> BudgetRead:
+    user = await users_repo.get_user(db, user_id)
+    if user is None:
+        raise NotFound(f"No user with id '{user_id}'.", param="user_id")
+    return await _budget(db, state, user)
+
+
+async def _budget(db: AsyncSession, state: AppState, user: User) -> BudgetRead:
+    month = month_of(utcnow())
+    return BudgetRead(
+        user_id=user.id,
+        monthly_budget_usd=budget_of(user, state.settings),
+        month=month,
+        spent_usd=await turns_repo.monthly_spend(db, user_id=user.id, month=month),
+    )
 
 
 @router.post("/users/{user_id}/keys", status_code=status.HTTP_201_CREATED, responses=errors(404))
