@@ -167,7 +167,9 @@ async def _events_after(state: AppState, turn: Turn, after: int) -> AsyncIterato
             yield chunk
         return
     final = turn if turn.status not in TURN_IN_FLIGHT_STATUSES else await _wait_until_final(state, turn.id)
-    terminal_id = final.last_event_id or 1
+    # A turn reconciled after its process died has no stored event count: number its terminal event after
+    # whatever the client saw, so a resuming browser still gets it.
+    terminal_id = final.last_event_id or after + 1
     if after < terminal_id:
         name = TERMINAL_EVENT_OF_STATUS.get(final.status, "turn.failed")
         rendered = turns_service.render_turn(final, stream_url=None)
@@ -225,7 +227,12 @@ async def stream_turn_events(
     log = state.logs.get(turn.id)
     if log is not None and log.closed and after >= len(log):
         return Response(status_code=204)
-    if log is None and turn.status not in TURN_IN_FLIGHT_STATUSES and after >= (turn.last_event_id or 1):
+    if (
+        log is None
+        and turn.status not in TURN_IN_FLIGHT_STATUSES
+        and turn.last_event_id is not None
+        and after >= turn.last_event_id
+    ):
         return Response(status_code=204)
     return event_stream_response(_events_after(state, turn, after), state.settings)
 

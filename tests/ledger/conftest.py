@@ -1,0 +1,3 @@
+from tests.turns.conftest import sim
+
+__all__ = ["sim"]
