@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import sys
 from collections.abc import Iterator, Sequence
 from types import FrameType
@@ -13,17 +12,10 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from app.observability.logging import configure_logging
 from app.settings import Settings
 
 LOOPBACK_FOR_WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}  # noqa: S104
-
-
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
 
 
 class ParleyServer(uvicorn.Server):
@@ -64,7 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
         # The simulator is mounted on this same server; Parley reaches it over loopback.
         host = LOOPBACK_FOR_WILDCARD.get(args.host, args.host)
         settings = settings.model_copy(update={"public_base_url": f"http://{host}:{args.port}"})
-    _configure_logging(settings)
+    configure_logging(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -84,7 +76,7 @@ def _migrate(_: argparse.Namespace) -> int:
     from app.db.migrate import current_revision, upgrade
 
     settings = Settings()
-    _configure_logging(settings)
+    configure_logging(settings)
 
     async def run() -> str | None:
         engine = build_engine(settings.database_url)
@@ -130,7 +122,7 @@ def _simulator(args: argparse.Namespace) -> int:
     from app.simulator import create_simulator_app
 
     settings = Settings()
-    _configure_logging(settings)
+    configure_logging(settings)
     uvicorn.run(
         create_simulator_app(prompts_path=settings.simulator_prompts_file),
         host=args.host,

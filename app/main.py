@@ -7,13 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
+from starlette.types import ASGIApp
 
 from app.api.error_handlers import install_error_handlers
 from app.api.middleware import RequestGuardMiddleware, SecurityHeadersMiddleware
-from app.api.routes import admin, health, sessions, turns, usage
+from app.api.routes import admin, health, metrics, sessions, turns, usage, web
 from app.db.engine import build_engine, build_sessionmaker
 from app.db.migrate import head_revision, upgrade
+from app.observability.metrics import Metrics
+from app.observability.request_id import RequestIdMiddleware
 from app.services.auth import Authenticator
 from app.services.pricing import Pricer
 from app.services.spool import Spool
@@ -29,6 +33,23 @@ from app.upstream.responses import StreamPolicy
 logger = logging.getLogger(__name__)
 
 SIMULATOR_MOUNT = "/simulator"
+API_DESCRIPTION = """
+Sessions map 1:1 to OpenAI Conversations; each message goes upstream through `responses.create` with the
+session's dashboard prompt and streams back as Server-Sent Events.
+
+**Auth.** Every `/v1` route takes `Authorization: Bearer <credential>`: a Parley API key (`pk_…`) or a JWT
+from the deployment's identity provider. `/v1/admin/…` takes the admin token. Another user's objects answer
+404, like ids that do not exist.
+
+**Errors.** Every error body is `{"error": {"type", "code", "message", "param"}}`.
+
+**Streams.** `POST /v1/sessions/{id}/messages` and `GET …/turns/{turn_id}/events` answer `text/event-stream`:
+`turn.created`, every upstream Responses event verbatim (event name = its `type`), then one terminal
+`turn.completed` | `turn.incomplete` | `turn.failed` | `turn.cancelled` | `turn.requires_action`. Ids count
+from 1 per turn; resume with `Last-Event-ID`. `: ping` comments keep the connection alive.
+
+**Money** is a decimal string in USD; unknown cost is `null`, never `"0"`.
+"""
 DEFAULT_LOCAL_BASE_URL = "http://127.0.0.1:8000"
 
 
@@ -58,6 +79,14 @@ def runner_config(settings: Settings) -> RunnerConfig:
     )
 
 
+class ParleyAPI(FastAPI):
+    """FastAPI with the request id outside everything, Starlette's ServerErrorMiddleware included (which
+    `add_middleware` cannot reach): so an unhandled error's 500 carries X-Request-ID and its log line the id."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIdMiddleware(super().build_middleware_stack(), exclude_prefixes=(SIMULATOR_MOUNT,))
+
+
 def create_app(settings: Settings) -> FastAPI:
     base_url = upstream_base_url(settings)
 
@@ -74,11 +103,14 @@ def create_app(settings: Settings) -> FastAPI:
         sessionmaker = build_sessionmaker(engine)
         upstream = build_openai_client(settings, base_url=base_url)
         logs = EventLogRegistry(retention_s=settings.resume_window_s)
+        spool = Spool(settings.spool_dir)
+        app_metrics = Metrics(spool_depth=lambda: spool.depth)
         runner = TurnRunner(
             upstream=upstream,
-            store=SqlTurnStore(sessionmaker, pricer=Pricer(settings.pricing_file), spool=Spool(settings.spool_dir)),
+            store=SqlTurnStore(sessionmaker, pricer=Pricer(settings.pricing_file), spool=spool),
             logs=logs,
             config=runner_config(settings),
+            metrics=app_metrics,
         )
         app.state.parley = AppState(
             settings=settings,
@@ -91,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
             runner=runner,
             logs=logs,
             stream_tokens=StreamTokens(settings),
+            metrics=app_metrics,
         )
         if settings.uses_simulator:
             logger.warning(
@@ -109,20 +142,24 @@ def create_app(settings: Settings) -> FastAPI:
             await upstream.close()
             await engine.dispose()
 
-    app = FastAPI(
+    app = ParleyAPI(
         title="Parley",
         version="0.1.0",
         summary="A stateful chat backend for the OpenAI Responses API.",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
         # An API answers a wrong path with 404, not a redirect a client would silently follow.
         redirect_slashes=False,
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(sessions.router)
     app.include_router(turns.router)
     app.include_router(usage.router)
     app.include_router(admin.router)
+    app.include_router(web.router)
+    app.mount("/web", web.static_files(), name="web")
     if settings.uses_simulator:
         from app.simulator import create_simulator_app
 
@@ -131,4 +168,16 @@ def create_app(settings: Settings) -> FastAPI:
         )
     app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
+    if settings.cors_origins:
+        # Off unless origins are listed; never "*" with credentials (bearer tokens travel in a header,
+        # so no cookies are allowed at all).
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID"],
+            allow_credentials=False,
+            max_age=600,
+        )
     return app

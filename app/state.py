@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import openai
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.observability.metrics import Metrics
 from app.services.auth import Authenticator
 from app.services.stream_tokens import StreamTokens
 from app.settings import Settings
@@ -26,3 +27,4 @@ class AppState:
     runner: TurnRunner
     logs: EventLogRegistry
     stream_tokens: StreamTokens
+    metrics: Metrics

@@ -22,6 +22,8 @@ import openai
 import orjson
 
 from app.errors import ParleyError, ServiceUnavailable
+from app.observability.context import bind_upstream_request_id
+from app.observability.metrics import Metrics, upstream_status_of
 from app.streaming.event_log import EventLog, EventLogRegistry
 from app.streaming.outcome import TurnOutcome
 from app.streaming.turn_state import ResponseOutcome, TurnState, rate_limit_headers
@@ -31,6 +33,8 @@ from app.upstream.sse import SSESplitter
 logger = logging.getLogger(__name__)
 
 UNFINISHED_RESPONSE_STATUSES = frozenset({"queued", "in_progress"})
+# How a stream that ended early is counted among upstream errors.
+STREAM_FAILURE_CODES = {"stalled": "upstream_timeout", "cut": "upstream_disconnected"}
 
 
 @dataclass(slots=True)
@@ -121,12 +125,14 @@ class TurnRunner:
         store: TurnStore,
         logs: EventLogRegistry,
         config: RunnerConfig,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = f"runner_{uuid.uuid4().hex}"
         self.upstream = upstream
         self.store = store
         self.logs = logs
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics(process=False)
         self.accepting = True
         self._handles: dict[str, TurnHandle] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -165,9 +171,10 @@ class TurnRunner:
         await self.drain(grace_s)
         for task in self._background:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        # Bounded: a database that is down must not hold up the exit.
+        await asyncio.wait(self._background, timeout=2.0) if self._background else None
         with contextlib.suppress(Exception):
-            await self.store.remove_heartbeat(self.id)
+            await asyncio.wait_for(self.store.remove_heartbeat(self.id), timeout=2.0)
 
     def begin_shutdown(self) -> None:
         """Called from the server's signal handling: refuse new turns at once."""
@@ -234,6 +241,7 @@ class TurnRunner:
             try:
                 stream = await open_stream(self.upstream, job.upstream_body, self.config.stream_policy)
             except ParleyError as error:
+                self.metrics.upstream_error(stage="open", status=upstream_status_of(error), code=error.code)
                 handle.opened.set_exception(error)
                 outcome = TurnOutcome(
                     status="failed",
@@ -246,8 +254,13 @@ class TurnRunner:
             handle.opened.set_result(None)
             state.stream_request_id = stream.request_id
             state.stream_rate_limits = rate_limit_headers(stream.headers)
+            self.metrics.rate_limits(state.stream_rate_limits)
+            bind_upstream_request_id(stream.request_id)
             failure = await self._relay(handle, stream, state)
             outcome = await self._decide(handle, state, failure)
+            if failure in STREAM_FAILURE_CODES or (failure is None and outcome.status == "failed"):
+                code = STREAM_FAILURE_CODES.get(failure or "") or (outcome.error or {}).get("code")
+                self.metrics.upstream_error(stage="stream", status=200, code=code)
             await self._finish(handle, state, outcome)
         except Exception as error:  # a bug must still end the turn and its stream
             logger.exception("runner.turn_crashed", extra={"turn_id": job.turn_id})
@@ -408,10 +421,34 @@ class TurnRunner:
         handle.log.close()
         if not handle.done.done():
             handle.done.set_result(final)
+        self._record(handle.job, outcome, final, events=state.events_relayed)
+        upstream_request_id = next(
+            (r.upstream_request_id for r in reversed(outcome.responses) if r.upstream_request_id),
+            state.stream_request_id,
+        )
         logger.info(
             "turn.finished",
-            extra={"turn_id": handle.job.turn_id, "status": outcome.status, "events": len(handle.log)},
+            extra={
+                "turn_id": handle.job.turn_id,
+                "status": outcome.status,
+                "events": len(handle.log),
+                "upstream_request_id": upstream_request_id,
+            },
         )
+
+    def _record(self, job: TurnJob, outcome: TurnOutcome, final: dict[str, Any], *, events: int) -> None:
+        try:
+            self.metrics.turn_finished(
+                status=outcome.status,
+                requested_model=job.upstream_body.get("model"),
+                ttft_ms=outcome.ttft_ms,
+                duration_ms=outcome.duration_ms,
+                events=events,
+                responses=[(response.model, response.usage) for response in outcome.responses],
+                cost_usd=final.get("cost_usd"),
+            )
+        except Exception:  # a metric must never cost a turn its ending
+            logger.exception("metrics.turn_not_recorded", extra={"turn_id": job.turn_id})
 
     async def _reconcile(self, orphan: OrphanedTurn) -> None:
         """Finish a turn a dead process left in flight: from the upstream response when there is one."""
@@ -438,7 +475,8 @@ class TurnRunner:
                             "message": f"The upstream response ended {recovered.status}.",
                         }
                     )
-        await self.store.finish(job, outcome)
+        final = await self.store.finish(job, outcome)
+        self._record(job, outcome, final, events=0)
         logger.info("turn.reconciled", extra={"turn_id": job.turn_id, "status": outcome.status})
 
 

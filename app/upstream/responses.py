@@ -81,6 +81,7 @@ async def open_stream(client: openai.AsyncOpenAI, body: dict[str, Any], policy: 
             response = await streaming_client.responses.with_streaming_response.create(**body).__aenter__()
             return UpstreamStream(response)
         except openai.APIStatusError as error:
+            failure: dict[str, object] = {"status": error.status_code, "upstream_request_id": error.request_id}
             wait = _retry_after_seconds(error.response.headers)
             retry = (
                 error.status_code in RETRYABLE_STATUSES
@@ -91,10 +92,11 @@ async def open_stream(client: openai.AsyncOpenAI, body: dict[str, Any], policy: 
                 raise map_open_error(error) from error
             delay = wait if wait is not None else 0.5 * 2 ** (attempt - 1)
         except openai.APIConnectionError as error:
+            failure = {"error": type(error).__name__}
             if not _provably_not_started(error) or attempt >= policy.max_attempts:
                 raise map_open_error(error) from error
             delay = 0.25 * 2 ** (attempt - 1)
-        logger.warning("upstream.retrying", extra={"attempt": attempt, "delay_s": delay})
+        logger.warning("upstream.retrying", extra={"attempt": attempt, "delay_s": delay, **failure})
         await asyncio.sleep(delay)
 
 

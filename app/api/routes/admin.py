@@ -30,11 +30,11 @@ router = APIRouter(
     prefix="/v1/admin",
     tags=["admin"],
     dependencies=[AdminDep],
-    responses=errors(400, 401, 403, 413, 415, 422),
+    responses=errors(401, 403, 422),
 )
 
 
-@router.post("/users", status_code=status.HTTP_201_CREATED, responses=errors(409))
+@router.post("/users", status_code=status.HTTP_201_CREATED, responses=errors(400, 409, 413, 415))
 async def create_user(body: UserCreate, db: DbDep) -> UserRead:
     if await users_repo.get_user_by_name(db, body.name) is not None:
         raise Conflict(f"A user named '{body.name}' already exists.", code="user_exists", param="name")
@@ -47,7 +47,7 @@ async def list_users(db: DbDep, page: ListDep) -> ListResponse[UserRead]:
     return list_response(result.items, result.has_more, UserRead.of, lambda u: u.id)
 
 
-@router.put("/users/{user_id}/budget", responses=errors(404))
+@router.put("/users/{user_id}/budget", responses=errors(400, 404, 413, 415))
 async def set_budget(user_id: UserId, body: BudgetUpdate, db: DbDep, state: StateDep) -> BudgetRead:
     """Set a user's monthly budget; over it, new turns get 402 `budget_exceeded` before any upstream call."""
     user = await users_repo.set_monthly_budget(db, user_id=user_id, budget=body.monthly_budget_usd)
@@ -74,7 +74,7 @@ async def _budget(db: AsyncSession, state: AppState, user: User) -> BudgetRead:
     )
 
 
-@router.post("/users/{user_id}/keys", status_code=status.HTTP_201_CREATED, responses=errors(404))
+@router.post("/users/{user_id}/keys", status_code=status.HTTP_201_CREATED, responses=errors(400, 404, 413, 415))
 async def create_key(user_id: UserId, body: ApiKeyCreate, db: DbDep) -> ApiKeyCreated:
     """Create an API key. The response is the only time the key itself is shown."""
     issued = await api_keys.issue_key_for_user_id(db, user_id=user_id, key_name=body.name)

@@ -29,6 +29,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Malformed request (e.g. invalid JSON).",
         401: "Missing or invalid credentials.",
+        402: "The monthly budget is used up (budget_exceeded).",
         403: "The credential may not use this route.",
         404: "No such object for this user.",
         409: "Conflicts with the current state.",

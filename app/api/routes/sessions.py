@@ -16,10 +16,10 @@ from app.api.schemas import (
 )
 from app.services import sessions as sessions_service
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=errors(400, 401, 413, 415, 422))
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=errors(401, 422))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(429, 502, 504))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(400, 413, 415, 429, 502, 504))
 async def create_session(
     body: SessionCreate, db: DbDep, user: UserDep, settings: SettingsDep, upstream: UpstreamDep
 ) -> SessionRead:
@@ -51,7 +51,7 @@ async def get_session(session_id: SessionId, db: DbDep, user: UserDep) -> Sessio
     return SessionRead.of(await sessions_service.get_session(db, principal=user, session_id=session_id))
 
 
-@router.patch("/{session_id}", responses=errors(404))
+@router.patch("/{session_id}", responses=errors(400, 404, 413, 415))
 async def update_session(
     session_id: SessionId, body: SessionUpdate, db: DbDep, user: UserDep, settings: SettingsDep
 ) -> SessionRead:

@@ -26,7 +26,7 @@ from app.streaming.outcome import TERMINAL_EVENT_OF_STATUS
 from app.streaming.runner import TurnJob, wait_for
 from app.streaming.sse import RETRY_MS, encode_frame
 
-router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["turns"], responses=errors(400, 401, 404, 422))
+router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["turns"], responses=errors(401, 404, 422))
 
 SSE_DESCRIPTION = (
     "`text/event-stream`: `turn.created`, then every upstream Responses event verbatim (event name = upstream "
@@ -68,7 +68,7 @@ def _stream_url(request: Request, state: AppState, turn: Turn) -> str:
 
 @router.post(
     "/messages",
-    responses={**STREAM_RESPONSES, **errors(409, 413, 415, 429, 502, 503, 504)},
+    responses={**STREAM_RESPONSES, **errors(400, 402, 409, 413, 415, 429, 502, 503, 504)},
     response_model=TurnRead,
     summary="Send a message; stream the answer",
     description="Sends the user's message upstream with the session's prompt and conversation. " + SSE_DESCRIPTION,
@@ -131,7 +131,7 @@ async def send_message(
     # Failures before the upstream's first byte become this request's HTTP status.
     await wait_for(handle.opened)
     if body.stream:
-        return event_stream_response(handle.log.read(0), settings)
+        return event_stream_response(handle.log.read(0), settings, state.metrics)
     return JSONResponse(await wait_for(handle.done))
 
 
@@ -143,7 +143,7 @@ async def _replay(state: AppState, turn: Turn, *, stream: bool, stream_url: str)
             return JSONResponse(await wait_for(handle.done))
         final = await _wait_until_final(state, turn.id)
         return JSONResponse(turns_service.render_turn(final, stream_url=stream_url))
-    return event_stream_response(_events_after(state, turn, 0), state.settings)
+    return event_stream_response(_events_after(state, turn, 0), state.settings, state.metrics)
 
 
 async def _wait_until_final(state: AppState, turn_id: str, timeout_s: float | None = None) -> Turn:
@@ -205,7 +205,11 @@ def _last_event_id(header: str | None, query: str | None) -> int:
 
 @router.get(
     "/turns/{turn_id}/events",
-    responses={**STREAM_RESPONSES, 204: {"description": "The turn has ended and nothing is after Last-Event-ID."}},
+    responses={
+        **STREAM_RESPONSES,
+        **errors(400),
+        204: {"description": "The turn has ended and nothing is after Last-Event-ID."},
+    },
     response_class=Response,
     summary="Attach to a turn's events (resume)",
     description="Sends every event after `Last-Event-ID` (header or `last_event_id` query) exactly once and in "
@@ -234,7 +238,7 @@ async def stream_turn_events(
         and after >= turn.last_event_id
     ):
         return Response(status_code=204)
-    return event_stream_response(_events_after(state, turn, after), state.settings)
+    return event_stream_response(_events_after(state, turn, after), state.settings, state.metrics)
 
 
 @router.get("/turns", summary="List the session's turns")

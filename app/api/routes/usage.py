@@ -14,7 +14,7 @@ from app.api.routes.common import errors
 from app.errors import PermissionDenied
 from app.services import usage_reports
 
-router = APIRouter(prefix="/v1", tags=["usage"], responses=errors(400, 401, 403, 422))
+router = APIRouter(prefix="/v1", tags=["usage"], responses=errors(401, 403, 422))
 
 
 async def usage_scope(

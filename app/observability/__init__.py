@@ -1,0 +1,1 @@
+"""Metrics, request ids and log formatting: what an operator sees of a running Parley."""

@@ -1,0 +1,128 @@
+"""Log output: JSON lines in production (`PARLEY_LOG_FORMAT=json`), readable text in development.
+
+One handler on the root logger, so Parley's own lines, uvicorn's (its access log included) and the
+libraries' all pass the same filter and formatter: every line carries the request id (and the upstream's
+x-request-id inside a turn once known), and whatever reaches the output is scrubbed of bearer credentials,
+API keys, JWTs and `token=` query values. Scrubbing is the safety net, not the rule: code logs ids, never
+keys, and message bodies only at DEBUG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from typing import IO, Any
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
+
+from app.observability.context import request_id_var, upstream_request_id_var
+from app.settings import Settings
+
+_SECRETS = (
+    (re.compile(r"(?i)\b(bearer)\s+[^\s'\",;]+"), r"\1 [redacted]"),
+    (re.compile(r"\b(sk-|pk_)[A-Za-z0-9_-]{8,}"), r"\1[redacted]"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+    (re.compile(r"(?i)([?&](?:token|api_key|key|access_token|secret)=)[^&\s'\"]+"), r"\1[redacted]"),
+)
+# What a LogRecord has before anyone adds `extra` fields to it.
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "request_id",
+    "upstream_request_id",
+    "color_message",  # uvicorn's copy of its message with terminal colours
+}
+_ACCESS_LOGGER = "uvicorn.access"
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class ContextFilter(logging.Filter):
+    """Puts the request id and the upstream request id of the current context on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id_var.get()
+        if getattr(record, "upstream_request_id", None) is None:
+            upstream = upstream_request_id_var.get()
+            if upstream is not None:
+                record.upstream_request_id = upstream
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger [request id] message key=value …`, for people reading a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = "-"
+        line = super().format(record)
+        fields = {k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS and not k.startswith("_")}
+        upstream = getattr(record, "upstream_request_id", None)
+        if upstream is not None:
+            fields = {"upstream_request_id": upstream, **fields}
+        if fields:
+            head, newline, rest = line.partition("\n")  # keep a traceback below the fields
+            line = head + "".join(f" {key}={_text_value(value)}" for key, value in fields.items()) + newline + rest
+        return redact(line)
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c.isspace() or c in "\"'=" for c in text) else text
+
+
+class ParleyJsonFormatter(JsonFormatter):
+    """One JSON object per line: time, level, logger, message, request_id, then the record's fields."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "{levelname}{name}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
+        )
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
+        log_data.setdefault("request_id", None)
+        args = record.args
+        if record.name == _ACCESS_LOGGER and isinstance(args, tuple) and len(args) == 5:
+            # uvicorn's access line as fields too: client, method, path, HTTP version, status.
+            client, method, path, _, status = args
+            log_data.update(client=client, method=method, path=path, status=status)
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        first = ("time", "level", "logger", "message", "request_id", "upstream_request_id")
+        ordered = {key: log_data[key] for key in first if key in log_data}
+        ordered.update((key, value) for key, value in log_data.items() if key not in ordered)
+        return {key: redact(value) if isinstance(value, str) else value for key, value in ordered.items()}
+
+
+class ParleyLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one handler `configure_logging` installs (and replaces when called again)."""
+
+
+def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> logging.Handler:
+    """Send every logger's records through one handler on the root logger; returns that handler."""
+    handler = ParleyLogHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(ParleyJsonFormatter() if settings.log_format == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    for existing in [h for h in root.handlers if isinstance(h, ParleyLogHandler)]:
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    return handler

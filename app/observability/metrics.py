@@ -1,0 +1,222 @@
+"""Prometheus metrics of one Parley app, in a registry of its own (never the global default: the tests
+run several apps in one process, and two apps must not share counters).
+
+The runner records a turn once, when it ends, from what it counted on the way; nothing here runs per
+relayed event. Labels stay few and bounded: status, model, stage, upstream status and error code, never a
+user, session or turn id. Models and codes come from the upstream, so each label keeps at most
+`MAX_LABEL_VALUES` distinct values and folds any further ones into "other".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+logger = logging.getLogger(__name__)
+
+MAX_LABEL_VALUES = 64
+MAX_LABEL_LENGTH = 100
+OTHER = "other"
+UNKNOWN = "unknown"
+
+# Reasoning models may think for a minute before their first token; the stall timeout is 180 s.
+TTFT_BUCKETS_S = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0)
+DURATION_BUCKETS_S = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+# Responses API usage: (metric label, group, field). cached_input is part of input, reasoning of output.
+TOKEN_KINDS = (
+    ("input", None, "input_tokens"),
+    ("cached_input", "input_tokens_details", "cached_tokens"),
+    ("output", None, "output_tokens"),
+    ("reasoning", "output_tokens_details", "reasoning_tokens"),
+)
+RATE_LIMIT_HEADERS = {
+    "x-ratelimit-remaining-requests": "requests",
+    "x-ratelimit-remaining-tokens": "tokens",
+}
+
+
+class _BoundedLabel:
+    """A label whose values come from outside: the first `limit` distinct values, then "other"."""
+
+    def __init__(self, limit: int = MAX_LABEL_VALUES) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: object) -> str:
+        text = str(value)[:MAX_LABEL_LENGTH] if value not in (None, "") else UNKNOWN
+        if text in self._seen:
+            return text
+        if len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(text)
+        return text
+
+
+class _SpoolDepthCollector:
+    """The spool's depth, read when scraped (the spool is a file; nothing keeps a count of it)."""
+
+    def __init__(self, depth: Callable[[], int]) -> None:
+        self._depth = depth
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "parley_spool_depth", "Final turn writes waiting in the local spool for the database to come back."
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        try:
+            family.add_metric([], self._depth())
+        except OSError:
+            logger.warning("metrics.spool_unreadable")
+            return []
+        return [family]
+
+
+class Metrics:
+    def __init__(self, *, spool_depth: Callable[[], int] | None = None, process: bool = True) -> None:
+        # No `_created` series: in the text format Prometheus stores each as a gauge of its own, doubling
+        # the series for nothing. (A process-wide switch of prometheus_client; Parley owns its process.)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.turns = Counter("parley_turns", "Turns ended, by final status.", ["status"], registry=registry)
+        self.time_to_first_token = Histogram(
+            "parley_turn_time_to_first_token_seconds",
+            "From the message arriving to the first answer token relayed.",
+            buckets=TTFT_BUCKETS_S,
+            registry=registry,
+        )
+        self.turn_duration = Histogram(
+            "parley_turn_duration_seconds",
+            "From the message arriving to the turn's end.",
+            buckets=DURATION_BUCKETS_S,
+            registry=registry,
+        )
+        self.open_streams = Gauge(
+            "parley_open_streams", "Event streams (SSE responses) being sent to clients now.", registry=registry
+        )
+        self.relayed_events = Counter(
+            "parley_relayed_events", "Upstream events relayed into turn event logs.", registry=registry
+        )
+        self.tokens = Counter(
+            "parley_tokens",
+            "Tokens the upstream reported, by model and kind (cached_input is part of input, reasoning of output).",
+            ["model", "kind"],
+            registry=registry,
+        )
+        self.cost = Counter(
+            "parley_cost_usd", "Priced cost of turns in US dollars, by model.", ["model"], registry=registry
+        )
+        self.upstream_errors = Counter(
+            "parley_upstream_errors",
+            "Upstream failures: stage 'open' before the first byte (status: the upstream's HTTP status, or "
+            "'none' when none came), stage 'stream' after it (stalled, cut, or a failed response).",
+            ["stage", "status", "code"],
+            registry=registry,
+        )
+        self.rate_limit_remaining = Gauge(
+            "parley_upstream_ratelimit_remaining",
+            "The latest x-ratelimit-remaining-* the upstream sent, by resource (requests, tokens).",
+            ["resource"],
+            registry=registry,
+        )
+        if spool_depth is not None:
+            registry.register(_SpoolDepthCollector(spool_depth))
+        if process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+        self._model = _BoundedLabel()
+        self._code = _BoundedLabel()
+        self._http_status = _BoundedLabel()
+
+    # --- turns --------------------------------------------------------------------------------------
+
+    def turn_finished(
+        self,
+        *,
+        status: str,
+        requested_model: str | None,
+        ttft_ms: int | None,
+        duration_ms: int | None,
+        events: int,
+        responses: Sequence[tuple[str | None, Mapping[str, Any] | None]],
+        cost_usd: object,
+    ) -> None:
+        """One ended turn. `responses` is (model, usage) per upstream response, a missing model meaning the
+        requested one (as in the ledger); `cost_usd` is the turn's priced cost from the ledger (a decimal
+        string, None when unknown), counted under the model of its last response."""
+        self.turns.labels(status=status).inc()
+        if ttft_ms is not None:
+            self.time_to_first_token.observe(max(ttft_ms, 0) / 1000)
+        if duration_ms is not None:
+            self.turn_duration.observe(max(duration_ms, 0) / 1000)
+        if events > 0:
+            self.relayed_events.inc(events)
+        for model, usage in responses:
+            if usage:
+                self._count_tokens(self._model(model or requested_model), usage)
+        cost = _dollars(cost_usd)
+        if cost > 0:
+            last_model = next((model for model, _ in reversed(responses) if model), None)
+            self.cost.labels(model=self._model(last_model or requested_model)).inc(cost)
+
+    def _count_tokens(self, model: str, usage: Mapping[str, Any]) -> None:
+        for kind, group, name in TOKEN_KINDS:
+            source = usage.get(group) if group else usage
+            value = source.get(name) if isinstance(source, Mapping) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                self.tokens.labels(model=model, kind=kind).inc(value)
+
+    # --- upstream -----------------------------------------------------------------------------------
+
+    def upstream_error(self, *, stage: str, status: int | None, code: str | None) -> None:
+        self.upstream_errors.labels(
+            stage=stage, status=self._http_status(status if status is not None else "none"), code=self._code(code)
+        ).inc()
+
+    def rate_limits(self, headers: Mapping[str, str] | None) -> None:
+        """The latest remaining requests and tokens, from a response's x-ratelimit-* headers."""
+        for header, resource in RATE_LIMIT_HEADERS.items():
+            raw = (headers or {}).get(header)
+            if raw is None:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                continue
+            self.rate_limit_remaining.labels(resource=resource).set(value)
+
+    # --- streams ------------------------------------------------------------------------------------
+
+    def stream_opened(self) -> None:
+        self.open_streams.inc()
+
+    def stream_closed(self) -> None:
+        self.open_streams.dec()
+
+
+def _dollars(value: object) -> float:
+    if value is None:
+        return 0.0
+    try:
+        return float(Decimal(str(value)))
+    except (InvalidOperation, ValueError):
+        return 0.0
+
+
+def upstream_status_of(error: BaseException) -> int | None:
+    """The upstream HTTP status behind a mapped error (`raise … from` the SDK's), if there was one."""
+    status = getattr(error.__cause__, "status_code", None)
+    return status if isinstance(status, int) else None
