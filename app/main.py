@@ -22,6 +22,7 @@ from app.services.auth import Authenticator
 from app.services.pricing import Pricer
 from app.services.spool import Spool
 from app.services.stream_tokens import StreamTokens
+from app.services.tools import ToolBox
 from app.services.turn_store import SqlTurnStore
 from app.settings import Settings
 from app.state import AppState
@@ -105,12 +106,14 @@ def create_app(settings: Settings) -> FastAPI:
         logs = EventLogRegistry(retention_s=settings.resume_window_s)
         spool = Spool(settings.spool_dir)
         app_metrics = Metrics(spool_depth=lambda: spool.depth)
+        tools = ToolBox(settings.tools)
         runner = TurnRunner(
             upstream=upstream,
             store=SqlTurnStore(sessionmaker, pricer=Pricer(settings.pricing_file), spool=spool),
             logs=logs,
             config=runner_config(settings),
             metrics=app_metrics,
+            tools=tools,
         )
         app.state.parley = AppState(
             settings=settings,
@@ -123,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
             runner=runner,
             logs=logs,
             stream_tokens=StreamTokens(settings),
+            tools=tools,
             metrics=app_metrics,
         )
         if settings.uses_simulator:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.observability.metrics import Metrics
 from app.services.auth import Authenticator
 from app.services.stream_tokens import StreamTokens
+from app.services.tools import ToolBox
 from app.settings import Settings
 from app.streaming.event_log import EventLogRegistry
 from app.streaming.runner import TurnRunner
@@ -27,4 +28,5 @@ class AppState:
     runner: TurnRunner
     logs: EventLogRegistry
     stream_tokens: StreamTokens
+    tools: ToolBox
     metrics: Metrics

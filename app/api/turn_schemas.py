@@ -70,6 +70,16 @@ class InputMessage(StrictModel):
     )
 
 
+class FunctionToolIn(StrictModel):
+    """A function the client answers itself: calls to it end the stream with `turn.requires_action`."""
+
+    type: Literal["function"]
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: Annotated[SafeStr, StringConstraints(max_length=1024)] | None = None
+    parameters: dict[str, Any] | None = Field(default=None, description="A JSON Schema object.")
+    strict: bool | None = None
+
+
 class MessageCreate(StrictModel):
     input: (
         Annotated[SafeStr, StringConstraints(min_length=1)]
@@ -82,6 +92,9 @@ class MessageCreate(StrictModel):
     prompt: PromptRef | None = None
     model: Identifier | None = None
     metadata: Metadata | None = None
+    tools: Annotated[list[FunctionToolIn], Field(max_length=32)] | None = Field(
+        default=None, description="Function tools the client runs (Responses' flat function tool shape)."
+    )
     stream: bool = True
 
     model_config = {
@@ -108,6 +121,17 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class ToolCall(BaseModel):
+    call_id: str
+    name: str
+    arguments: str = Field(description="A JSON string, as the model wrote it.")
+
+
+class RequiredAction(BaseModel):
+    type: Literal["submit_tool_outputs"]
+    tool_calls: list[ToolCall]
+
+
 class TurnRead(BaseModel):
     id: str
     object: Literal["turn"] = "turn"
@@ -119,6 +143,9 @@ class TurnRead(BaseModel):
     usage: Usage | None
     cost_usd: str | None = Field(description="USD as a decimal string; null when unknown (never 0 for unknown).")
     error: dict[str, Any] | None
+    required_action: RequiredAction | None = Field(
+        default=None, description="With status requires_action: the function calls the client must answer."
+    )
     metadata: dict[str, str]
     created_at: dt.datetime
     completed_at: dt.datetime | None
@@ -127,3 +154,18 @@ class TurnRead(BaseModel):
     stream_url: str | None = Field(
         description="The turn's event stream, with a short-lived token scoped to this turn (for EventSource)."
     )
+
+
+class ToolOutputIn(StrictModel):
+    call_id: Annotated[SafeStr, StringConstraints(min_length=1, max_length=128)]
+    output: Annotated[SafeStr, StringConstraints(max_length=100_000)]
+
+
+class ToolOutputsCreate(StrictModel):
+    tool_outputs: Annotated[list[ToolOutputIn], Field(min_length=1, max_length=64)]
+    stream: bool = True
+
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {"examples": [{"tool_outputs": [{"call_id": "call_abc123", "output": '{"temp_c": 21}'}]}]},
+    }

@@ -75,9 +75,13 @@ class Message(Base):
     __table_args__ = (Index("ix_messages_session_id_id", "session_id", "id"),)
 
 
+# A process is running these turns.
 TURN_IN_FLIGHT_STATUSES = ("queued", "in_progress")
-TURN_FINAL_STATUSES = ("completed", "incomplete", "failed", "cancelled", "requires_action")
-_IN_FLIGHT_SQL = "status IN ('queued', 'in_progress')"
+# These hold their session: a turn waiting for the client's tool outputs blocks new messages too, since the
+# conversation holds function calls that have no output yet.
+TURN_OPEN_STATUSES = ("queued", "in_progress", "requires_action")
+TURN_FINAL_STATUSES = ("completed", "incomplete", "failed", "cancelled")
+_OPEN_SQL = "status IN ('queued', 'in_progress', 'requires_action')"
 
 
 class Turn(Base):
@@ -103,6 +107,10 @@ class Turn(Base):
     # The process running the turn (see Runner); lets a live replica tell its turns from a dead one's.
     runner_id: Mapped[str | None] = mapped_column(String(64))
     cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # requires_action: the function calls the client must answer, and outputs of Parley's own tools from
+    # the same step, sent upstream together with the client's.
+    required_action: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON)
+    pending_tool_outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(PortableJSON)
     last_event_id: Mapped[int | None] = mapped_column(Integer)
     ttft_ms: Mapped[int | None] = mapped_column(Integer)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
@@ -117,8 +125,8 @@ class Turn(Base):
             "uq_turns_session_in_flight",
             "session_id",
             unique=True,
-            sqlite_where=text(_IN_FLIGHT_SQL),
-            postgresql_where=text(_IN_FLIGHT_SQL),
+            sqlite_where=text(_OPEN_SQL),
+            postgresql_where=text(_OPEN_SQL),
         ),
         Index("ix_turns_status_runner_id", "status", "runner_id"),
     )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import (
     TURN_IN_FLIGHT_STATUSES,
+    TURN_OPEN_STATUSES,
     ChatSession,
     RunnerHeartbeat,
     Turn,
@@ -53,10 +54,35 @@ async def find_by_idempotency_key(db: AsyncSession, *, user_id: str, key: str) -
     return turn
 
 
-async def find_in_flight(db: AsyncSession, *, session_id: str) -> Turn | None:
-    statement = select(Turn).where(Turn.session_id == session_id, Turn.status.in_(TURN_IN_FLIGHT_STATUSES))
+async def find_open(db: AsyncSession, *, session_id: str) -> Turn | None:
+    """The session's turn that is running or waiting for tool outputs, if any."""
+    statement = select(Turn).where(Turn.session_id == session_id, Turn.status.in_(TURN_OPEN_STATUSES))
     turn: Turn | None = await db.scalar(statement)
     return turn
+
+
+async def resume_waiting_turn(db: AsyncSession, *, turn_id: str, runner_id: str) -> bool:
+    result = await db.execute(
+        update(Turn)
+        .where(Turn.id == turn_id, Turn.status == "requires_action")
+        .values(
+            status="in_progress",
+            runner_id=runner_id,
+            required_action=None,
+            pending_tool_outputs=None,
+            cancel_requested_at=None,
+        )
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def cancel_waiting_turn(db: AsyncSession, *, turn_id: str, at: dt.datetime) -> bool:
+    result = await db.execute(
+        update(Turn)
+        .where(Turn.id == turn_id, Turn.status == "requires_action")
+        .values(status="cancelled", required_action=None, pending_tool_outputs=None, completed_at=at)
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def add_turn(db: AsyncSession, turn: Turn) -> None:

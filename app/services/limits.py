@@ -44,6 +44,10 @@ async def check_turn_allowed(db: AsyncSession, *, settings: Settings, user: User
                 code="rate_limited",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
+    await check_turn_budget(db, settings=settings, user=user, now=now)
+
+
+async def check_turn_budget(db: AsyncSession, *, settings: Settings, user: User, now: dt.datetime) -> None:
     budget = budget_of(user, settings)
     if budget is not None:
         spent = await turns_repo.monthly_spend(db, user_id=user.id, month=month_of(now))

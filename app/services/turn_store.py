@@ -65,30 +65,42 @@ class SqlTurnStore:
         return {**job.created_turn, **plan["rendered"], "stream_url": job.stream_url or None}
 
     def _final_write(self, job: TurnJob, outcome: TurnOutcome, now: dt.datetime) -> dict[str, Any]:
-        """Everything the end of a turn writes, as plain JSON data (so it can be spooled as it is)."""
+        """Everything the end of a turn (or of one of its steps) writes, as plain JSON data, so it can be
+        spooled as it is."""
         prompt = job.upstream_body.get("prompt") or {}
+        prior = job.prior
         rows = [self._ledger_row(job, outcome, response, prompt, now) for response in outcome.responses]
         costs = [row["cost_usd"] for row in rows]
-        total = sum((Decimal(c) for c in costs), Decimal(0)) if costs and None not in costs else None
         known = sum((Decimal(c) for c in costs if c is not None), Decimal(0))
+        total: Decimal | None = known if None not in costs else None
+        if not rows and not prior:
+            total = None  # nothing was answered upstream: the cost is not known to be zero
+        if prior is not None and total is not None:
+            total = total + Decimal(prior.cost_usd) if prior.cost_usd is not None else None
         turn_values: dict[str, Any] = {
             "status": outcome.status,
             "output_text": outcome.output_text,
             "response_ids": outcome.response_ids,
-            "usage": outcome.usage,
+            "usage": _add_usage(prior.usage if prior else None, outcome.usage),
             "cost_usd": str(total) if total is not None else None,
             "error": outcome.error,
+            "required_action": outcome.required_action,
+            "pending_tool_outputs": outcome.pending_tool_outputs,
             "ttft_ms": outcome.ttft_ms,
             "duration_ms": outcome.duration_ms,
             "last_event_id": outcome.last_event_id,
-            "completed_at": now.isoformat(),
+            "completed_at": now.isoformat() if outcome.status != "requires_action" else None,
         }
         if outcome.status == "failed" and not outcome.response_ids:
             # Nothing started upstream (e.g. a 429): the client may retry with the same Idempotency-Key.
             turn_values["idempotency_key"] = None
+        # The history gets what this step added (a turn that went on after requires_action kept its start).
+        new_text = outcome.output_text
+        if prior is not None and new_text.startswith(prior.text):
+            new_text = new_text[len(prior.text) :]
         message = None
-        if outcome.output_text or outcome.status == "completed":
-            message = {"id": new_id("msg"), "content": outcome.output_text, "status": outcome.status}
+        if new_text or (outcome.status == "completed" and prior is None):
+            message = {"id": new_id("msg"), "content": new_text, "status": outcome.status}
         return {
             "turn_id": job.turn_id,
             "session_id": job.session_id,
@@ -101,10 +113,19 @@ class SqlTurnStore:
             "rendered": {
                 **{
                     k: turn_values[k]
-                    for k in ("status", "output_text", "response_ids", "usage", "error", "ttft_ms", "duration_ms")
+                    for k in (
+                        "status",
+                        "output_text",
+                        "response_ids",
+                        "usage",
+                        "error",
+                        "required_action",
+                        "ttft_ms",
+                        "duration_ms",
+                    )
                 },
                 "cost_usd": f"{total:.8f}" if total is not None else None,
-                "completed_at": iso(now),
+                "completed_at": iso(now) if outcome.status != "requires_action" else None,
             },
         }
 
@@ -148,7 +169,8 @@ class SqlTurnStore:
         """Run one final write (fresh, or replayed from the spool) in one transaction; idempotent."""
         at = dt.datetime.fromisoformat(plan["at"])
         turn_values = dict(plan["turn"])
-        turn_values["completed_at"] = dt.datetime.fromisoformat(turn_values["completed_at"])
+        if turn_values["completed_at"] is not None:
+            turn_values["completed_at"] = dt.datetime.fromisoformat(turn_values["completed_at"])
         if turn_values["cost_usd"] is not None:
             turn_values["cost_usd"] = Decimal(turn_values["cost_usd"])
         ledger = [
@@ -221,3 +243,9 @@ class SqlTurnStore:
             )
             for turn in turns
         ]
+
+
+def _add_usage(prior: dict[str, int] | None, new: dict[str, int] | None) -> dict[str, int] | None:
+    if prior is None or new is None:
+        return new if prior is None else prior
+    return {key: int(prior.get(key, 0)) + int(new.get(key, 0)) for key in {*prior, *new}}

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import openai
 import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,9 +22,10 @@ from app.repositories import turns as turns_repo
 from app.repositories import users as users_repo
 from app.repositories.pagination import Order, Page
 from app.services.auth import Principal
-from app.services.limits import check_turn_allowed
+from app.services.limits import check_turn_allowed, check_turn_budget
 from app.services.policy import check_model, check_prompt
 from app.settings import Settings
+from app.upstream.conversations import add_items
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class TurnRequest:
     model: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     stream: bool = True
+    # Function tools the client declares and answers itself (handed over with turn.requires_action).
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
     def fingerprint(self, session_id: str) -> str:
         """What makes two sends 'the same request' for an Idempotency-Key (stream mode aside)."""
@@ -48,6 +52,7 @@ class TurnRequest:
             "prompt_variables": self.prompt_variables,
             "model": self.model,
             "metadata": self.metadata,
+            "tools": self.tools,
         }
         return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -81,10 +86,24 @@ def input_text(value: str | list[dict[str, Any]]) -> str:
 
 
 def resolve_upstream_body(
-    settings: Settings, *, session: ChatSession, request: TurnRequest, principal: Principal, turn_id: str
+    settings: Settings,
+    *,
+    session: ChatSession,
+    request: TurnRequest,
+    principal: Principal,
+    turn_id: str,
+    server_tools: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """prompt and model: message overrides → session → deployment default."""
     check_model(settings, request.model)
+    server_names = {tool["name"] for tool in server_tools}
+    clashes = sorted(server_names & {tool["name"] for tool in request.tools})
+    if clashes:
+        raise ValidationFailed(
+            f"Tool name(s) {', '.join(clashes)} belong to this deployment's own tools; pick other names.",
+            param="tools",
+            code="tool_name_taken",
+        )
     check_prompt(settings, request.prompt["id"] if request.prompt else None)
     prompt: dict[str, Any] | None = None
     if request.prompt is not None:
@@ -105,6 +124,9 @@ def resolve_upstream_body(
         "safety_identifier": safety_identifier(principal.user_id),
         "metadata": {"parley_session_id": session.id, "parley_turn_id": turn_id},
     }
+    tools = [*server_tools, *request.tools]
+    if tools:
+        body["tools"] = tools
     model = request.model or session.model
     if prompt is not None:
         body["prompt"] = prompt
@@ -125,6 +147,7 @@ async def start_turn(
     request: TurnRequest,
     idempotency_key: str | None,
     runner_id: str,
+    server_tools: list[dict[str, Any]] = [],  # noqa: B006 (read only)
 ) -> StartedTurn:
     """One short transaction: idempotency, the one-turn-in-flight rule, the turn row, the user message."""
     fingerprint = request.fingerprint(session_id)
@@ -140,7 +163,7 @@ async def start_turn(
                     )
                     if existing is not None:
                         return StartedTurn(_check_same(existing, fingerprint), session, replayed=True)
-                running = await turns_repo.find_in_flight(db, session_id=session_id)
+                running = await turns_repo.find_open(db, session_id=session_id)
                 if running is not None:
                     raise _in_progress(running.id)
                 now = utcnow()
@@ -150,7 +173,12 @@ async def start_turn(
                 await check_turn_allowed(db, settings=settings, user=user, now=now)
                 turn_id = new_id("turn")
                 body = resolve_upstream_body(
-                    settings, session=session, request=request, principal=principal, turn_id=turn_id
+                    settings,
+                    session=session,
+                    request=request,
+                    principal=principal,
+                    turn_id=turn_id,
+                    server_tools=server_tools,
                 )
                 turn = Turn(
                     id=turn_id,
@@ -228,7 +256,7 @@ async def _after_conflict(
             existing = await turns_repo.find_by_idempotency_key(db, user_id=principal.user_id, key=key)
             if existing is not None:
                 return StartedTurn(_check_same(existing, fingerprint), session, replayed=True)
-        running = await turns_repo.find_in_flight(db, session_id=session_id)
+        running = await turns_repo.find_open(db, session_id=session_id)
         raise _in_progress(running.id if running else "unknown")
 
 
@@ -281,6 +309,7 @@ def render_turn(turn: Turn, *, stream_url: str | None) -> dict[str, Any]:
         "usage": turn.usage,
         "cost_usd": f"{turn.cost_usd:.8f}" if turn.cost_usd is not None else None,
         "error": turn.error,
+        "required_action": turn.required_action,
         "metadata": turn.metadata_ or {},
         "created_at": iso(turn.created_at),
         "completed_at": iso(turn.completed_at) if turn.completed_at else None,
@@ -288,3 +317,82 @@ def render_turn(turn: Turn, *, stream_url: str | None) -> dict[str, Any]:
         "duration_ms": turn.duration_ms,
         "stream_url": stream_url,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutput:
+    call_id: str
+    output: str
+
+
+async def continue_turn(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    settings: Settings,
+    principal: Principal,
+    session_id: str,
+    turn_id: str,
+    outputs: list[ToolOutput],
+    runner_id: str,
+) -> tuple[Turn, dict[str, Any]]:
+    """The client answered the function calls of a turn in requires_action: claim the turn back for this
+    process and return the next upstream body (only the new function_call_output items)."""
+    async with sessionmaker() as db, db.begin():
+        turn = await get_turn(db, principal=principal, session_id=session_id, turn_id=turn_id)
+        if turn.status != "requires_action" or not turn.required_action:
+            raise Conflict(
+                f"The turn is {turn.status}, not waiting for tool outputs.", code="turn_not_waiting", param=turn.id
+            )
+        expected = [call["call_id"] for call in turn.required_action.get("tool_calls", [])]
+        given = [output.call_id for output in outputs]
+        if sorted(given) != sorted(expected):
+            missing = sorted(set(expected) - set(given))
+            unknown = sorted(set(given) - set(expected))
+            raise ValidationFailed(
+                f"tool_outputs must answer exactly the required calls (missing: {missing or 'none'}; "
+                f"unknown or repeated: {unknown or ('repeated' if len(given) != len(set(given)) else 'none')}).",
+                param="tool_outputs",
+                code="tool_outputs_mismatch",
+            )
+        user = await users_repo.lock_user(db, principal.user_id)
+        if user is None:
+            raise NotFound("Unknown user.", code="user_not_found")
+        await check_turn_budget(db, settings=settings, user=user, now=utcnow())
+        items = [
+            *(turn.pending_tool_outputs or []),
+            *(
+                {"type": "function_call_output", "call_id": output.call_id, "output": output.output}
+                for output in outputs
+            ),
+        ]
+        if not await turns_repo.resume_waiting_turn(db, turn_id=turn.id, runner_id=runner_id):
+            raise Conflict("The turn was answered or cancelled meanwhile.", code="turn_not_waiting", param=turn.id)
+        await db.refresh(turn)
+        return turn, {**turn.request, "input": items}
+
+
+async def cancel_waiting_turn(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    upstream: openai.AsyncOpenAI,
+    *,
+    turn: Turn,
+    conversation_id: str,
+) -> Turn:
+    """Cancel a turn that waits for tool outputs: close its open function calls in the conversation (so the
+    session can go on) and store it as cancelled."""
+    calls = (turn.required_action or {}).get("tool_calls", [])
+    items = [
+        *(turn.pending_tool_outputs or []),
+        *(
+            {"type": "function_call_output", "call_id": call["call_id"], "output": '{"error": "cancelled by the user"}'}
+            for call in calls
+            if call["call_id"] not in {item["call_id"] for item in turn.pending_tool_outputs or []}
+        ),
+    ]
+    if items:
+        await add_items(upstream, conversation_id, items)
+    async with sessionmaker() as db, db.begin():
+        await turns_repo.cancel_waiting_turn(db, turn_id=turn.id, at=utcnow())
+        refreshed = await turns_repo.get_turn(db, turn.id)
+    assert refreshed is not None
+    return refreshed

@@ -17,16 +17,20 @@ from app.streaming.sse import RETRY_MS, encode_frame
 
 
 class EventLog:
-    __slots__ = ("_frames", "_wakeup", "closed_at", "turn_id")
+    __slots__ = ("_frames", "_wakeup", "base", "closed_at", "turn_id")
 
-    def __init__(self, turn_id: str) -> None:
+    def __init__(self, turn_id: str, *, base: int = 0) -> None:
         self.turn_id = turn_id
+        # Ids before `base` were sent by an earlier log of the same turn (a turn that went on after
+        # `turn.requires_action` in another process, or after its first log expired).
+        self.base = base
         self._frames: list[bytes] = []
         self._wakeup: asyncio.Event | None = None
         self.closed_at: float | None = None
 
     def __len__(self) -> int:
-        return len(self._frames)
+        """The id of the last event (0 when empty)."""
+        return self.base + len(self._frames)
 
     @property
     def closed(self) -> bool:
@@ -36,7 +40,7 @@ class EventLog:
         """Add one event; returns its id (1, 2, 3 … within the turn)."""
         if self.closed_at is not None:
             raise RuntimeError(f"event log of {self.turn_id} is closed")
-        event_id = len(self._frames) + 1
+        event_id = self.base + len(self._frames) + 1
         self._frames.append(encode_frame(event_id, name, data, retry_ms=RETRY_MS if event_id == 1 else None))
         self._wake()
         return event_id
@@ -45,6 +49,10 @@ class EventLog:
         if self.closed_at is None:
             self.closed_at = time.monotonic()
             self._wake()
+
+    def reopen(self) -> None:
+        """The turn goes on (tool outputs arrived): new events follow the old ones, ids continuing."""
+        self.closed_at = None
 
     def _wake(self) -> None:
         # Readers wait on an Event created only when one is waiting: no per-event cost with nobody behind.
@@ -55,7 +63,7 @@ class EventLog:
     async def read(self, after: int = 0) -> AsyncIterator[bytes]:
         """Frames after id `after`, then live ones until the log closes. Each chunk holds every frame
         available at that moment, so a reader that fell behind catches up in one write."""
-        position = max(after, 0)
+        position = max(after - self.base, 0)
         while True:
             frames = self._frames
             if position < len(frames):
@@ -77,8 +85,8 @@ class EventLogRegistry:
         self.retention_s = retention_s
         self._logs: dict[str, EventLog] = {}
 
-    def create(self, turn_id: str) -> EventLog:
-        log = EventLog(turn_id)
+    def create(self, turn_id: str, *, base: int = 0) -> EventLog:
+        log = EventLog(turn_id, base=base)
         self._logs[turn_id] = log
         return log
 

@@ -26,6 +26,9 @@ class TurnOutcome:
     ttft_ms: int | None = None
     duration_ms: int | None = None
     last_event_id: int | None = None
+    # requires_action: the calls the client must answer, and the outputs of Parley's own tools to send with them.
+    required_action: dict[str, Any] | None = None
+    pending_tool_outputs: list[dict[str, Any]] | None = None
 
     @property
     def usage(self) -> dict[str, int] | None:

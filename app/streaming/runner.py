@@ -37,6 +37,17 @@ UNFINISHED_RESPONSE_STATUSES = frozenset({"queued", "in_progress"})
 STREAM_FAILURE_CODES = {"stalled": "upstream_timeout", "cut": "upstream_disconnected"}
 
 
+@dataclass(frozen=True, slots=True)
+class PriorTurn:
+    """What a turn that goes on after `turn.requires_action` already has: it is added, not redone."""
+
+    text: str
+    response_ids: list[str]
+    usage: dict[str, int] | None
+    cost_usd: str | None
+    last_event_id: int
+
+
 @dataclass(slots=True)
 class TurnJob:
     turn_id: str
@@ -46,6 +57,21 @@ class TurnJob:
     created_turn: dict[str, Any]
     stream_url: str
     started_at: float = field(default_factory=time.monotonic)
+    prior: PriorTurn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    output: str
+    error: str | None = None
+
+
+class ToolBox(Protocol):
+    """The function tools Parley runs itself (`services.tools`)."""
+
+    def definitions(self) -> list[dict[str, Any]]: ...
+    def has(self, name: str) -> bool: ...
+    async def run(self, name: str, arguments: str) -> ToolResult: ...
 
 
 @dataclass(slots=True)
@@ -77,6 +103,7 @@ class RunnerConfig:
     sweep_interval_s: float = 15.0
     cancel_poll_interval_s: float = 1.0
     recovery_timeout_s: float = 15.0
+    max_tool_steps: int = 8
 
 
 class TurnHandle:
@@ -126,6 +153,7 @@ class TurnRunner:
         logs: EventLogRegistry,
         config: RunnerConfig,
         metrics: Metrics | None = None,
+        tools: ToolBox | None = None,
     ) -> None:
         self.id = f"runner_{uuid.uuid4().hex}"
         self.upstream = upstream
@@ -133,6 +161,7 @@ class TurnRunner:
         self.logs = logs
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics(process=False)
+        self.tools = tools
         self.accepting = True
         self._handles: dict[str, TurnHandle] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -227,6 +256,24 @@ class TurnRunner:
         handle.task = asyncio.create_task(self._run(handle), name=f"turn-{job.turn_id}")
         return handle
 
+    def continue_turn(self, job: TurnJob) -> TurnHandle:
+        """Run the next steps of a turn that waited for the client's tool outputs; its events follow the
+        ones already sent, ids continuing."""
+        if not self.accepting:
+            raise ServiceUnavailable(
+                "Parley is shutting down; retry shortly.", code="shutting_down", headers={"Retry-After": "2"}
+            )
+        assert job.prior is not None
+        log = self.logs.get(job.turn_id)
+        if log is not None and len(log) == job.prior.last_event_id:
+            log.reopen()
+        else:
+            log = self.logs.create(job.turn_id, base=job.prior.last_event_id)
+        handle = TurnHandle(job, log)
+        self._handles[job.turn_id] = handle
+        handle.task = asyncio.create_task(self._run(handle), name=f"turn-{job.turn_id}")
+        return handle
+
     def cancel(self, turn_id: str) -> bool:
         handle = self._handles.get(turn_id)
         if handle is None or handle.done.done():
@@ -237,45 +284,110 @@ class TurnRunner:
     async def _run(self, handle: TurnHandle) -> None:
         job = handle.job
         state = TurnState(started_at=job.started_at)
+        if job.prior is not None:
+            state.text_parts.append(job.prior.text)
+            state.response_ids.extend(job.prior.response_ids)
+        body = job.upstream_body
+        steps = 0
         try:
-            try:
-                stream = await open_stream(self.upstream, job.upstream_body, self.config.stream_policy)
-            except ParleyError as error:
-                self.metrics.upstream_error(stage="open", status=upstream_status_of(error), code=error.code)
-                handle.opened.set_exception(error)
-                outcome = TurnOutcome(
-                    status="failed",
-                    output_text="",
-                    response_ids=[],
-                    error={"code": error.code, "message": error.message, "status": error.status_code},
+            while True:
+                try:
+                    stream = await open_stream(self.upstream, body, self.config.stream_policy)
+                except ParleyError as error:
+                    self.metrics.upstream_error(stage="open", status=upstream_status_of(error), code=error.code)
+                    if not handle.opened.done():
+                        handle.opened.set_exception(error)
+                    outcome = self._outcome(state, "failed")
+                    outcome.error = {"code": error.code, "message": error.message, "status": error.status_code}
+                    await self._finish(handle, state, outcome)
+                    return
+                if not handle.opened.done():
+                    handle.opened.set_result(None)
+                state.begin_stream(stream.request_id, rate_limit_headers(stream.headers))
+                self.metrics.rate_limits(state.stream_rate_limits)
+                bind_upstream_request_id(stream.request_id)
+                failure = await self._relay(handle, stream, state)
+                calls = (
+                    state.function_calls() if failure is None and state.terminal_event == "response.completed" else []
                 )
+                if calls and handle.cancel_reason is None:
+                    outputs, for_client = await self._run_tools(handle, calls)
+                    if handle.cancel_reason is not None:
+                        await self._finish(handle, state, await self._decide(handle, state, handle.cancel_reason))
+                        return
+                    if for_client:
+                        outcome = self._outcome(state, "requires_action")
+                        outcome.required_action = {"type": "submit_tool_outputs", "tool_calls": for_client}
+                        outcome.pending_tool_outputs = outputs
+                        await self._finish(handle, state, outcome)
+                        return
+                    steps += 1
+                    if steps < self.config.max_tool_steps:
+                        # With a conversation, the next step sends only the new function_call_output items.
+                        body = {**job.upstream_body, "input": outputs}
+                        continue
+                    outcome = self._outcome(state, "incomplete")
+                    outcome.error = {"code": "tool_loop_limit", "message": "The model kept calling tools; stopped."}
+                    await self._finish(handle, state, outcome)
+                    return
+                outcome = await self._decide(handle, state, failure)
+                if failure in STREAM_FAILURE_CODES or (failure is None and outcome.status == "failed"):
+                    code = STREAM_FAILURE_CODES.get(failure or "") or (outcome.error or {}).get("code")
+                    self.metrics.upstream_error(stage="stream", status=200, code=code)
                 await self._finish(handle, state, outcome)
                 return
-            handle.opened.set_result(None)
-            state.stream_request_id = stream.request_id
-            state.stream_rate_limits = rate_limit_headers(stream.headers)
-            self.metrics.rate_limits(state.stream_rate_limits)
-            bind_upstream_request_id(stream.request_id)
-            failure = await self._relay(handle, stream, state)
-            outcome = await self._decide(handle, state, failure)
-            if failure in STREAM_FAILURE_CODES or (failure is None and outcome.status == "failed"):
-                code = STREAM_FAILURE_CODES.get(failure or "") or (outcome.error or {}).get("code")
-                self.metrics.upstream_error(stage="stream", status=200, code=code)
-            await self._finish(handle, state, outcome)
         except Exception as error:  # a bug must still end the turn and its stream
             logger.exception("runner.turn_crashed", extra={"turn_id": job.turn_id})
             if not handle.opened.done():
                 handle.opened.set_exception(error)
             if not handle.done.done():
-                outcome = TurnOutcome(
-                    status="failed",
-                    output_text=state.text,
-                    response_ids=list(state.response_ids),
-                    error={"code": "internal_error", "message": "Parley failed while running this turn."},
-                )
+                outcome = self._outcome(state, "failed")
+                outcome.error = {"code": "internal_error", "message": "Parley failed while running this turn."}
                 await self._finish(handle, state, outcome)
         finally:
             self._handles.pop(job.turn_id, None)
+
+    @staticmethod
+    def _outcome(state: TurnState, status: str) -> TurnOutcome:
+        return TurnOutcome(
+            status=status,
+            output_text=state.text,
+            response_ids=list(state.response_ids),
+            responses=[state.outcomes[r] for r in state.response_ids if r in state.outcomes],
+        )
+
+    async def _run_tools(
+        self, handle: TurnHandle, calls: list[dict[str, str]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """Run the calls that are Parley's own tools, announcing each; return their outputs and the calls
+        that are the client's to answer."""
+        outputs: list[dict[str, Any]] = []
+        for_client: list[dict[str, str]] = []
+        for call in calls:
+            if self.tools is None or not self.tools.has(call["name"]):
+                for_client.append(call)
+                continue
+            handle.log.append("turn.tool_call.started", orjson.dumps(call))
+            started = time.monotonic()
+            try:
+                result = await self.tools.run(call["name"], call["arguments"])
+            except Exception:
+                logger.exception("tool.crashed", extra={"turn_id": handle.job.turn_id, "tool": call["name"]})
+                result = ToolResult(output='{"error": "The tool failed."}', error="The tool failed.")
+            handle.log.append(
+                "turn.tool_call.completed",
+                orjson.dumps(
+                    {
+                        "call_id": call["call_id"],
+                        "name": call["name"],
+                        "output": result.output,
+                        "error": result.error,
+                        "duration_ms": int((time.monotonic() - started) * 1000),
+                    }
+                ),
+            )
+            outputs.append({"type": "function_call_output", "call_id": call["call_id"], "output": result.output})
+        return outputs, for_client
 
     async def _relay(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> str | None:
         """Relay upstream events into the log until the stream ends. Returns why it ended early

@@ -28,6 +28,7 @@ class ResponseOutcome:
     output_text: str | None = None
     service_tier: str | None = None
     web_search_calls: int = 0
+    function_calls: list[dict[str, str]] = field(default_factory=list)
     # From the HTTP response that carried it (set by the runner).
     upstream_request_id: str | None = None
     rate_limits: dict[str, str] | None = None
@@ -51,6 +52,15 @@ class ResponseOutcome:
                 for item in response.get("output") or ()
                 if isinstance(item, dict) and item.get("type") == "web_search_call"
             ),
+            function_calls=[
+                {
+                    "call_id": str(item.get("call_id")),
+                    "name": str(item.get("name")),
+                    "arguments": str(item.get("arguments") or ""),
+                }
+                for item in response.get("output") or ()
+                if isinstance(item, dict) and item.get("type") == "function_call"
+            ],
         )
 
 
@@ -83,6 +93,18 @@ class TurnState:
     @property
     def text(self) -> str:
         return "".join(self.text_parts)
+
+    def begin_stream(self, request_id: str | None, rate_limits: dict[str, str] | None) -> None:
+        """A new upstream response stream of the same turn (the next step of a tool loop)."""
+        self.terminal_event = None
+        self.error_event = None
+        self.stream_request_id = request_id
+        self.stream_rate_limits = rate_limits
+
+    def function_calls(self) -> list[dict[str, str]]:
+        """The function calls of the response that just completed."""
+        last = self.outcomes.get(self.current_response_id or "")
+        return list(last.function_calls) if last is not None else []
 
     @property
     def current_response_id(self) -> str | None:

@@ -53,3 +53,12 @@ async def delete_conversation(client: openai.AsyncOpenAI, conversation_id: str) 
         logger.info("upstream.conversation_already_deleted", extra={"conversation_id": conversation_id})
     except openai.OpenAIError as error:
         raise map_upstream_error(error) from error
+
+
+async def add_items(client: openai.AsyncOpenAI, conversation_id: str, items: Sequence[dict[str, Any]]) -> None:
+    try:
+        for start in range(0, len(items), MAX_ITEMS_PER_CALL):
+            chunk = list(items[start : start + MAX_ITEMS_PER_CALL])
+            await client.conversations.items.create(conversation_id, items=chunk)  # type: ignore[arg-type]
+    except openai.OpenAIError as error:
+        raise map_upstream_error(error) from error

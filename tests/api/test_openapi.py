@@ -32,6 +32,7 @@ ROUTES = {
     ("GET", "/v1/sessions/{session_id}/turns/{turn_id}"),
     ("GET", "/v1/sessions/{session_id}/turns/{turn_id}/events"),
     ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/cancel"),
+    ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/tool_outputs"),
     ("GET", "/v1/usage"),
     ("POST", "/v1/admin/users"),
     ("GET", "/v1/admin/users"),
@@ -48,6 +49,7 @@ BODY_ROUTES = {(m, p) for m, p in ROUTES if m in ("POST", "PATCH", "PUT")} - {
 }
 SSE_ROUTES = {
     ("POST", "/v1/sessions/{session_id}/messages"),
+    ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/tool_outputs"),
     ("GET", "/v1/sessions/{session_id}/turns/{turn_id}/events"),
 }
 

@@ -16,14 +16,15 @@ from app.api.deps import DbDep, ListDep, StateDep, UserDep, bearer_scheme
 from app.api.routes.common import SessionId, TurnId, errors, list_response
 from app.api.schemas import ListResponse
 from app.api.sse_response import event_stream_response
-from app.api.turn_schemas import MessageCreate, TurnRead
+from app.api.turn_schemas import MessageCreate, ToolOutputsCreate, TurnRead
 from app.db.models import TURN_IN_FLIGHT_STATUSES, Turn
 from app.errors import InvalidRequest, ServiceUnavailable, ValidationFailed
+from app.services import sessions as sessions_service
 from app.services import turns as turns_service
 from app.services.auth import Principal
 from app.state import AppState
 from app.streaming.outcome import TERMINAL_EVENT_OF_STATUS
-from app.streaming.runner import TurnJob, wait_for
+from app.streaming.runner import PriorTurn, TurnJob, wait_for
 from app.streaming.sse import RETRY_MS, encode_frame
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["turns"], responses=errors(401, 404, 422))
@@ -103,6 +104,7 @@ async def send_message(
         model=body.model,
         metadata=body.metadata or {},
         stream=body.stream,
+        tools=[tool.model_dump(exclude_none=True) for tool in body.tools or []],
     )
     started_at = time.monotonic()
     started = await turns_service.start_turn(
@@ -113,6 +115,7 @@ async def send_message(
         request=turn_request,
         idempotency_key=_idempotency_key(idempotency_key),
         runner_id=state.runner.id,
+        server_tools=state.tools.definitions(),
     )
     turn = started.turn
     stream_url = _stream_url(request, state, turn)
@@ -269,6 +272,12 @@ async def cancel_turn(
     turn = await turns_service.request_cancel(
         state.sessionmaker, principal=user, session_id=session_id, turn_id=turn_id
     )
+    if turn.status == "requires_action":
+        async with state.sessionmaker() as db:
+            session = await sessions_service.get_session(db, principal=user, session_id=session_id)
+        turn = await turns_service.cancel_waiting_turn(
+            state.sessionmaker, state.upstream, turn=turn, conversation_id=session.conversation_id
+        )
     stream_url = _stream_url(request, state, turn)
     handle = state.runner.handle(turn.id)
     if handle is not None and state.runner.cancel(turn.id):
@@ -283,3 +292,53 @@ async def cancel_turn(
         else await _wait_until_final(state, turn.id, timeout_s=state.settings.cancel_wait_s)
     )
     return TurnRead.model_validate(turns_service.render_turn(current, stream_url=stream_url))
+
+
+@router.post(
+    "/turns/{turn_id}/tool_outputs",
+    responses={**STREAM_RESPONSES, **errors(400, 402, 409, 413, 415, 429, 502, 503, 504)},
+    response_model=TurnRead,
+    summary="Answer the function calls of a turn in requires_action",
+    description="Sends the outputs of the calls in `turn.required_action` upstream and streams the rest of the "
+    "turn: its event ids continue after `turn.requires_action`. " + SSE_DESCRIPTION,
+)
+async def submit_tool_outputs(
+    session_id: SessionId, turn_id: TurnId, body: ToolOutputsCreate, request: Request, state: StateDep, user: UserDep
+) -> Response:
+    if not state.runner.accepting:
+        raise ServiceUnavailable(
+            "Parley is shutting down; retry shortly.", code="shutting_down", headers={"Retry-After": "2"}
+        )
+    started_at = time.monotonic()
+    turn, upstream_body = await turns_service.continue_turn(
+        state.sessionmaker,
+        settings=state.settings,
+        principal=user,
+        session_id=session_id,
+        turn_id=turn_id,
+        outputs=[turns_service.ToolOutput(call_id=o.call_id, output=o.output) for o in body.tool_outputs],
+        runner_id=state.runner.id,
+    )
+    stream_url = _stream_url(request, state, turn)
+    rendered = turns_service.render_turn(turn, stream_url=stream_url)
+    job = TurnJob(
+        turn_id=turn.id,
+        session_id=turn.session_id,
+        user_id=turn.user_id,
+        upstream_body=upstream_body,
+        created_turn=rendered,
+        stream_url=stream_url,
+        started_at=started_at,
+        prior=PriorTurn(
+            text=turn.output_text,
+            response_ids=list(turn.response_ids or []),
+            usage=turn.usage,
+            cost_usd=str(turn.cost_usd) if turn.cost_usd is not None else None,
+            last_event_id=turn.last_event_id or 0,
+        ),
+    )
+    handle = state.runner.continue_turn(job)
+    await wait_for(handle.opened)
+    if body.stream:
+        return event_stream_response(handle.log.read(turn.last_event_id or 0), state.settings, state.metrics)
+    return JSONResponse(await wait_for(handle.done))
