@@ -122,3 +122,9 @@ class ServiceUnavailable(ParleyError):
     status_code = 503
     type = "service_unavailable"
     code = "service_unavailable"
+
+
+def shutting_down() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Parley is shutting down; retry shortly.", code="shutting_down", headers={"Retry-After": "2"}
+    )

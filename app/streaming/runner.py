@@ -21,7 +21,7 @@ import httpx2
 import openai
 import orjson
 
-from app.errors import ParleyError, ServiceUnavailable
+from app.errors import ParleyError, shutting_down
 from app.observability.context import bind_upstream_request_id
 from app.observability.metrics import Metrics, upstream_status_of
 from app.streaming.event_log import EventLog, EventLogRegistry
@@ -246,9 +246,7 @@ class TurnRunner:
 
     def spawn(self, job: TurnJob) -> TurnHandle:
         if not self.accepting:
-            raise ServiceUnavailable(
-                "Parley is shutting down; retry shortly.", code="shutting_down", headers={"Retry-After": "2"}
-            )
+            raise shutting_down()
         log = self.logs.create(job.turn_id)
         log.append("turn.created", orjson.dumps({"turn": job.created_turn}))
         handle = TurnHandle(job, log)
@@ -260,9 +258,7 @@ class TurnRunner:
         """Run the next steps of a turn that waited for the client's tool outputs; its events follow the
         ones already sent, ids continuing."""
         if not self.accepting:
-            raise ServiceUnavailable(
-                "Parley is shutting down; retry shortly.", code="shutting_down", headers={"Retry-After": "2"}
-            )
+            raise shutting_down()
         assert job.prior is not None
         log = self.logs.get(job.turn_id)
         if log is not None and len(log) == job.prior.last_event_id:
@@ -295,11 +291,12 @@ class TurnRunner:
                     stream = await open_stream(self.upstream, body, self.config.stream_policy)
                 except ParleyError as error:
                     self.metrics.upstream_error(stage="open", status=upstream_status_of(error), code=error.code)
-                    if not handle.opened.done():
-                        handle.opened.set_exception(error)
                     outcome = self._outcome(state, "failed")
                     outcome.error = {"code": error.code, "message": error.message, "status": error.status_code}
+                    # Stored before the client hears of it: a retry right after the 429 finds the session free.
                     await self._finish(handle, state, outcome)
+                    if not handle.opened.done():
+                        handle.opened.set_exception(error)
                     return
                 if not handle.opened.done():
                     handle.opened.set_result(None)

@@ -106,7 +106,8 @@ async def test_second_turn_while_one_runs_is_409(client: httpx.AsyncClient, user
 async def test_concurrent_sends_start_exactly_one_turn(
     client: httpx.AsyncClient, user: ApiUser, sim: Simulator, db_engine: AsyncEngine
 ) -> None:
-    await sim.configure(tokens_per_second=200, output_tokens=20)
+    # Slow enough that the first turn is still running when every other request arrives.
+    await sim.configure(tokens_per_second=20, output_tokens=40)
     session_id = await new_session(client, user)
     conversation = await conversation_of(client, user, session_id)
     responses = await asyncio.gather(

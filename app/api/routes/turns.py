@@ -18,7 +18,7 @@ from app.api.schemas import ListResponse
 from app.api.sse_response import event_stream_response
 from app.api.turn_schemas import MessageCreate, ToolOutputsCreate, TurnRead
 from app.db.models import TURN_IN_FLIGHT_STATUSES, Turn
-from app.errors import InvalidRequest, ServiceUnavailable, ValidationFailed
+from app.errors import InvalidRequest, ServiceUnavailable, ValidationFailed, shutting_down
 from app.services import sessions as sessions_service
 from app.services import turns as turns_service
 from app.services.auth import Principal
@@ -94,9 +94,7 @@ async def send_message(
                 code="message_too_long",
             )
     if not state.runner.accepting:
-        raise ServiceUnavailable(
-            "Parley is shutting down; retry shortly.", code="shutting_down", headers={"Retry-After": "2"}
-        )
+        raise shutting_down()
     turn_request = turns_service.TurnRequest(
         input=payload,
         prompt=body.prompt.model_dump(exclude_none=True) if body.prompt else None,
@@ -306,9 +304,7 @@ async def submit_tool_outputs(
     session_id: SessionId, turn_id: TurnId, body: ToolOutputsCreate, request: Request, state: StateDep, user: UserDep
 ) -> Response:
     if not state.runner.accepting:
-        raise ServiceUnavailable(
-            "Parley is shutting down; retry shortly.", code="shutting_down", headers={"Retry-After": "2"}
-        )
+        raise shutting_down()
     started_at = time.monotonic()
     turn, upstream_body = await turns_service.continue_turn(
         state.sessionmaker,
