@@ -165,6 +165,13 @@ async def start_turn(
                         return StartedTurn(_check_same(existing, fingerprint), session, replayed=True)
                 running = await turns_repo.find_open(db, session_id=session_id)
                 if running is not None:
+                    # A concurrent duplicate may have committed between the two reads: look at the key again.
+                    if idempotency_key is not None:
+                        existing = await turns_repo.find_by_idempotency_key(
+                            db, user_id=principal.user_id, key=idempotency_key
+                        )
+                        if existing is not None:
+                            return StartedTurn(_check_same(existing, fingerprint), session, replayed=True)
                     raise _in_progress(running.id)
                 now = utcnow()
                 user = await users_repo.lock_user(db, principal.user_id)

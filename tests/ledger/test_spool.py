@@ -24,7 +24,7 @@ from app.streaming.turn_state import ResponseOutcome
 from tests.conftest import create_api_user, run_parley
 from tests.databases import postgres_database
 from tests.tcp_proxy import FaultProxy
-from tests.turns.helpers import Event, Stream, new_session, open_stream, simulator_for
+from tests.turns.helpers import Event, Stream, new_session, open_stream, simulator_for, sse_events
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ async def test_database_dies_mid_turn_and_the_ledger_still_gets_exactly_one_row(
                         headers=user.headers,
                     ) as (stream, source):
                         assert stream.status == 200
-                        async for sse in source.aiter_sse():
+                        async for sse in sse_events(source):
                             stream.events.append(Event.of(sse))
                             if stream.names.count("response.output_text.delta") == 5:
                                 proxy.cut()  # Postgres is gone for this Parley
@@ -124,7 +124,7 @@ async def test_replaying_a_write_twice_does_not_double_it(postgres_url: str, tmp
                 async with open_stream(
                     client, "POST", f"/v1/sessions/{session_id}/messages", json={"input": "x"}, headers=user.headers
                 ) as (stream, source):
-                    async for sse in source.aiter_sse():
+                    async for sse in sse_events(source):
                         stream.events.append(Event.of(sse))
                         break
                 turn_id = stream.events[0].data["turn"]["id"]

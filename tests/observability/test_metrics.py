@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ApiUser
 from tests.observability.scrape import Scrape, scrape, scrape_until
-from tests.turns.helpers import Event, Simulator, Stream, new_session, open_stream, send
+from tests.turns.helpers import Event, Simulator, Stream, new_session, open_stream, send, sse_events
 
 TURNS = "parley_turns_total"
 TTFT_COUNT = "parley_turn_time_to_first_token_seconds_count"
@@ -104,7 +104,7 @@ async def test_a_cancelled_turn_and_the_open_streams_gauge(
         http, "POST", f"/v1/sessions/{session_id}/messages", json={"input": "talk slowly"}, headers=person.headers
     ) as (stream, source):
         cancelled: httpx.Response | None = None
-        async for sse in source.aiter_sse():
+        async for sse in sse_events(source):
             stream.events.append(Event.of(sse))
             if cancelled is None and stream.names.count("response.output_text.delta") == 3:
                 during = await scrape(http)
@@ -180,7 +180,7 @@ async def test_streams_being_read_at_once_are_counted(
         async with open_stream(
             http, "POST", f"/v1/sessions/{session_id}/messages", json={"input": "hi"}, headers=person.headers
         ) as (stream, source):
-            async for sse in source.aiter_sse():
+            async for sse in sse_events(source):
                 stream.events.append(Event.of(sse))
                 if stream.names.count("response.output_text.delta") == 2:
                     answering.set()

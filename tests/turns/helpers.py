@@ -51,8 +51,16 @@ class Stream:
         return "".join(e.data["delta"] for e in self.events if e.name == "response.output_text.delta")
 
 
-async def collect(source: EventSource, stream: Stream, *, stop_after: int | None = None) -> Stream:
+async def sse_events(source: EventSource) -> AsyncIterator[ServerSentEvent]:
+    """The events a browser would dispatch. httpx-sse also yields a `: ping` that follows an event (the last
+    id lingers, so it looks like an event with no data); the SSE spec dispatches nothing for it."""
     async for sse in source.aiter_sse():
+        if sse.data:
+            yield sse
+
+
+async def collect(source: EventSource, stream: Stream, *, stop_after: int | None = None) -> Stream:
+    async for sse in sse_events(source):
         stream.events.append(Event.of(sse))
         if stop_after is not None and len(stream.events) >= stop_after:
             break

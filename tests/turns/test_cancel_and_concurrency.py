@@ -20,6 +20,7 @@ from tests.turns.helpers import (
     new_session,
     open_stream,
     send,
+    sse_events,
     turn_of,
 )
 
@@ -36,7 +37,7 @@ async def test_cancel_mid_answer(
     ) as (stream, source):
         cancelled: httpx.Response | None = None
         listener: asyncio.Task[Stream] | None = None
-        async for sse in source.aiter_sse():
+        async for sse in sse_events(source):
             stream.events.append(Event.of(sse))
             if cancelled is None and stream.names.count("response.output_text.delta") == 5:
                 turn_id = stream.events[0].data["turn"]["id"]
@@ -174,6 +175,7 @@ async def test_concurrent_duplicates_make_one_turn(client: httpx.AsyncClient, us
     conversation = await conversation_of(client, user, session_id)
     key = _key()
     streams = await asyncio.gather(*(send(client, user, session_id, {"input": "dup"}, headers=key) for _ in range(4)))
+    assert [s.status for s in streams] == [200] * 4, [s.error for s in streams]
     turn_ids = {s.events[0].data["turn"]["id"] for s in streams}
     assert len(turn_ids) == 1
     assert all(s.names[-1] == "turn.completed" for s in streams)

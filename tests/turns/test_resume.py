@@ -17,6 +17,7 @@ from tests.turns.helpers import (
     new_session,
     open_stream,
     send,
+    sse_events,
     turn_of,
     wait_for_status,
 )
@@ -147,7 +148,7 @@ async def test_stream_url_works_without_a_header_and_only_for_its_turn(
     async with httpx.AsyncClient(timeout=30) as anonymous:  # like EventSource: no Authorization header
         async with aconnect_sse(anonymous, "GET", created["stream_url"]) as source:
             assert source.response.status_code == 200
-            async for sse in source.aiter_sse():
+            async for sse in sse_events(source):
                 events.append(Event.of(sse))
         assert events[0].id == 1
         assert events[-1].name == "turn.completed"
