@@ -49,13 +49,14 @@ class ParleyServer(uvicorn.Server):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from app.main import create_app
+    from app.main import SIMULATOR_MOUNT, create_app
 
     settings = Settings()
-    if settings.uses_simulator and not settings.openai_base_url and not settings.public_base_url:
-        # The simulator is mounted on this same server; Parley reaches it over loopback.
+    if settings.uses_simulator and not settings.openai_base_url:
+        # The simulator is mounted on this same server; Parley reaches it over loopback (while browsers reach
+        # Parley at whatever address they used, so this is not the public base URL).
         host = LOOPBACK_FOR_WILDCARD.get(args.host, args.host)
-        settings = settings.model_copy(update={"public_base_url": f"http://{host}:{args.port}"})
+        settings = settings.model_copy(update={"openai_base_url": f"http://{host}:{args.port}{SIMULATOR_MOUNT}/v1"})
     configure_logging(settings)
     app = create_app(settings)
     config = uvicorn.Config(

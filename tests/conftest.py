@@ -60,7 +60,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 def run_parley(database_url: str, backend: str, **overrides: Any) -> Iterator[RunningParley]:
     """Parley on the embedded default (simulator mounted on itself) unless overridden."""
     port = free_port()
-    overrides.setdefault("public_base_url", f"http://127.0.0.1:{port}")
+    if not overrides.get("openai_base_url") and not overrides.get("openai_api_key"):
+        # The embedded default: the simulator mounted on this same server.
+        overrides["openai_base_url"] = f"http://127.0.0.1:{port}/simulator/v1"
     settings = make_settings(database_url, **overrides)
     with serve(create_app(settings), port=port) as base_url:
         yield RunningParley(base_url=base_url, settings=settings, backend=backend)
