@@ -1,0 +1,833 @@
+// The Parley playground: sessions in a sidebar, a chat column, a composer. Talks to the API only through
+// parley.js; model text reaches the page only through markdown.js (DOM nodes, never HTML strings).
+
+import { ParleyClient, describeError } from "./parley.js";
+import { renderMarkdown } from "./markdown.js";
+
+const KEY_STORAGE = "parley.apiKey";
+const IN_FLIGHT = new Set(["queued", "in_progress"]);
+const PAGE_LIMIT = 100;
+const MAX_PAGES = 20;
+
+/** @param {string} id @returns {any} */
+const $ = (id) => /** @type {any} */ (document.getElementById(id));
+
+const ui = {
+  app: $("app"),
+  sidebar: $("sidebar"),
+  backdrop: $("backdrop"),
+  menu: $("menu"),
+  sessionList: $("session-list"),
+  sessionEmpty: $("session-empty"),
+  newSession: $("new-session"),
+  usage: $("usage-summary"),
+  changeKey: $("change-key"),
+  keyLabel: $("key-label"),
+  title: $("session-title"),
+  meta: $("session-meta"),
+  messages: $("messages"),
+  thread: $("thread"),
+  error: $("error"),
+  errorText: $("error-text"),
+  errorClose: $("error-close"),
+  composer: $("composer"),
+  input: $("input"),
+  send: $("send"),
+  stop: $("stop"),
+  keyDialog: $("key-dialog"),
+  keyForm: $("key-form"),
+  keyInput: $("key-input"),
+  keyError: $("key-error"),
+  keyForget: $("key-forget"),
+  renameDialog: $("rename-dialog"),
+  renameForm: $("rename-form"),
+  renameInput: $("rename-input"),
+  renameCancel: $("rename-cancel"),
+  confirmDialog: $("confirm-dialog"),
+  confirmForm: $("confirm-form"),
+  confirmText: $("confirm-text"),
+  confirmCancel: $("confirm-cancel"),
+};
+
+/**
+ * @typedef {import("./parley.js").Session} Session
+ * @typedef {import("./parley.js").Turn} Turn
+ * @typedef {import("./parley.js").Message} Message
+ * @typedef {import("./parley.js").TurnStream} TurnStream
+ * @typedef {import("./parley.js").ToolCall} ToolCall
+ */
+
+const state = {
+  client: new ParleyClient({ apiKey: () => localStorage.getItem(KEY_STORAGE) ?? "" }),
+  /** @type {Session[]} */
+  sessions: [],
+  /** @type {string | null} */
+  sessionId: null,
+  /** @type {TurnStream | null} the answer being streamed into the open session */
+  stream: null,
+  /** Bumped on every session switch, so late answers for an old one are dropped. */
+  generation: 0,
+  /** @type {Promise<Session | null> | null} a "New chat" on its way */
+  creating: null,
+};
+
+// ---------------------------------------------------------------- small helpers
+
+/**
+ * @param {string} tag
+ * @param {string} [className]
+ * @param {string} [text]
+ * @returns {HTMLElement}
+ */
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** @param {string} name @returns {SVGSVGElement} */
+function icon(name) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "icon");
+  svg.setAttribute("aria-hidden", "true");
+  const use = document.createElementNS("http://www.w3.org/2000/svg", "use");
+  use.setAttribute("href", `#i-${name}`);
+  svg.appendChild(use);
+  return svg;
+}
+
+/** A decimal USD string as money: exact, trailing zeros trimmed. @param {string | null | undefined} value */
+function formatCost(value) {
+  if (value === null || value === undefined) return "cost unknown";
+  const [whole, fraction = ""] = String(value).split(".");
+  const trimmed = fraction.replace(/0+$/, "");
+  return `$${whole}.${trimmed.length < 2 ? trimmed.padEnd(2, "0") : trimmed}`;
+}
+
+/** @param {number} n */
+function formatCount(n) {
+  return new Intl.NumberFormat().format(n);
+}
+
+/** @param {string | null} iso */
+function formatWhen(iso) {
+  if (!iso) return "";
+  const then = new Date(iso);
+  const seconds = (then.getTime() - Date.now()) / 1000;
+  const rtf = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+  const abs = Math.abs(seconds);
+  if (abs < 60) return "just now";
+  if (abs < 3600) return rtf.format(Math.round(seconds / 60), "minute");
+  if (abs < 86400) return rtf.format(Math.round(seconds / 3600), "hour");
+  if (abs < 7 * 86400) return rtf.format(Math.round(seconds / 86400), "day");
+  return then.toLocaleDateString();
+}
+
+/** @param {Session} session */
+function sessionTitle(session) {
+  return session.title?.trim() || "Untitled chat";
+}
+
+/** @param {string} key */
+function maskKey(key) {
+  return key.length > 10 ? `${key.slice(0, 3)}…${key.slice(-4)}` : "API key";
+}
+
+/**
+ * Every page of a list.
+ * @template T
+ * @param {(query: {limit: number, after?: string, order: "asc"|"desc"}) => Promise<import("./parley.js").List<T>>} page
+ * @param {"asc"|"desc"} order
+ * @returns {Promise<T[]>}
+ */
+async function listAll(page, order) {
+  /** @type {T[]} */
+  const items = [];
+  /** @type {string | undefined} */
+  let after;
+  for (let i = 0; i < MAX_PAGES; i++) {
+    const result = await page({ limit: PAGE_LIMIT, after, order });
+    items.push(...result.data);
+    if (!result.has_more || !result.last_id) break;
+    after = result.last_id;
+  }
+  return items;
+}
+
+// ---------------------------------------------------------------- errors and the key
+
+/** @param {unknown} error */
+function showError(error) {
+  const text = typeof error === "string" ? error : describeError(error);
+  ui.errorText.textContent = text;
+  ui.error.hidden = false;
+  const status = /** @type {any} */ (error)?.status;
+  ui.error.dataset.status = status === undefined ? "" : String(status);
+  if (status === 401) openKeyDialog(text);
+}
+
+function clearError() {
+  ui.error.hidden = true;
+  ui.errorText.textContent = "";
+}
+
+/** @param {string} [problem] */
+function openKeyDialog(problem) {
+  ui.keyError.hidden = !problem;
+  ui.keyError.textContent = problem ?? "";
+  ui.keyInput.value = "";
+  if (!ui.keyDialog.open) ui.keyDialog.showModal();
+  ui.keyInput.focus();
+}
+
+function updateKeyLabel() {
+  const key = localStorage.getItem(KEY_STORAGE);
+  ui.keyLabel.textContent = key ? maskKey(key) : "Set API key";
+}
+
+ui.keyForm.addEventListener("submit", (/** @type {SubmitEvent} */ event) => {
+  const key = ui.keyInput.value.trim();
+  if (!key) {
+    event.preventDefault();
+    return;
+  }
+  localStorage.setItem(KEY_STORAGE, key);
+  updateKeyLabel();
+  clearError();
+  start();
+});
+ui.keyDialog.addEventListener("cancel", (/** @type {Event} */ event) => {
+  // Without a key nothing works: the dialog stays until one is given.
+  if (!localStorage.getItem(KEY_STORAGE)) event.preventDefault();
+});
+ui.keyForget.addEventListener("click", () => {
+  localStorage.removeItem(KEY_STORAGE);
+  updateKeyLabel();
+  state.sessions = [];
+  renderSessionList();
+  showSession(null);
+  openKeyDialog();
+});
+ui.changeKey.addEventListener("click", () => openKeyDialog());
+ui.errorClose.addEventListener("click", clearError);
+
+// ---------------------------------------------------------------- dialogs
+
+/** @param {Session} session @returns {Promise<string | null>} */
+function askTitle(session) {
+  return new Promise((resolve) => {
+    ui.renameInput.value = session.title ?? "";
+    ui.renameDialog.returnValue = "";
+    ui.renameDialog.showModal();
+    ui.renameInput.select();
+    ui.renameDialog.addEventListener(
+      "close",
+      () => resolve(ui.renameDialog.returnValue === "save" ? ui.renameInput.value.trim() : null),
+      { once: true },
+    );
+  });
+}
+ui.renameCancel.addEventListener("click", () => ui.renameDialog.close());
+
+/** @param {string} text @returns {Promise<boolean>} */
+function confirmDelete(text) {
+  return new Promise((resolve) => {
+    ui.confirmText.textContent = text;
+    ui.confirmDialog.returnValue = "";
+    ui.confirmDialog.showModal();
+    ui.confirmDialog.addEventListener("close", () => resolve(ui.confirmDialog.returnValue === "confirm"), {
+      once: true,
+    });
+  });
+}
+ui.confirmCancel.addEventListener("click", () => ui.confirmDialog.close());
+
+// ---------------------------------------------------------------- the sidebar
+
+function setNavOpen(/** @type {boolean} */ open) {
+  ui.app.classList.toggle("nav-open", open);
+  ui.menu.setAttribute("aria-expanded", String(open));
+}
+ui.menu.addEventListener("click", () => setNavOpen(!ui.app.classList.contains("nav-open")));
+ui.backdrop.addEventListener("click", () => setNavOpen(false));
+
+async function loadSessions() {
+  try {
+    const page = await state.client.listSessions({ limit: PAGE_LIMIT });
+    state.sessions = page.data;
+  } catch (error) {
+    showError(error);
+    return false;
+  }
+  renderSessionList();
+  return true;
+}
+
+async function loadUsage() {
+  try {
+    const report = await state.client.request("GET", "/v1/usage?group_by=day");
+    const totals = report.totals ?? {};
+    const tokens = (totals.input_tokens ?? 0) + (totals.output_tokens ?? 0);
+    ui.usage.textContent = `This month: ${formatCost(totals.cost_usd ?? "0")} · ${formatCount(tokens)} tokens`;
+  } catch {
+    ui.usage.textContent = "";
+  }
+}
+
+function renderSessionList() {
+  ui.sessionList.replaceChildren();
+  ui.sessionEmpty.hidden = state.sessions.length > 0;
+  for (const session of state.sessions) {
+    const item = el("li", "session-item");
+    item.dataset.sessionId = session.id;
+    const open = /** @type {HTMLButtonElement} */ (el("button", "session-open"));
+    open.type = "button";
+    if (session.id === state.sessionId) {
+      item.classList.add("active");
+      open.setAttribute("aria-current", "page");
+    }
+    open.append(el("span", "session-title", sessionTitle(session)));
+    const turns = session.turn_count === 1 ? "1 message" : `${session.turn_count} messages`;
+    const when = formatWhen(session.last_turn_at ?? session.created_at);
+    open.append(el("span", "session-sub", `${turns} · ${formatCost(session.total_cost_usd)} · ${when}`));
+    open.addEventListener("click", () => {
+      setNavOpen(false);
+      selectSession(session.id);
+    });
+    const rename = /** @type {HTMLButtonElement} */ (el("button", "icon-button session-rename"));
+    rename.type = "button";
+    rename.title = "Rename";
+    rename.setAttribute("aria-label", `Rename ${sessionTitle(session)}`);
+    rename.append(icon("edit"));
+    rename.addEventListener("click", () => renameSession(session));
+    const remove = /** @type {HTMLButtonElement} */ (el("button", "icon-button session-delete"));
+    remove.type = "button";
+    remove.title = "Delete";
+    remove.setAttribute("aria-label", `Delete ${sessionTitle(session)}`);
+    remove.append(icon("trash"));
+    remove.addEventListener("click", () => deleteSession(session));
+    const actions = el("div", "session-actions");
+    actions.append(rename, remove);
+    item.append(open, actions);
+    ui.sessionList.append(item);
+  }
+}
+
+/** @param {Session} session */
+function upsertSession(session) {
+  const index = state.sessions.findIndex((s) => s.id === session.id);
+  if (index === -1) state.sessions.unshift(session);
+  else state.sessions[index] = session;
+  renderSessionList();
+  if (session.id === state.sessionId) renderHeader(session);
+}
+
+/** @param {string} sessionId */
+async function refreshSession(sessionId) {
+  try {
+    upsertSession(await state.client.getSession(sessionId));
+  } catch {
+    // The list simply keeps its last state.
+  }
+  loadUsage();
+}
+
+/** @returns {Promise<Session | null>} */
+function createSession() {
+  // One at a time: a message typed while "New chat" is still being created goes into that chat.
+  state.creating ??= (async () => {
+    clearError();
+    ui.newSession.disabled = true;
+    try {
+      const session = await state.client.createSession({});
+      upsertSession(session);
+      await selectSession(session.id);
+      return session;
+    } catch (error) {
+      showError(error);
+      return null;
+    } finally {
+      ui.newSession.disabled = false;
+      state.creating = null;
+    }
+  })();
+  return state.creating;
+}
+ui.newSession.addEventListener("click", async () => {
+  setNavOpen(false);
+  await createSession();
+  ui.input.focus();
+});
+
+/** @param {Session} session */
+async function renameSession(session) {
+  const title = await askTitle(session);
+  if (title === null) return;
+  try {
+    upsertSession(await state.client.updateSession(session.id, { title: title || null }));
+  } catch (error) {
+    showError(error);
+  }
+}
+
+/** @param {Session} session */
+async function deleteSession(session) {
+  const ok = await confirmDelete(`“${sessionTitle(session)}” and its history will be deleted for good.`);
+  if (!ok) return;
+  try {
+    await state.client.deleteSession(session.id);
+  } catch (error) {
+    if (/** @type {any} */ (error).status !== 404) {
+      showError(error);
+      return;
+    }
+  }
+  state.sessions = state.sessions.filter((s) => s.id !== session.id);
+  renderSessionList();
+  if (state.sessionId === session.id) {
+    history.replaceState(null, "", location.pathname);
+    showSession(null);
+  }
+  loadUsage();
+}
+
+// ---------------------------------------------------------------- the chat column
+
+/** @param {Session | null} session */
+function renderHeader(session) {
+  ui.title.textContent = session ? sessionTitle(session) : "Parley";
+  if (!session) {
+    ui.meta.textContent = "";
+    return;
+  }
+  const turns = session.turn_count === 1 ? "1 message" : `${session.turn_count} messages`;
+  ui.meta.textContent = `${turns} · ${formatCost(session.total_cost_usd)}`;
+}
+
+/** @param {string} title @param {string} text */
+function emptyState(title, text) {
+  const box = el("div", "empty-state");
+  box.append(el("div", "empty-logo", "P"), el("h2", "", title), el("p", "", text));
+  return box;
+}
+
+/** @param {string | null} sessionId */
+function showSession(sessionId) {
+  state.generation += 1;
+  if (state.stream) {
+    // Stop listening, not the turn: it runs on and is re-attached when the session is opened again.
+    state.stream.close();
+    state.stream = null;
+  }
+  setStreaming(false);
+  state.sessionId = sessionId;
+  renderSessionList();
+  const session = state.sessions.find((s) => s.id === sessionId) ?? null;
+  renderHeader(session);
+  ui.thread.replaceChildren();
+  if (!sessionId) {
+    ui.thread.append(
+      emptyState("Parley playground", "Start a new chat, or pick a conversation from the list. Answers stream in as they are written."),
+    );
+  }
+}
+
+/** @param {string} sessionId */
+async function selectSession(sessionId) {
+  clearError();
+  if (location.hash !== `#${sessionId}`) history.replaceState(null, "", `#${sessionId}`);
+  showSession(sessionId);
+  const generation = state.generation;
+  ui.thread.setAttribute("aria-busy", "true");
+  try {
+    const [messages, turns] = await Promise.all([
+      listAll((q) => state.client.listMessages(sessionId, q), "asc"),
+      listAll((q) => state.client.listTurns(sessionId, q), "desc"),
+    ]);
+    if (generation !== state.generation) return;
+    if (!state.sessions.some((s) => s.id === sessionId)) {
+      upsertSession(await state.client.getSession(sessionId));
+    }
+    renderHistory(messages, turns);
+    document.documentElement.dataset.loaded = sessionId;
+  } catch (error) {
+    if (generation !== state.generation) return;
+    if (/** @type {any} */ (error).status === 404) {
+      history.replaceState(null, "", location.pathname);
+      showSession(null);
+    }
+    showError(error);
+  } finally {
+    ui.thread.removeAttribute("aria-busy");
+  }
+}
+
+/**
+ * @param {Message[]} messages
+ * @param {Turn[]} turns
+ */
+function renderHistory(messages, turns) {
+  const turnById = new Map(turns.map((t) => [t.id, t]));
+  /** @type {Map<string, {user?: Message, assistant?: Message}>} */
+  const groups = new Map();
+  /** @type {(Message | string)[]} */
+  const order = [];
+  for (const message of messages) {
+    if (!message.turn_id) {
+      order.push(message);
+      continue;
+    }
+    let group = groups.get(message.turn_id);
+    if (!group) {
+      group = {};
+      groups.set(message.turn_id, group);
+      order.push(message.turn_id);
+    }
+    if (message.role === "user") group.user = message;
+    else if (message.role === "assistant") group.assistant = message;
+  }
+  ui.thread.replaceChildren();
+  for (const entry of order) {
+    if (typeof entry !== "string") {
+      if (entry.role === "user") appendUser(entry.content);
+      else if (entry.role === "assistant") {
+        const view = appendAssistant();
+        view.text = entry.content;
+        view.render();
+        view.root.dataset.status = "completed";
+      } else appendNote(`${entry.role}: ${entry.content}`);
+      continue;
+    }
+    const group = /** @type {{user?: Message, assistant?: Message}} */ (groups.get(entry));
+    const turn = turnById.get(entry);
+    if (group.user) appendUser(group.user.content);
+    if (turn && IN_FLIGHT.has(turn.status)) {
+      // Still being answered (another tab, or a reload mid-answer): attach to its events from the start.
+      const view = appendAssistant(turn.id);
+      follow(view, (callbacks) => state.client.attach(turn.session_id, turn.id, callbacks));
+      continue;
+    }
+    const view = appendAssistant(entry);
+    view.text = group.assistant?.content ?? turn?.output_text ?? "";
+    view.render();
+    if (turn) view.finish(turn);
+    else view.root.dataset.status = group.assistant?.status ?? "completed";
+  }
+  if (!order.length) {
+    ui.thread.append(emptyState("Say hello", "Your messages and the assistant's answers will appear here."));
+  }
+  scrollToBottom(true);
+}
+
+/** @param {string} text */
+function appendUser(text) {
+  ui.thread.querySelector(".empty-state")?.remove();
+  const root = el("article", "msg user");
+  root.dataset.role = "user";
+  const bubble = el("div", "bubble", text);
+  root.append(bubble);
+  ui.thread.append(root);
+  return root;
+}
+
+/** @param {string} text */
+function appendNote(text) {
+  const note = el("p", "note", text);
+  ui.thread.append(note);
+}
+
+/**
+ * An assistant answer in the thread: its Markdown body, tool calls and turn meta.
+ * @param {string} [turnId]
+ */
+function appendAssistant(turnId) {
+  ui.thread.querySelector(".empty-state")?.remove();
+  const root = el("article", "msg assistant");
+  root.dataset.role = "assistant";
+  if (turnId) root.dataset.turnId = turnId;
+  const avatar = el("div", "avatar", "P");
+  avatar.setAttribute("aria-hidden", "true");
+  const body = el("div", "msg-body");
+  const tools = el("div", "tool-calls");
+  const content = el("div", "content markdown");
+  const meta = el("div", "turn-meta");
+  body.append(tools, content, meta);
+  root.append(avatar, body);
+  ui.thread.append(root);
+
+  /** @type {Map<string, HTMLElement>} */
+  const toolViews = new Map();
+  let pending = false;
+
+  const view = {
+    root,
+    text: "",
+    render() {
+      content.replaceChildren(renderMarkdown(view.text));
+    },
+    /** Re-render at most once per frame, however fast the deltas come. */
+    schedule() {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(() => {
+        pending = false;
+        const pinned = isPinned();
+        view.render();
+        if (pinned) scrollToBottom();
+      });
+    },
+    streaming() {
+      root.dataset.status = "streaming";
+      root.setAttribute("aria-busy", "true");
+      meta.replaceChildren(el("span", "typing", ""));
+      /** @type {HTMLElement} */ (meta.firstChild).setAttribute("aria-label", "Writing");
+    },
+    /** @param {boolean} on */
+    reconnecting(on) {
+      root.classList.toggle("reconnecting", on);
+      const existing = meta.querySelector(".reconnect");
+      if (on && !existing) meta.append(el("span", "badge reconnect", "Connection lost — reconnecting…"));
+      if (!on && existing) existing.remove();
+    },
+    /** @param {ToolCall} call */
+    toolCall(call) {
+      let chip = toolViews.get(call.call_id);
+      if (!chip) {
+        chip = el("div", "tool-call");
+        chip.dataset.callId = call.call_id;
+        chip.append(icon("tool"), el("span", "tool-name"), el("code", "tool-args"), el("span", "tool-state"));
+        toolViews.set(call.call_id, chip);
+        tools.append(chip);
+      }
+      chip.dataset.phase = call.phase;
+      chip.dataset.source = call.source;
+      /** @type {HTMLElement} */ (chip.querySelector(".tool-name")).textContent = call.name ?? "tool";
+      const args = /** @type {HTMLElement} */ (chip.querySelector(".tool-args"));
+      if (call.arguments) args.textContent = call.arguments.length > 120 ? `${call.arguments.slice(0, 117)}…` : call.arguments;
+      const stateText =
+        call.phase === "started"
+          ? "running…"
+          : call.error
+            ? "failed"
+            : call.source === "function"
+              ? "requested"
+              : `done${call.duration_ms != null ? ` · ${call.duration_ms} ms` : ""}`;
+      /** @type {HTMLElement} */ (chip.querySelector(".tool-state")).textContent = stateText;
+    },
+    /** @param {Turn} turn */
+    finish(turn) {
+      root.dataset.status = turn.status;
+      root.dataset.turnId = turn.id;
+      root.removeAttribute("aria-busy");
+      view.reconnecting(false);
+      if (!view.text && turn.output_text) view.text = turn.output_text;
+      view.render();
+      meta.replaceChildren();
+      const badges = {
+        cancelled: "Stopped",
+        incomplete: "Cut short",
+        failed: "Failed",
+        requires_action: "Waiting for tool output",
+      };
+      const badge = /** @type {Record<string, string>} */ (badges)[turn.status];
+      if (badge) meta.append(el("span", `badge status-${turn.status}`, badge));
+      if (turn.usage) {
+        const u = turn.usage;
+        const tokens = el("span", "tokens", `${formatCount(u.total_tokens)} tokens`);
+        const detail = [`${formatCount(u.input_tokens)} in`, `${formatCount(u.output_tokens)} out`];
+        if (u.reasoning_tokens) detail.push(`${formatCount(u.reasoning_tokens)} reasoning`);
+        if (u.cached_input_tokens) detail.push(`${formatCount(u.cached_input_tokens)} cached`);
+        tokens.title = detail.join(" · ");
+        meta.append(tokens, el("span", "token-detail", detail.join(" · ")));
+      }
+      meta.append(el("span", "cost", formatCost(turn.cost_usd)));
+      if (turn.ttft_ms != null) meta.append(el("span", "ttft", `first token ${turn.ttft_ms} ms`));
+      if (turn.error && (turn.status === "failed" || turn.status === "incomplete")) {
+        const problem = el("p", "turn-error", describeError(turn.error));
+        problem.setAttribute("role", "status");
+        body.append(problem);
+      }
+    },
+  };
+  return view;
+}
+
+/** @typedef {ReturnType<typeof appendAssistant>} AssistantView */
+
+function isPinned() {
+  const m = ui.messages;
+  return m.scrollHeight - m.scrollTop - m.clientHeight < 80;
+}
+
+function scrollToBottom(force = false) {
+  if (force || isPinned()) ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+/** @param {boolean} on */
+function setStreaming(on) {
+  ui.send.hidden = on;
+  ui.stop.hidden = !on;
+  ui.stop.disabled = false;
+  ui.app.classList.toggle("streaming", on);
+}
+
+/**
+ * Stream a turn into `view`, via `open` (a send or an attach).
+ * @param {AssistantView} view
+ * @param {(callbacks: import("./parley.js").TurnCallbacks) => TurnStream} open
+ * @param {{onRejected?: (error: any) => void}} [hooks]
+ */
+function follow(view, open, hooks = {}) {
+  const generation = state.generation;
+  const current = () => generation === state.generation;
+  view.streaming();
+  setStreaming(true);
+  /** @type {TurnStream} */
+  const stream = open({
+    onTurn: (turn) => {
+      view.root.dataset.turnId = turn.id;
+    },
+    onEvent: () => view.reconnecting(false),
+    onDelta: (delta) => {
+      view.text += delta;
+      view.schedule();
+    },
+    onToolCall: (call) => view.toolCall(call),
+    onReconnect: () => view.reconnecting(true),
+    onDone: (turn) => {
+      view.finish(turn);
+      if (state.stream === stream) {
+        state.stream = null;
+        setStreaming(false);
+      }
+      if (current()) refreshSession(turn.session_id);
+    },
+    onError: (error) => {
+      if (state.stream === stream) {
+        state.stream = null;
+        setStreaming(false);
+      }
+      if (!current()) return;
+      if (!view.root.dataset.turnId) {
+        view.root.remove();
+        hooks.onRejected?.(error);
+      } else {
+        view.reconnecting(false);
+        view.root.dataset.status = "disconnected";
+        view.root.removeAttribute("aria-busy");
+        view.render();
+        const meta = /** @type {HTMLElement} */ (view.root.querySelector(".turn-meta"));
+        meta.replaceChildren(el("span", "badge status-failed", "Connection lost — reload to see the rest"));
+      }
+      showError(error);
+    },
+  });
+  state.stream = stream;
+  return stream;
+}
+
+/** @param {string} text */
+async function sendMessage(text) {
+  clearError();
+  if (state.creating) await state.creating;
+  if (state.stream) {
+    // Opening the chat found an answer still being written (another tab): that one goes first.
+    ui.input.value ||= text;
+    return;
+  }
+  let session = state.sessions.find((s) => s.id === state.sessionId) ?? null;
+  if (!session) {
+    session = await createSession();
+    if (!session) return;
+  }
+  const sessionId = session.id;
+  const userView = appendUser(text);
+  const view = appendAssistant();
+  scrollToBottom(true);
+  follow(view, (callbacks) => state.client.send(sessionId, text, callbacks), {
+    onRejected: () => {
+      userView.classList.add("not-sent");
+      userView.append(el("p", "not-sent-note", "Not sent"));
+      if (!ui.input.value) {
+        ui.input.value = text;
+        autosize();
+      }
+    },
+  });
+  if (!session.title) {
+    // Name the chat after its first message, as chat apps do.
+    const title = text.replace(/\s+/g, " ").trim().slice(0, 60);
+    state.client
+      .updateSession(sessionId, { title })
+      .then(upsertSession)
+      .catch(() => {});
+  }
+}
+
+ui.composer.addEventListener("submit", (/** @type {SubmitEvent} */ event) => {
+  event.preventDefault();
+  if (state.stream) return;
+  const text = ui.input.value.trim();
+  if (!text) return;
+  if (!localStorage.getItem(KEY_STORAGE)) {
+    openKeyDialog();
+    return;
+  }
+  ui.input.value = "";
+  autosize();
+  sendMessage(text);
+});
+
+ui.input.addEventListener("keydown", (/** @type {KeyboardEvent} */ event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    ui.composer.requestSubmit();
+  }
+});
+
+function autosize() {
+  ui.input.style.height = "auto";
+  ui.input.style.height = `${Math.min(ui.input.scrollHeight, 220)}px`;
+}
+ui.input.addEventListener("input", autosize);
+
+ui.stop.addEventListener("click", async () => {
+  const stream = state.stream;
+  if (!stream) return;
+  ui.stop.disabled = true;
+  try {
+    await stream.cancel();
+  } catch (error) {
+    ui.stop.disabled = false;
+    showError(error);
+  }
+});
+
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && state.stream && !document.querySelector("dialog[open]")) ui.stop.click();
+});
+
+// ---------------------------------------------------------------- start
+
+async function start() {
+  updateKeyLabel();
+  if (!localStorage.getItem(KEY_STORAGE)) {
+    showSession(null);
+    openKeyDialog();
+    return;
+  }
+  if (!(await loadSessions())) return;
+  loadUsage();
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  if (wanted.startsWith("sess_")) await selectSession(wanted);
+  else showSession(null);
+  document.documentElement.dataset.ready = "true";
+}
+
+window.addEventListener("hashchange", () => {
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  if (wanted.startsWith("sess_") && wanted !== state.sessionId) selectSession(wanted);
+});
+
+start();

@@ -1,0 +1,383 @@
+"""parley.js and markdown.js on their own, in Chromium, with a scripted `fetch` instead of a server.
+
+The modules are served from app/web by request interception at a made-up origin, so these tests need no
+Parley and run once (not per database backend).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, Route
+
+from app.api.routes.web import WEB_DIR
+
+ORIGIN = "http://parley.test"
+
+# Scripted responses for ParleyClient({fetch}): every call is logged; each step answers one call.
+HARNESS = """
+window.frames_ = (events) => events.map(([id, name, data]) =>
+  `id: ${id}\\nevent: ${name}\\ndata: ${JSON.stringify(data)}\\n\\n`).join('');
+
+// A streamed 200 whose body is `parts` (strings or Uint8Arrays), then a clean end or a network error.
+window.streamed = (parts, {fail = false} = {}) => {
+  const encoder = new TextEncoder();
+  const queue = [...parts];
+  return new Response(new ReadableStream({
+    async pull(controller) {
+      await new Promise((r) => setTimeout(r, 2));
+      while (typeof queue[0] === 'function') await queue.shift()();  // e.g. wait for another call
+      if (queue.length) {
+        const part = queue.shift();
+        controller.enqueue(typeof part === 'string' ? encoder.encode(part) : part);
+      } else if (fail) controller.error(new TypeError('network error'));
+      else controller.close();
+    },
+  }), {status: 200, headers: {'Content-Type': 'text/event-stream'}});
+};
+
+window.scripted = (steps) => {
+  const calls = [];
+  const fetch = async (url, init = {}) => {
+    calls.push({url: String(url), method: init.method || 'GET', headers: {...(init.headers || {})},
+                body: init.body === undefined ? null : init.body});
+    const step = steps.shift();
+    if (!step) throw new Error('unexpected fetch ' + url);
+    return step(url, init);
+  };
+  return {fetch, calls};
+};
+
+window.turnOf = (status, text = '') => ({id: 'turn_1', object: 'turn', session_id: 'sess_1', status,
+  output_text: text, usage: null, cost_usd: null, error: null});
+
+window.collect = (stream) => {
+  const log = {events: [], deltas: [], tools: [], reconnects: [], done: null, errors: []};
+  return [log, {
+    onEvent: (e) => log.events.push([e.id, e.name]),
+    onDelta: (d) => log.deltas.push(d),
+    onToolCall: (call) => log.tools.push(call),
+    onReconnect: (info) => log.reconnects.push(info.attempt),
+    onDone: (turn) => { log.done = turn; },
+    onError: (error) => log.errors.push({status: error.status, code: error.code, retryAfter: error.retryAfter,
+                                          message: error.message}),
+  }];
+};
+"""
+
+
+@pytest.fixture(scope="module")
+async def lab(browser: Browser) -> AsyncIterator[Page]:
+    """A blank page at a made-up origin whose /web/* are the playground's files; shared by the module (each
+    test builds its own client and scripted fetch)."""
+    context = await browser.new_context()
+
+    async def serve(route: Route) -> None:
+        path = route.request.url.removeprefix(ORIGIN)
+        if path.startswith("/web/"):
+            file = WEB_DIR / path.removeprefix("/web/")
+            await route.fulfill(status=200, body=file.read_bytes(), content_type="text/javascript")
+        else:
+            await route.fulfill(status=200, body="<!doctype html><title>lab</title>", content_type="text/html")
+
+    await context.route(f"{ORIGIN}/**", serve)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{ORIGIN}/")
+    await page.add_script_tag(content=HARNESS)
+    yield page
+    await context.close()
+    assert errors == []
+
+
+async def run(page: Page, body: str, arg: Any = None) -> Any:
+    """Runs `body` (an async function body that may use parley.js as `P` and markdown.js as `M`)."""
+    script = f"""async (arg) => {{
+        const P = await import('/web/parley.js');
+        const M = await import('/web/markdown.js');
+        {body}
+    }}"""
+    return await page.evaluate(script, arg)
+
+
+FRAMING = (
+    '\ufeffretry: 1500\nid: 1\nevent: a\ndata: {"x":1}\n\n'
+    ": ping\n\n"
+    "id: 2\r\nevent: b\r\ndata: line one\r\ndata: line two\r\n\r\n"
+    "id: 3\revent: c\rdata:no-space\r\r"
+    "data\n\n"
+    "event: dropped-without-data\n\n"
+    "id: 4\nevent: d\ndata: tail\n\n"
+    "id: 5\nevent: e\ndata: never finished"
+)
+
+
+async def test_the_sse_parser_follows_the_framing_however_the_bytes_are_split(lab: Page) -> None:
+    results = await run(
+        lab,
+        """
+        const out = {};
+        for (const size of [1, 2, 3, 7, arg.length]) {
+          const events = [], comments = [];
+          const parser = new P.SSEParser((m) => events.push(m), (c) => comments.push(c));
+          for (let i = 0; i < arg.length; i += size) parser.push(arg.slice(i, i + size));
+          out[size] = {events, comments};
+        }
+        return out;
+        """,
+        FRAMING,
+    )
+    expected = [
+        {"id": "1", "event": "a", "data": '{"x":1}', "retry": 1500},
+        {"id": "2", "event": "b", "data": "line one\nline two", "retry": None},
+        {"id": "3", "event": "c", "data": "no-space", "retry": None},
+        {"id": "3", "event": "message", "data": "", "retry": None},
+        {"id": "4", "event": "d", "data": "tail", "retry": None},
+    ]
+    assert len(results) == 5
+    for result in results.values():
+        assert result["events"] == expected
+        assert result["comments"] == ["ping"]
+
+
+async def test_send_resumes_from_the_last_event_id_after_the_connection_drops(lab: Page) -> None:
+    log = await run(
+        lab,
+        """
+        const coffee = new TextEncoder().encode(frames_([[6, 'response.output_text.delta', {delta: 'ld ☕'}]]));
+        const cut = coffee.length - 6;  // inside the UTF-8 bytes of ☕
+        const {fetch, calls} = scripted([
+          () => streamed(['retry: 3000\\n', frames_([
+            [1, 'turn.created', {turn: turnOf('in_progress')}],
+            [2, 'response.created', {response: {id: 'resp_1'}}],
+            [3, 'response.output_text.delta', {delta: 'Hel'}],
+          ]), frames_([[4, 'response.output_text.delta', {delta: 'lo, '}]])], {fail: true}),
+          () => { throw new TypeError('Failed to fetch'); },
+          () => streamed([frames_([
+            [4, 'response.output_text.delta', {delta: 'lo, '}],
+            [5, 'response.output_text.delta', {delta: 'wor'}],
+          ]), coffee.slice(0, cut), coffee.slice(cut), frames_([
+            [7, 'turn.completed', {turn: turnOf('completed', 'Hello, world ☕')}],
+          ])]),
+        ]);
+        const client = new P.ParleyClient({apiKey: 'pk_test', fetch, initialBackoffMs: 1});
+        const [log, callbacks] = collect();
+        const stream = client.send('sess_1', 'hi', callbacks);
+        log.final = await stream.done;
+        log.text = stream.text;
+        log.calls = calls;
+        return log;
+        """,
+    )
+    assert log["deltas"] == ["Hel", "lo, ", "wor", "ld ☕"]
+    assert log["text"] == "Hello, world ☕" == log["final"]["output_text"]
+    assert [event[0] for event in log["events"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert log["reconnects"] == [1, 2]
+    assert log["done"]["status"] == "completed"
+    assert log["errors"] == []
+
+    post, *resumes = log["calls"]
+    assert post["method"] == "POST"
+    assert post["url"] == "/v1/sessions/sess_1/messages"
+    assert post["headers"]["Authorization"] == "Bearer pk_test"
+    assert post["headers"]["Content-Type"] == "application/json"
+    assert re.fullmatch(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", post["headers"]["Idempotency-Key"]
+    )
+    assert post["body"] == '{"input":"hi","stream":true}'
+    assert len(resumes) == 2
+    for resume in resumes:
+        assert resume["method"] == "GET"
+        assert resume["url"] == "/v1/sessions/sess_1/turns/turn_1/events"
+        assert resume["headers"]["Last-Event-ID"] == "4"
+        assert resume["headers"]["Authorization"] == "Bearer pk_test"
+
+
+async def test_a_send_that_never_reached_the_server_is_repeated_with_the_same_idempotency_key(lab: Page) -> None:
+    log = await run(
+        lab,
+        """
+        const {fetch, calls} = scripted([
+          () => { throw new TypeError('Failed to fetch'); },
+          () => streamed([frames_([
+            [1, 'turn.created', {turn: turnOf('in_progress')}],
+            [2, 'response.output_text.delta', {delta: 'once'}],
+            [3, 'turn.completed', {turn: turnOf('completed', 'once')}],
+          ])]),
+        ]);
+        const client = new P.ParleyClient({apiKey: 'k', fetch, initialBackoffMs: 1});
+        const [log, callbacks] = collect();
+        await client.send('sess_1', {input: 'hi', metadata: {a: 'b'}}, callbacks).done;
+        log.calls = calls;
+        return log;
+        """,
+    )
+    first, second = log["calls"]
+    assert first["method"] == second["method"] == "POST"
+    assert first["headers"]["Idempotency-Key"] == second["headers"]["Idempotency-Key"]
+    assert first["body"] == second["body"]
+    assert log["deltas"] == ["once"]
+
+
+async def test_tool_calls_arrive_as_typed_callbacks_and_cancel_waits_for_the_turn_id(lab: Page) -> None:
+    log = await run(
+        lab,
+        """
+        let cancelled;
+        const cancelSeen = new Promise((resolve) => { cancelled = resolve; });
+        const call = {id: 'fc_1', type: 'function_call', call_id: 'call_1', name: 'get_weather', arguments: ''};
+        const {fetch, calls} = scripted([
+          () => streamed([
+            frames_([
+              [1, 'turn.created', {turn: turnOf('in_progress')}],
+              [2, 'turn.tool_call.started', {call_id: 'call_0', name: 'search', arguments: '{}'}],
+              [3, 'turn.tool_call.completed', {call_id: 'call_0', name: 'search', output: 'ok', error: null, duration_ms: 9}],
+              [4, 'response.output_item.added', {item: call}],
+              [5, 'response.output_item.done', {item: {...call, arguments: '{"city":"Lisbon"}'}}],
+            ]),
+            () => cancelSeen,
+            frames_([[6, 'turn.cancelled', {turn: turnOf('cancelled')}]]),
+          ]),
+          () => { cancelled(); return new Response(JSON.stringify(turnOf('cancelled')), {status: 200}); },
+        ]);
+        const client = new P.ParleyClient({apiKey: 'k', fetch});
+        const [log, callbacks] = collect();
+        const stream = client.send('sess_1', 'hi', callbacks);
+        stream.cancel();  // before turn.created: sent as soon as the turn's id is known
+        await stream.done;
+        log.calls = calls.map((c) => [c.method, c.url]);
+        return log;
+        """,
+    )
+    assert log["tools"] == [
+        {"call_id": "call_0", "name": "search", "arguments": "{}", "phase": "started", "source": "parley"},
+        {
+            "call_id": "call_0",
+            "name": "search",
+            "output": "ok",
+            "error": None,
+            "duration_ms": 9,
+            "phase": "completed",
+            "source": "parley",
+        },
+        {"phase": "started", "source": "function", "call_id": "call_1", "name": "get_weather", "arguments": ""},
+        {
+            "phase": "completed",
+            "source": "function",
+            "call_id": "call_1",
+            "name": "get_weather",
+            "arguments": '{"city":"Lisbon"}',
+        },
+    ]
+    assert log["calls"] == [
+        ["POST", "/v1/sessions/sess_1/messages"],
+        ["POST", "/v1/sessions/sess_1/turns/turn_1/cancel"],
+    ]
+    assert log["done"]["status"] == "cancelled"
+
+
+ERRORS = [
+    (401, "authentication_error", "invalid_credentials", {}, "API key was not accepted"),
+    (402, "budget_error", "budget_exceeded", {}, "used up this month's budget"),
+    (409, "conflict_error", "turn_in_progress", {}, "still answering your previous message"),
+    (429, "rate_limit_error", "rate_limited", {"Retry-After": "7"}, "Try again in 7 seconds"),
+    (502, "upstream_error", "upstream_error", {}, "returned an error instead of an answer"),
+    (504, "upstream_error", "upstream_timeout", {}, "took too long to answer"),
+]
+
+
+@pytest.mark.parametrize(("status", "kind", "code", "headers", "words"), ERRORS)
+async def test_http_errors_reach_on_error_typed_and_in_words(
+    lab: Page, status: int, kind: str, code: str, headers: dict[str, str], words: str
+) -> None:
+    result = await run(
+        lab,
+        """
+        const [status, type, code, headers] = arg;
+        const body = JSON.stringify({error: {type, code, message: 'raw message', param: null}});
+        const {fetch, calls} = scripted([() => new Response(body, {status, headers})]);
+        const client = new P.ParleyClient({apiKey: 'k', fetch, initialBackoffMs: 1});
+        const [log, callbacks] = collect();
+        const stream = client.send('sess_1', 'hi', callbacks);
+        try { await stream.done; } catch (error) { log.rejected = error instanceof P.ParleyError; }
+        log.words = P.describeError(log.errors[0]);
+        log.calls = calls.length;
+        return log;
+        """,
+        [status, kind, code, headers],
+    )
+    assert result["rejected"] is True
+    assert result["calls"] == 1  # an answered POST is never repeated
+    [error] = result["errors"]
+    assert error["status"] == status
+    assert error["code"] == code
+    assert error["retryAfter"] == (7 if status == 429 else None)
+    assert words in result["words"]
+
+
+async def test_a_resume_gives_up_after_max_reconnects_and_says_the_network_is_down(lab: Page) -> None:
+    log = await run(
+        lab,
+        """
+        const fail = () => { throw new TypeError('Failed to fetch'); };
+        const {fetch, calls} = scripted([
+          () => streamed([frames_([[1, 'turn.created', {turn: turnOf('in_progress')}]])], {fail: true}),
+          fail, fail,
+        ]);
+        const client = new P.ParleyClient({apiKey: 'k', fetch, initialBackoffMs: 1, maxReconnects: 2});
+        const [log, callbacks] = collect();
+        await client.send('sess_1', 'hi', callbacks).done.catch(() => {});
+        log.words = P.describeError(log.errors[0]);
+        log.calls = calls.length;
+        return log;
+        """,
+    )
+    assert log["calls"] == 3
+    assert log["errors"][0]["status"] == 0
+    assert "Can't reach the server" in log["words"]
+
+
+MARKDOWN_CASES = [
+    (
+        "Hello **bold** and *it* and `x < y`",
+        "<p>Hello <strong>bold</strong> and <em>it</em> and <code>x &lt; y</code></p>",
+    ),
+    ("<script>alert(1)</script>", "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>"),
+    ("<img src=x onerror=alert(1)>", "<p>&lt;img src=x onerror=alert(1)&gt;</p>"),
+    (
+        "[ok](https://example.com/a?b=1) [no](javascript:alert(1)) [data](data:text/html,x)",
+        '<p><a href="https://example.com/a?b=1" target="_blank" rel="noopener noreferrer nofollow">ok</a>'
+        " [no](javascript:alert(1)) [data](data:text/html,x)</p>",
+    ),
+    (
+        "see https://example.com/x.",
+        '<p>see <a href="https://example.com/x" target="_blank" rel="noopener noreferrer nofollow">https://example.com/x</a>.</p>',
+    ),
+    (
+        "- one\n- **two**\n\n1. first\n2. second",
+        "<ul><li>one</li><li><strong>two</strong></li></ul><ol><li>first</li><li>second</li></ol>",
+    ),
+    (
+        "```js\nconst a = '<b>';\n```\nafter",
+        "<pre><code data-lang=\"js\">const a = '&lt;b&gt;';</code></pre><p>after</p>",
+    ),
+    ("```\nstill streaming <i>", "<pre><code>still streaming &lt;i&gt;</code></pre>"),
+    (
+        "line one\nline two\n\n# Title\n> quoted",
+        "<p>line one<br>line two</p><h3>Title</h3><blockquote><p>quoted</p></blockquote>",
+    ),
+]
+
+
+@pytest.mark.parametrize(("source", "html"), MARKDOWN_CASES)
+async def test_markdown_builds_safe_dom(lab: Page, source: str, html: str) -> None:
+    rendered = await run(
+        lab,
+        "const box = document.createElement('div'); box.append(M.renderMarkdown(arg)); return box.innerHTML;",
+        source,
+    )
+    assert rendered == html

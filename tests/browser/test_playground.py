@@ -1,0 +1,474 @@
+"""The playground at GET / in real headless Chromium, against a real Parley and its simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import BrowserContext, Page, Request
+
+from tests.browser.playground import (
+    ASSISTANT,
+    SAMPLE_GROWTH,
+    answer,
+    content_text,
+    new_chat,
+    open_playground,
+    recorded_answer,
+    send_message,
+    wait_until_answered,
+)
+from tests.conftest import ApiUser, RunningParley, create_api_user, run_parley
+from tests.tcp_proxy import FaultProxy
+from tests.turns.helpers import Simulator, open_stream, simulator_for, turn_of
+
+# Slow enough to watch: about 30 tokens a second.
+WATCHABLE = {"tokens_per_second": 30, "output_tokens": 45}
+LONG = {"tokens_per_second": 25, "output_tokens": 400}
+
+
+@pytest.fixture(scope="module")
+def web(database_url: str, backend: str) -> Iterator[RunningParley]:
+    """A server of this module's own (the simulator's pacing is per server), with Parley's own tools on."""
+    with run_parley(database_url, backend, tools=["current_time", "calculator"]) as running:
+        yield running
+
+
+@pytest.fixture
+async def http(web: RunningParley) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=web.base_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def person(http: httpx.AsyncClient) -> ApiUser:
+    return await create_api_user(http)
+
+
+@pytest.fixture
+async def sim(web: RunningParley, http: httpx.AsyncClient) -> AsyncIterator[Simulator]:
+    simulator = simulator_for(web, http)
+    await simulator.configure(tokens_per_second=0, first_token_delay_ms=0, output_tokens=None)
+    yield simulator
+    await simulator.configure(tokens_per_second=0, first_token_delay_ms=0, output_tokens=None)
+
+
+class Tunnel(FaultProxy):
+    """The fault proxy, stopped so that no connection the browser opened is left unclosed: first stop
+    accepting, then give aborted transports a moment to close before the proxy's loop ends."""
+
+    def stop(self) -> None:
+        self.cut()
+
+        async def quiesce() -> None:
+            if self._server is not None:
+                self._server.close()
+            await asyncio.sleep(0.1)
+
+        asyncio.run_coroutine_threadsafe(quiesce(), self._loop).result(timeout=10)
+        super().stop()
+
+
+async def stored_turn(
+    http: httpx.AsyncClient, person: ApiUser, session_id: str, page: Page, number: int
+) -> dict[str, Any]:
+    """The turn behind answer `number`, as the API stores it."""
+    turn_id = await answer(page, number).get_attribute("data-turn-id")
+    assert turn_id
+    return await turn_of(http, person, session_id, turn_id)
+
+
+async def test_the_page_is_served_with_a_strict_content_security_policy(http: httpx.AsyncClient) -> None:
+    page = await http.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy
+    assert "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    assert '<script type="module" src="/web/app.js">' in page.text
+    for module in ("app.js", "parley.js", "markdown.js"):
+        served = await http.get(f"/web/{module}")
+        assert served.status_code == 200
+        assert served.headers["content-type"].startswith("text/javascript")
+        assert "innerHTML" not in served.text
+
+
+async def test_an_answer_streams_in_token_by_token_and_survives_a_reload(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    await sim.configure(**WATCHABLE)
+    await open_playground(page, web.base_url, person.key)
+    session_id = await new_chat(page)
+
+    sampling = asyncio.ensure_future(page.evaluate(SAMPLE_GROWTH, 1))
+    await send_message(page, "What should I pack for Lisbon in May?")
+    samples = await sampling
+
+    statuses = [status for status, _ in samples]
+    assert statuses[-1] == "completed"
+    streaming = [length for status, length in samples if status == "streaming"]
+    final = samples[-1][1]
+    # The text grew over many frames before turn.completed, never shrinking, never all at once.
+    partial = sorted({length for length in streaming if 0 < length < final})
+    assert len(partial) >= 5, samples
+    assert streaming == sorted(streaming)
+
+    turn = await stored_turn(http, person, session_id, page, 1)
+    assert turn["status"] == "completed"
+    first = answer(page, 1)
+    assert await content_text(first) == turn["output_text"]
+    meta = await first.locator(".turn-meta").inner_text()
+    assert f"{turn['usage']['total_tokens']} tokens" in meta
+    assert "$0." in meta
+
+    # The chat is named after its first message, in the sidebar.
+    await page.wait_for_function(
+        "(id) => document.querySelector(`[data-session-id='${id}'] .session-title`)?.textContent.startsWith('What should I pack')",
+        arg=session_id,
+    )
+
+    await page.reload()
+    await page.wait_for_selector("html[data-ready]")
+    await wait_until_answered(page, 1)
+    assert await page.locator("#thread .msg.user .bubble").inner_text() == "What should I pack for Lisbon in May?"
+    assert await content_text(answer(page, 1)) == turn["output_text"]
+    assert f"{turn['usage']['total_tokens']} tokens" in await answer(page, 1).locator(".turn-meta").inner_text()
+    assert await page.locator("#session-title").inner_text() == "What should I pack for Lisbon in May?"
+
+
+async def test_sessions_are_created_renamed_and_deleted(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser
+) -> None:
+    await open_playground(page, web.base_url, person.key)
+    first = await new_chat(page)
+    second = await new_chat(page)
+    assert await page.locator(".session-item").count() == 2
+
+    item = page.locator(f"[data-session-id='{first}']")
+    await item.hover()
+    await item.locator(".session-rename").click()
+    await page.fill("#rename-input", "Trip planning")
+    await page.press("#rename-input", "Enter")
+    await page.wait_for_function(
+        "(id) => document.querySelector(`[data-session-id='${id}'] .session-title`)?.textContent === 'Trip planning'",
+        arg=first,
+    )
+    stored = await http.get(f"/v1/sessions/{first}", headers=person.headers)
+    assert stored.json()["title"] == "Trip planning"
+
+    item = page.locator(f"[data-session-id='{second}']")
+    await item.hover()
+    await item.locator(".session-delete").click()
+    await page.click("#confirm-ok")
+    await page.locator(f"[data-session-id='{second}']").wait_for(state="detached")
+    assert (await http.get(f"/v1/sessions/{second}", headers=person.headers)).status_code == 404
+    assert await page.locator(".session-item").count() == 1
+
+
+async def test_stop_cancels_the_turn_and_keeps_the_partial_answer(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    await sim.configure(**LONG)
+    await open_playground(page, web.base_url, person.key)
+    session_id = await new_chat(page)
+    await send_message(page, "Tell me a long story")
+    await page.wait_for_function(
+        "() => document.querySelector('#thread .msg.assistant .content')?.textContent.length > 40"
+    )
+    assert await page.locator("#send").is_hidden()
+    await page.click("#stop")
+
+    stopped = await wait_until_answered(page, 1)
+    assert await stopped.get_attribute("data-status") == "cancelled"
+    assert await stopped.locator(".badge").inner_text() == "Stopped"
+    turn = await stored_turn(http, person, session_id, page, 1)
+    assert turn["status"] == "cancelled"
+    kept = await content_text(stopped)
+    assert len(kept) > 40
+    assert kept == turn["output_text"]
+    assert turn["usage"]["output_tokens"] < LONG["output_tokens"]
+    assert await page.locator("#send").is_visible()
+
+
+async def test_the_answer_continues_after_the_network_is_cut(
+    context: BrowserContext, page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    """The browser reaches Parley through a TCP proxy that drops every connection mid-answer (and the
+    browser goes offline meanwhile); parley.js re-attaches with Last-Event-ID once it is back."""
+    port = int(web.base_url.rsplit(":", 1)[1])
+    proxy = Tunnel("127.0.0.1", port)
+    proxy_port = proxy.start()
+    try:
+        resumes: list[Request] = []
+        page.on("request", lambda r: resumes.append(r) if r.url.endswith("/events") else None)
+        await sim.configure(tokens_per_second=60, output_tokens=180)
+        await open_playground(page, f"http://127.0.0.1:{proxy_port}", person.key)
+        session_id = await new_chat(page)
+        await send_message(page, "Keep talking while I go through a tunnel")
+        await page.wait_for_function(
+            "() => document.querySelector('#thread .msg.assistant .content')?.textContent.length > 30"
+        )
+
+        proxy.cut()
+        await context.set_offline(True)
+        await answer(page, 1).locator(".badge.reconnect").wait_for()
+        cut_at = len(await content_text(answer(page, 1)))
+        await asyncio.sleep(0.6)
+        await context.set_offline(False)
+        proxy.restore()
+
+        finished = await wait_until_answered(page, 1)
+        assert await finished.get_attribute("data-status") == "completed"
+        turn = await stored_turn(http, person, session_id, page, 1)
+        text = await content_text(finished)
+        # No gap and no repeat: exactly the stored answer, which went on while the browser was away.
+        assert text == turn["output_text"]
+        assert len(text) > cut_at
+        assert resumes, "the page never re-attached"
+        last_event_id = await resumes[-1].header_value("last-event-id")
+        assert last_event_id is not None
+        assert int(last_event_id) > 1
+    finally:
+        await page.close()
+        proxy.stop()
+
+
+EVENT_SOURCE_COLLECT = """
+(url) => new Promise((resolve, reject) => {
+  const names = ['turn.created', 'response.created', 'response.in_progress', 'response.output_item.added',
+    'response.output_item.done', 'response.content_part.added', 'response.content_part.done',
+    'response.output_text.delta', 'response.output_text.done', 'response.completed', 'turn.completed',
+    'turn.failed', 'turn.cancelled', 'turn.incomplete'];
+  const events = [];
+  const source = new EventSource(url);
+  for (const name of names) {
+    source.addEventListener(name, (e) => {
+      events.push({id: Number(e.lastEventId), name, data: JSON.parse(e.data)});
+      if (name.startsWith('turn.') && name !== 'turn.created') { source.close(); resolve(events); }
+    });
+  }
+  setTimeout(() => { source.close(); reject(new Error('timeout: ' + JSON.stringify(events.map(e => e.name)))); }, 20000);
+})
+"""
+
+
+async def test_a_native_event_source_on_stream_url_receives_the_whole_turn(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    await sim.configure(**WATCHABLE)
+    await open_playground(page, web.base_url, person.key)
+    session_id = await new_chat(page)
+    async with open_stream(
+        http, "POST", f"/v1/sessions/{session_id}/messages", json={"input": "stream me"}, headers=person.headers
+    ) as (stream, source):
+        assert stream.status == 200
+        created = await anext(source.aiter_sse())
+    stream_url = created.json()["turn"]["stream_url"]
+    assert "token=" in stream_url
+
+    events = await page.evaluate(EVENT_SOURCE_COLLECT, stream_url)
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    assert events[0]["name"] == "turn.created"
+    assert events[-1]["name"] == "turn.completed"
+    text = "".join(e["data"]["delta"] for e in events if e["name"] == "response.output_text.delta")
+    assert text == events[-1]["data"]["turn"]["output_text"]
+    assert text
+
+
+HOSTILE = [
+    "Here is **bold**, *italic* and `<b>code</b>`.\n\n",
+    "<img src=x onerror=alert(1)> and <script>window.__pwned = true; alert(2)</script>\n\n",
+    "- a [safe link](https://example.com/docs)\n",
+    "- a [bad link](javascript:alert(3))\n",
+    '- <a href="javascript:alert(4)">raw anchor</a>\n\n',
+    '```html\n<iframe src="https://example.com"></iframe>\n```\n',
+]
+
+
+async def test_html_in_model_output_is_shown_as_text(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    function_call: dict[str, Any] = {
+        "output_index": 0,
+        "item": {
+            "id": "fc_1",
+            "type": "function_call",
+            "status": "in_progress",
+            "call_id": "call_weather",
+            "name": "get_weather",
+            "arguments": "",
+        },
+    }
+    done_call = {
+        **function_call,
+        "item": {**function_call["item"], "status": "completed", "arguments": '{"city":"Lisbon"}'},
+    }
+    await sim.faults(
+        {
+            "kind": "replay",
+            "sse": recorded_answer(
+                HOSTILE,
+                before_text=[("response.output_item.added", function_call), ("response.output_item.done", done_call)],
+            ),
+        }
+    )
+    await open_playground(page, web.base_url, person.key)
+    session_id = await new_chat(page)
+    await send_message(page, "Say something nasty")
+    reply = await wait_until_answered(page, 1)
+    assert await reply.get_attribute("data-status") == "completed"
+
+    content = reply.locator(".content")
+    text = await content_text(reply)
+    assert "<img src=x onerror=alert(1)>" in text
+    assert "<script>window.__pwned = true; alert(2)</script>" in text
+    assert '<iframe src="https://example.com"></iframe>' in text
+    assert await content.locator("img, script, iframe").count() == 0
+    assert await page.evaluate("window.__pwned") is None
+    # Markdown still works: emphasis, inline code, a list, a code block, and only the http(s) link.
+    assert await content.locator("strong").inner_text() == "bold"
+    assert await content.locator("em").inner_text() == "italic"
+    assert await content.locator("p code").first.inner_text() == "<b>code</b>"
+    assert await content.locator("li").count() == 3
+    assert await content.locator("pre code").inner_text() == '<iframe src="https://example.com"></iframe>'
+    links = content.locator("a")
+    assert await links.count() == 1
+    assert await links.get_attribute("href") == "https://example.com/docs"
+    assert await links.get_attribute("rel") == "noopener noreferrer nofollow"
+    turn = await stored_turn(http, person, session_id, page, 1)
+    assert turn["output_text"] == "".join(HOSTILE)
+
+    # The model's function call item (not one of Parley's tools) is shown as requested.
+    weather = reply.locator(".tool-call[data-call-id='call_weather']")
+    assert await weather.locator(".tool-name").inner_text() == "get_weather"
+    assert await weather.locator(".tool-args").inner_text() == '{"city":"Lisbon"}'
+    assert await weather.locator(".tool-state").inner_text() == "requested"
+
+
+async def test_parleys_own_tool_calls_show_while_they_happen(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    await sim.configure(**WATCHABLE)
+    await open_playground(page, web.base_url, person.key)
+    session_id = await new_chat(page)
+    await send_message(page, "What is the current time in Lisbon?")
+    # The call shows up while the answer is still being written, then the answer uses its output.
+    await page.wait_for_function(
+        """() => {
+          const answer = document.querySelector('#thread .msg.assistant');
+          return answer?.dataset.status === 'streaming' && answer.querySelector('.tool-call .tool-name');
+        }"""
+    )
+    reply = await wait_until_answered(page, 1)
+    assert await reply.get_attribute("data-status") == "completed"
+    chip = reply.locator(".tool-call")
+    assert await chip.count() == 1
+    assert await chip.locator(".tool-name").inner_text() == "current_time"
+    assert await chip.get_attribute("data-source") == "parley"
+    assert await chip.get_attribute("data-phase") == "completed"
+    assert (await chip.locator(".tool-state").inner_text()).startswith("done")
+    turn = await stored_turn(http, person, session_id, page, 1)
+    assert "The tool returned" in turn["output_text"]
+    assert await content_text(reply) == turn["output_text"]
+
+
+async def test_a_bad_key_is_explained(page: Page, web: RunningParley) -> None:
+    await open_playground_without_waiting(page, web.base_url, "pk_not_a_real_key")
+    banner = page.locator("#error")
+    await banner.wait_for()
+    assert "API key was not accepted" in await banner.inner_text()
+    assert await page.locator("#key-dialog").is_visible()
+    assert "API key was not accepted" in await page.locator("#key-error").inner_text()
+
+
+async def open_playground_without_waiting(page: Page, base_url: str, key: str) -> None:
+    await page.goto(f"{base_url}/")
+    await page.fill("#key-input", key)
+    await page.click("#key-save")
+
+
+async def test_a_second_message_while_one_is_answered_elsewhere_is_explained(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    await sim.configure(**LONG)
+    await open_playground(page, web.base_url, person.key)
+    session_id = await new_chat(page)
+    # Another tab (here: the API) is being answered in the same session.
+    async with open_stream(
+        http, "POST", f"/v1/sessions/{session_id}/messages", json={"input": "from elsewhere"}, headers=person.headers
+    ) as (stream, source):
+        assert stream.status == 200
+        turn_id = (await anext(source.aiter_sse())).json()["turn"]["id"]
+    try:
+        await send_message(page, "me too")
+        banner = page.locator("#error")
+        await banner.wait_for()
+        assert "still answering your previous message" in await banner.inner_text()
+        assert await page.locator(".msg.user.not-sent").count() == 1
+        assert await page.input_value("#input") == "me too"
+        assert await page.locator(ASSISTANT).count() == 0
+    finally:
+        await http.post(f"/v1/sessions/{session_id}/turns/{turn_id}/cancel", headers=person.headers)
+
+
+async def test_upstream_failures_are_explained(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    await open_playground(page, web.base_url, person.key)
+    await new_chat(page)
+
+    # Before the first byte: the HTTP status carries it.
+    await sim.faults({"kind": "http_error", "status": 500})
+    await send_message(page, "first try")
+    banner = page.locator("#error")
+    await banner.wait_for()
+    assert "The AI service had an internal problem" in await banner.inner_text()
+    assert await banner.get_attribute("data-status") == "502"
+    await page.click("#error-close")
+
+    # After it: the terminal event.
+    await sim.faults({"kind": "error_event", "after_events": 6, "code": "server_error"})
+    await page.fill("#input", "")
+    await send_message(page, "second try")
+    failed = await wait_until_answered(page, 1)
+    assert await failed.get_attribute("data-status") == "failed"
+    assert "internal problem" in await failed.locator(".turn-error").inner_text()
+
+
+async def test_parley_js_answers_a_client_tool_and_the_turn_goes_on(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser
+) -> None:
+    """The app's own function: the stream ends with turn.requires_action; submitToolOutputs streams the rest,
+    its event ids continuing."""
+    await open_playground(page, web.base_url, person.key)
+    session_id = await new_chat(page)
+    outcome = await page.evaluate(
+        """async ([key, sessionId]) => {
+          const {ParleyClient} = await import('/web/parley.js');
+          const parley = new ParleyClient({apiKey: key});
+          const tools = [{type: 'function', name: 'get_weather', description: 'Weather in a city',
+                          parameters: {type: 'object', properties: {city: {type: 'string'}}, required: ['city']}}];
+          const calls = [], ids = [];
+          const first = parley.send(sessionId, {input: 'Use get_weather for Lisbon', tools},
+                                    {onToolCall: (c) => calls.push([c.phase, c.source, c.name]), onEvent: (e) => ids.push(e.id)});
+          const waiting = await first.done;
+          const [call] = waiting.required_action.tool_calls;
+          let text = '';
+          const rest = parley.submitToolOutputs(sessionId, waiting.id, [{call_id: call.call_id, output: '{"temp_c": 21}'}],
+                                                {onDelta: (d) => { text += d; }, onEvent: (e) => ids.push(e.id)},
+                                                {lastEventId: first.lastEventId});
+          const done = await rest.done;
+          return {waiting: waiting.status, calls, ids, text, done};
+        }""",
+        [person.key, session_id],
+    )
+    assert outcome["waiting"] == "requires_action"
+    assert outcome["calls"] == [["started", "function", "get_weather"], ["completed", "function", "get_weather"]]
+    assert outcome["ids"] == list(range(1, len(outcome["ids"]) + 1))
+    assert outcome["done"]["status"] == "completed"
+    assert '{"temp_c": 21}' in outcome["done"]["output_text"]
+    assert outcome["done"]["output_text"].endswith(outcome["text"])
