@@ -1,8 +1,13 @@
-"""FastAPI dependencies as `Annotated` aliases. Values come from lifespan state, never module globals."""
+"""FastAPI dependencies as `Annotated` aliases. Values come from lifespan state, never module globals.
+
+Every dependency is `async def`, even the trivial ones: FastAPI runs a plain `def` dependency in a worker
+thread, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import openai
@@ -20,7 +25,7 @@ bearer_scheme = HTTPBearer(auto_error=False, description="A Parley API key (pk_â
 admin_scheme = HTTPBearer(auto_error=False, scheme_name="AdminToken", description="PARLEY_ADMIN_TOKEN")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.parley
     return state
 
@@ -28,14 +33,14 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_upstream(state: StateDep) -> openai.AsyncOpenAI:
+async def get_upstream(state: StateDep) -> openai.AsyncOpenAI:
     return state.upstream
 
 
@@ -54,7 +59,7 @@ async def get_db(state: StateDep) -> AsyncIterator[AsyncSession]:
 DbDep = Annotated[AsyncSession, Depends(get_db, scope="function")]
 
 
-def get_authenticator(state: StateDep) -> Authenticator:
+async def get_authenticator(state: StateDep) -> Authenticator:
     return state.authenticator
 
 
@@ -78,20 +83,23 @@ async def require_admin(
 AdminDep = Depends(require_admin)
 
 
+@dataclass(frozen=True, slots=True)
 class ListParams:
     """`limit`, `after`, `order` of every list route."""
 
-    def __init__(
-        self,
-        limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1-100.")] = 20,
-        after: Annotated[str | None, Query(max_length=64, description="Return items after this id.")] = None,
-        order: Annotated[Literal["asc", "desc"] | None, Query(description="By creation time.")] = None,
-    ) -> None:
-        if after is not None and ("\x00" in after or not after.isascii()):
-            raise ValidationFailed("Invalid cursor.", param="after")
-        self.limit = limit
-        self.after = after
-        self.order = order
+    limit: int
+    after: str | None
+    order: Literal["asc", "desc"] | None
 
 
-ListDep = Annotated[ListParams, Depends()]
+async def list_params(
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1-100.")] = 20,
+    after: Annotated[str | None, Query(max_length=64, description="Return items after this id.")] = None,
+    order: Annotated[Literal["asc", "desc"] | None, Query(description="By creation time.")] = None,
+) -> ListParams:
+    if after is not None and ("\x00" in after or not after.isascii()):
+        raise ValidationFailed("Invalid cursor.", param="after")
+    return ListParams(limit=limit, after=after, order=order)
+
+
+ListDep = Annotated[ListParams, Depends(list_params)]
