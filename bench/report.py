@@ -351,6 +351,11 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         2,
     )
     line("(e) memory per open stream (KiB)", summary["kib_per_stream"], 1)
+    line(
+        "(e) marginal memory per open stream, slope of RSS over open streams (KiB)",
+        {p: ((_scenario(results, p, "memory") or {}).get("memory") or {}).get("kib_per_stream_slope") for p in peers},
+        1,
+    )
     add("")
     for peer in peers:
         for note in results["peers"][peer].get("notes", []):

@@ -29,7 +29,7 @@ import httpx
 
 from bench import litellm_peer, machine, procs, profile, report
 from bench.plan import Plan
-from bench.stats import added
+from bench.stats import added, linear_fit
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -674,6 +674,14 @@ class Harness:
             "open_streams_by_sockets": (
                 (statistics.median(s["sockets"] for s in samples) - baseline_sockets) / 2 if samples else None
             ),
+            # The marginal cost: RSS against open streams over the samples (streams still opening while
+            # sampled first reuse memory the process had freed, so the average above can flatter).
+            "kib_per_stream_slope": linear_fit(
+                [(sample["sockets"] - baseline_sockets) / 2 for sample in samples],
+                [float(sample["rss_kib"]) for sample in samples],
+            )[1]
+            if len({sample["sockets"] for sample in samples}) >= 3
+            else None,
         }
         return result
 

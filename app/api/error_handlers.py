@@ -7,6 +7,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import ParleyError
@@ -70,6 +72,19 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, type_, code, message, headers=dict(exc.headers or {}))
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The database is down or its pool exhausted: the client may retry; nothing was half-done (every write is
+    # one transaction).
+    logger.warning("request.database_unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+    return error_response(
+        503,
+        "service_unavailable",
+        "database_unavailable",
+        "The database is unavailable; retry shortly.",
+        headers={"Retry-After": "2"},
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("request.unhandled_error", extra={"path": request.url.path})
     return error_response(500, "server_error", "internal_error", "Parley hit an unexpected error.")
@@ -79,4 +94,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ParleyError, _parley_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(SQLAlchemyTimeoutError, _database_unavailable)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
+    app.add_exception_handler(ConnectionError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

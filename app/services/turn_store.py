@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
@@ -33,7 +34,8 @@ from app.streaming.turn_state import ResponseOutcome
 logger = logging.getLogger(__name__)
 
 FINISH_ATTEMPTS = 3
-DATABASE_ERRORS = (OperationalError, DBAPIError, OSError, asyncio.TimeoutError)
+# A pool timeout (sqlalchemy.exc.TimeoutError) counts too: an overloaded pool must spool, not strand the turn.
+DATABASE_ERRORS = (OperationalError, DBAPIError, SQLAlchemyTimeoutError, OSError, asyncio.TimeoutError)
 
 
 class SqlTurnStore:

@@ -160,3 +160,32 @@ async def test_replaying_a_write_twice_does_not_double_it(postgres_url: str, tmp
                 await sim.configure(tokens_per_second=0, output_tokens=None)
     assert await _count(postgres_url, UsageRecord, response_id="resp_dupe") == 1
     assert await _count(postgres_url, Message, turn_id=turn_id, role="assistant") == 1
+
+
+async def test_database_down_before_a_send_is_503_and_nothing_goes_upstream(postgres_url: str) -> None:
+    """F-17: fail closed, with Retry-After, never a 500; and the next request after it is back succeeds."""
+    target = make_url(postgres_url)
+    proxy = FaultProxy(target.host or "127.0.0.1", target.port or 5432)
+    proxy.start()
+    through_proxy = target.set(port=proxy.port).render_as_string(hide_password=False)
+    try:
+        with run_parley(through_proxy, "postgres", database_pool_timeout_s=2.0) as parley:
+            async with httpx.AsyncClient(base_url=parley.base_url, timeout=30) as client:
+                user = await create_api_user(client)
+                session_id = await new_session(client, user)
+                sim = simulator_for(parley, client)
+                before = len(await sim.requests())
+                proxy.cut()
+                for request in (
+                    client.get("/v1/sessions", headers=user.headers),
+                    client.post(f"/v1/sessions/{session_id}/messages", json={"input": "x"}, headers=user.headers),
+                ):
+                    response = await request
+                    assert response.status_code == 503, response.text
+                    assert response.headers["retry-after"] == "2"
+                    assert response.json()["error"]["code"] == "database_unavailable"
+                assert len(await sim.requests()) == before
+                proxy.restore()
+                assert (await client.get("/v1/sessions", headers=user.headers)).status_code == 200
+    finally:
+        proxy.stop()
