@@ -96,7 +96,6 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_message_chars: int = Field(default=32_000, ge=1)
-    max_input_items: int = Field(default=32, ge=1)
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -80,7 +80,6 @@ TURN_IN_FLIGHT_STATUSES = ("queued", "in_progress")
 # These hold their session: a turn waiting for the client's tool outputs blocks new messages too, since the
 # conversation holds function calls that have no output yet.
 TURN_OPEN_STATUSES = ("queued", "in_progress", "requires_action")
-TURN_FINAL_STATUSES = ("completed", "incomplete", "failed", "cancelled")
 _OPEN_SQL = "status IN ('queued', 'in_progress', 'requires_action')"
 
 

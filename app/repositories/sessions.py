@@ -16,13 +16,8 @@ def _owned(user_id: str) -> Select[ChatSession]:
     return select(ChatSession).where(ChatSession.user_id == user_id, ChatSession.deleted_at.is_(None))
 
 
-async def get_owned_session(
-    db: AsyncSession, *, user_id: str, session_id: str, for_update: bool = False
-) -> ChatSession | None:
-    statement = _owned(user_id).where(ChatSession.id == session_id)
-    if for_update:
-        statement = statement.with_for_update()
-    session: ChatSession | None = await db.scalar(statement)
+async def get_owned_session(db: AsyncSession, *, user_id: str, session_id: str) -> ChatSession | None:
+    session: ChatSession | None = await db.scalar(_owned(user_id).where(ChatSession.id == session_id))
     return session
 
 
