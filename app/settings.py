@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256", "RS256", "ES256"]
+    # How long a replica trusts a credential it has looked up without asking the database again. A revoke
+    # applies at once on the replica that handled it and within this many seconds on the others; 0: no cache.
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
 
     # The cost ledger, budgets and limits.
     spool_dir: Path = Path("var") / "spool"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from decimal import Decimal
 
 from sqlalchemy import Select, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import ChatSession, Message
+from app.db.models import ChatSession, Message, User
 from app.repositories.pagination import Order, Page, paginate
 
 
@@ -19,6 +20,24 @@ def _owned(user_id: str) -> Select[ChatSession]:
 async def get_owned_session(db: AsyncSession, *, user_id: str, session_id: str) -> ChatSession | None:
     session: ChatSession | None = await db.scalar(_owned(user_id).where(ChatSession.id == session_id))
     return session
+
+
+async def get_owned_session_for_turn(
+    db: AsyncSession, *, user_id: str, session_id: str, lock_user: bool
+) -> tuple[ChatSession, Decimal | None] | None:
+    """The session and its owner's own monthly budget, in one query; with `lock_user`, the owner's row is
+    locked for the transaction (it serialises one user's turn starts, so limits count what nobody else is
+    changing)."""
+    statement = (
+        _owned(user_id)
+        .add_columns(User.monthly_budget_usd)
+        .join(User, User.id == ChatSession.user_id)
+        .where(ChatSession.id == session_id)
+    )
+    if lock_user:
+        statement = statement.with_for_update(of=User)
+    row = (await db.execute(statement)).first()
+    return (row[0], row[1]) if row is not None else None
 
 
 async def list_owned_sessions(

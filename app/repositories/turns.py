@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,12 +18,45 @@ from app.db.models import (
     TURN_IN_FLIGHT_STATUSES,
     TURN_OPEN_STATUSES,
     ChatSession,
+    Message,
     RunnerHeartbeat,
     Turn,
     UsageRecord,
+    User,
     UserMonthlySpend,
 )
 from app.repositories.pagination import Order, Page, paginate
+
+# The tables behind the mapped classes, for Core statements on the hot paths (no ORM unit of work).
+TURNS = cast(Table, Turn.__table__)
+MESSAGES = cast(Table, Message.__table__)
+SESSIONS = cast(Table, ChatSession.__table__)
+LEDGER = cast(Table, UsageRecord.__table__)
+SPEND = cast(Table, UserMonthlySpend.__table__)
+
+# Statements on the path of every turn are built once: building one (coercing each value into a bind
+# parameter) costs more than running it from SQLAlchemy's compiled cache. Values come at execution.
+INSERT_TURN = insert(TURNS)
+INSERT_MESSAGE = insert(MESSAGES)
+COUNT_SESSION_TURN = (
+    update(SESSIONS)
+    .where(SESSIONS.c.id == bindparam("session_key"))
+    .values(turn_count=SESSIONS.c.turn_count + 1, last_turn_at=bindparam("at"), updated_at=bindparam("at"))
+)
+# The SET clause comes from the parameters' names (the turn's columns).
+# The statuses as plain (not "expanding") parameters, so that it also runs as an executemany.
+FINISH_TURN = update(TURNS).where(
+    TURNS.c.id == bindparam("turn_key"), TURNS.c.status.in_([literal(status) for status in TURN_IN_FLIGHT_STATUSES])
+)
+ADD_SESSION_COST = (
+    update(SESSIONS)
+    .where(SESSIONS.c.id == bindparam("session_key"))
+    .values(
+        last_turn_at=bindparam("at"),
+        total_cost_usd=SESSIONS.c.total_cost_usd + bindparam("cost", type_=SESSIONS.c.total_cost_usd.type),
+    )
+)
+TOUCH_SESSION = update(SESSIONS).where(SESSIONS.c.id == bindparam("session_key")).values(last_turn_at=bindparam("at"))
 
 
 async def get_owned_turn(db: AsyncSession, *, user_id: str, session_id: str, turn_id: str) -> Turn | None:
@@ -85,17 +120,38 @@ async def cancel_waiting_turn(db: AsyncSession, *, turn_id: str, at: dt.datetime
     return bool(getattr(result, "rowcount", 0))
 
 
-async def add_turn(db: AsyncSession, turn: Turn) -> None:
-    db.add(turn)
-    await db.flush()
-
-
-async def set_response_ids(db: AsyncSession, *, turn_id: str, response_ids: list[str]) -> None:
-    await db.execute(
-        update(Turn)
-        .where(Turn.id == turn_id, Turn.status.in_(TURN_IN_FLIGHT_STATUSES))
-        .values(response_ids=response_ids)
+async def insert_started_turn(db: AsyncSession, turn: Turn, *, user_message: dict[str, Any]) -> None:
+    """A new turn, its user message and the session's counters, as three Core statements: no unit of work
+    to flush on the path before the first token. `turn` stays a plain (transient) object for the caller."""
+    connection = await db.connection()
+    await connection.execute(
+        INSERT_TURN,
+        {
+            "id": turn.id,
+            "session_id": turn.session_id,
+            "user_id": turn.user_id,
+            "status": turn.status,
+            "input": turn.input,
+            "request": turn.request,
+            "metadata": turn.metadata_,
+            "output_text": turn.output_text,
+            "response_ids": turn.response_ids,
+            "idempotency_key": turn.idempotency_key,
+            "request_fingerprint": turn.request_fingerprint,
+            "runner_id": turn.runner_id,
+            "created_at": turn.created_at,
+        },
     )
+    await connection.execute(INSERT_MESSAGE, user_message)
+    await connection.execute(COUNT_SESSION_TURN, {"session_key": turn.session_id, "at": turn.created_at})
+
+
+async def set_response_ids(db: AsyncSession, ids_by_turn: dict[str, list[str]]) -> None:
+    """Several turns' upstream response ids in one executemany (turns that ended meanwhile are left alone)."""
+    if not ids_by_turn:
+        return
+    connection = await db.connection()
+    await connection.execute(FINISH_TURN, [{"turn_key": k, "response_ids": v} for k, v in ids_by_turn.items()])
 
 
 async def request_cancel(db: AsyncSession, *, turn_id: str, at: dt.datetime) -> None:
@@ -115,19 +171,43 @@ async def cancel_requested_among(db: AsyncSession, turn_ids: Sequence[str]) -> l
 
 async def finish_turn_row(db: AsyncSession, *, turn_id: str, values: dict[str, Any]) -> bool:
     """Write the final state once: only a turn still in flight is finished (a second finisher loses)."""
-    result = await db.execute(
-        update(Turn).where(Turn.id == turn_id, Turn.status.in_(TURN_IN_FLIGHT_STATUSES)).values(**values)
-    )
-    return bool(getattr(result, "rowcount", 0))
+    connection = await db.connection()
+    result = await connection.execute(FINISH_TURN, {**values, "turn_key": turn_id})
+    return bool(result.rowcount)
+
+
+async def add_message(db: AsyncSession, values: dict[str, Any]) -> None:
+    connection = await db.connection()
+    await connection.execute(INSERT_MESSAGE, values)
 
 
 async def insert_usage_records(db: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """One ledger row per upstream response; a row that already exists is left alone, never doubled."""
     if not rows:
         return
-    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(UsageRecord).values(list(rows)).on_conflict_do_nothing(index_elements=["response_id"])
-    await db.execute(statement)
+    connection = await db.connection()
+    # executemany: one compiled statement whatever the number of rows.
+    await connection.execute(_upserts(connection.dialect.name).add_ledger_row, list(rows))
+
+
+@dataclass(frozen=True, slots=True)
+class _Upserts:
+    add_ledger_row: Any
+    add_spend: Any
+
+
+@functools.cache
+def _upserts(dialect: str) -> _Upserts:
+    """ON CONFLICT statements (Postgres and SQLite spell them alike, but each needs its dialect's construct)."""
+    insert_for = pg_insert if dialect == "postgresql" else sqlite_insert
+    spend = insert_for(SPEND)
+    return _Upserts(
+        add_ledger_row=insert_for(LEDGER).on_conflict_do_nothing(index_elements=[LEDGER.c.response_id]),
+        add_spend=spend.on_conflict_do_update(
+            index_elements=[SPEND.c.user_id, SPEND.c.month],
+            set_={"cost_usd": SPEND.c.cost_usd + spend.excluded.cost_usd, "updated_at": spend.excluded.updated_at},
+        ),
+    )
 
 
 async def claim_orphaned_turns(
@@ -176,31 +256,21 @@ async def remove_heartbeat(db: AsyncSession, *, runner_id: str) -> None:
 
 
 async def add_session_cost(db: AsyncSession, *, session_id: str, cost: Decimal | None, at: dt.datetime) -> None:
-    values: dict[str, Any] = {"last_turn_at": at}
-    if cost is not None:
-        if db.get_bind().dialect.name == "sqlite":
-            # Money is decimal text on SQLite, where `+` would go through float; the transaction holds
-            # SQLite's write lock (BEGIN IMMEDIATE), so read-modify-write is safe there.
-            current = await db.scalar(select(ChatSession.total_cost_usd).where(ChatSession.id == session_id))
-            values["total_cost_usd"] = (current or Decimal(0)) + cost
-        else:
-            values["total_cost_usd"] = ChatSession.total_cost_usd + cost
-    await db.execute(update(ChatSession).where(ChatSession.id == session_id).values(**values))
+    # Money is NUMERIC on Postgres and whole 10^-10 USD on SQLite: `+` is exact on both.
+    connection = await db.connection()
+    if cost is None:
+        await connection.execute(TOUCH_SESSION, {"session_key": session_id, "at": at})
+    else:
+        await connection.execute(ADD_SESSION_COST, {"session_key": session_id, "at": at, "cost": cost})
 
 
 async def add_monthly_spend(db: AsyncSession, *, user_id: str, month: str, cost: Decimal, at: dt.datetime) -> None:
-    """Add to a user's spend for one month (a row per user and month, created on first spend)."""
-    existing = await db.get(UserMonthlySpend, (user_id, month), with_for_update=True)
-    if existing is None:
-        db.add(UserMonthlySpend(user_id=user_id, month=month, cost_usd=cost, updated_at=at))
-        await db.flush()
-        return
-    if db.get_bind().dialect.name == "sqlite":
-        existing.cost_usd = existing.cost_usd + cost
-    else:
-        existing.cost_usd = UserMonthlySpend.cost_usd + cost
-    existing.updated_at = at
-    await db.flush()
+    """Add to a user's spend for one month (a row per user and month, created on first spend): one upsert."""
+    connection = await db.connection()
+    await connection.execute(
+        _upserts(connection.dialect.name).add_spend,
+        {"user_id": user_id, "month": month, "cost_usd": cost, "updated_at": at},
+    )
 
 
 async def monthly_spend(db: AsyncSession, *, user_id: str, month: str) -> Decimal:
@@ -210,25 +280,41 @@ async def monthly_spend(db: AsyncSession, *, user_id: str, month: str) -> Decima
     return spend if spend is not None else Decimal(0)
 
 
-async def count_turns_since(db: AsyncSession, *, user_id: str, since: dt.datetime) -> tuple[int, dt.datetime | None]:
-    """How many turns the user started since `since`, and when the oldest of them started."""
-    row = (
-        await db.execute(
-            select(func.count(Turn.id), func.min(Turn.created_at)).where(
-                Turn.user_id == user_id, Turn.created_at >= since
-            )
-        )
-    ).one()
-    oldest = row[1]
-    if isinstance(oldest, str):  # SQLite hands MIN() back untyped
-        oldest = dt.datetime.fromisoformat(oldest)
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=dt.UTC)
-    return int(row[0]), oldest
+@dataclass(frozen=True, slots=True)
+class LimitCounts:
+    in_flight: int
+    recent: int  # turns started since the window's start
+    oldest_recent: dt.datetime | None
+    month_spend: Decimal
 
 
-async def count_in_flight_for_user(db: AsyncSession, *, user_id: str) -> int:
-    count = await db.scalar(
-        select(func.count(Turn.id)).where(Turn.user_id == user_id, Turn.status.in_(TURN_IN_FLIGHT_STATUSES))
+async def limit_counts(db: AsyncSession, *, user_id: str, since: dt.datetime, month: str) -> LimitCounts:
+    """Everything the per-user limits compare, in one round trip."""
+    mine = Turn.user_id == user_id
+    in_flight = select(func.count(Turn.id)).where(mine, Turn.status.in_(TURN_IN_FLIGHT_STATUSES)).scalar_subquery()
+    recent = select(func.count(Turn.id)).where(mine, Turn.created_at >= since).scalar_subquery()
+    oldest = select(func.min(Turn.created_at)).where(mine, Turn.created_at >= since).scalar_subquery()
+    spend = (
+        select(UserMonthlySpend.cost_usd)
+        .where(UserMonthlySpend.user_id == user_id, UserMonthlySpend.month == month)
+        .scalar_subquery()
     )
-    return int(count or 0)
+    row = (await db.execute(select(in_flight, recent, oldest, spend))).one()
+    return LimitCounts(
+        in_flight=int(row[0] or 0),
+        recent=int(row[1] or 0),
+        oldest_recent=_as_utc(row[2]),
+        month_spend=row[3] if row[3] is not None else Decimal(0),
+    )
+
+
+async def lock_user_row(db: AsyncSession, user_id: str) -> None:
+    await db.execute(select(User.id).where(User.id == user_id).with_for_update())
+
+
+def _as_utc(value: dt.datetime | str | None) -> dt.datetime | None:
+    if isinstance(value, str):  # SQLite hands MIN() back untyped
+        value = dt.datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value

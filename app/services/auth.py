@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cachetools import TTLCache
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import AuthenticationFailed, PermissionDenied
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 MAX_CREDENTIAL_LENGTH = 8192
 HMAC_ALGORITHMS = ["HS256", "HS384", "HS512"]
 ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+# Bounded, so a flood of distinct valid credentials cannot grow it without limit.
+AUTH_CACHE_ENTRIES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,11 @@ class Authenticator:
         self._sessionmaker = sessionmaker
         self._jwks = (
             jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=600, timeout=5) if settings.jwks_url else None
+        )
+        # Who an API key hash or a JWT subject is, for a few seconds: every request authenticates, and a
+        # lookup costs a pool checkout and a round trip before the first token. Only successes are cached.
+        self._known: TTLCache[str, Principal] | None = (
+            TTLCache(AUTH_CACHE_ENTRIES, settings.auth_cache_ttl_s) if settings.auth_cache_ttl_s > 0 else None
         )
 
     async def authenticate(self, credential: str | None) -> Principal:
@@ -60,22 +68,41 @@ class Authenticator:
         if not self.is_admin(credential):
             raise PermissionDenied("Admin routes need the admin token.", code="admin_only")
 
+    def forget_key(self, key_hash: str) -> None:
+        """A revoked key stops working on this replica at once (others: within the cache's TTL)."""
+        if self._known is not None:
+            self._known.pop(key_hash, None)
+
     async def _from_api_key(self, credential: str) -> Principal:
+        key_hash = hash_key(credential)
+        if self._known is not None and (known := self._known.get(key_hash)) is not None:
+            return known
         # Its own short transaction: the request's database session stays untouched until needed.
         async with self._sessionmaker() as db:
-            user = await users_repo.find_user_by_key_hash(db, hash_key(credential))
+            user = await users_repo.find_user_by_key_hash(db, key_hash)
         if user is None:
             raise AuthenticationFailed("Invalid API key.", code="invalid_api_key")
-        return Principal(user_id=user.id, name=user.name, via="api_key")
+        principal = Principal(user_id=user.id, name=user.name, via="api_key")
+        if self._known is not None:
+            self._known[key_hash] = principal
+        return principal
 
     async def _from_jwt(self, token: str) -> Principal:
         claims = await self._verify_jwt(token)
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > 255 or "\x00" in subject:
             raise AuthenticationFailed("The token has no usable 'sub' claim.", code="invalid_token")
+        # Users are never deleted, so the subject's user id can be remembered; the token itself is verified
+        # on every request.
+        cache_key = f"sub:{subject}"
+        if self._known is not None and (known := self._known.get(cache_key)) is not None:
+            return known
         async with self._sessionmaker() as db, db.begin():
             user = await users_repo.get_or_create_user(db, name=subject)
-        return Principal(user_id=user.id, name=user.name, via="jwt")
+        principal = Principal(user_id=user.id, name=user.name, via="jwt")
+        if self._known is not None:
+            self._known[cache_key] = principal
+        return principal
 
     async def _verify_jwt(self, token: str) -> dict[str, Any]:
         settings = self._settings

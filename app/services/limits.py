@@ -9,7 +9,6 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import User
 from app.errors import PaymentRequired, RateLimited
 from app.repositories import turns as turns_repo
 from app.settings import Settings
@@ -21,38 +20,61 @@ def month_of(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m")
 
 
-def budget_of(user: User, settings: Settings) -> Decimal | None:
-    return user.monthly_budget_usd if user.monthly_budget_usd is not None else settings.default_monthly_budget_usd
+def budget_of(user_budget: Decimal | None, settings: Settings) -> Decimal | None:
+    return user_budget if user_budget is not None else settings.default_monthly_budget_usd
 
 
-async def check_turn_allowed(db: AsyncSession, *, settings: Settings, user: User, now: dt.datetime) -> None:
-    """Raise 429 or 402 before anything goes upstream. Call with the user's row locked."""
-    if settings.rate_limit_concurrent_turns:
-        in_flight = await turns_repo.count_in_flight_for_user(db, user_id=user.id)
-        if in_flight >= settings.rate_limit_concurrent_turns:
-            raise RateLimited(
-                f"You have {in_flight} turns in progress, the most allowed at once; wait for one to finish.",
-                code="too_many_concurrent_turns",
-                headers={"Retry-After": "1"},
-            )
-    if settings.rate_limit_turns_per_minute:
-        count, oldest = await turns_repo.count_turns_since(db, user_id=user.id, since=now - WINDOW)
-        if count >= settings.rate_limit_turns_per_minute:
-            wait = (oldest + WINDOW - now).total_seconds() if oldest else WINDOW.total_seconds()
-            raise RateLimited(
-                f"More than {settings.rate_limit_turns_per_minute} turns a minute; slow down.",
-                code="rate_limited",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
-    await check_turn_budget(db, settings=settings, user=user, now=now)
+def limits_apply(settings: Settings) -> bool:
+    """Whether every turn start counts something (and so must lock its user's row first). A budget set on
+    one user only is found once the row is read; `check_turn_allowed` locks it then."""
+    return bool(
+        settings.rate_limit_concurrent_turns
+        or settings.rate_limit_turns_per_minute
+        or settings.default_monthly_budget_usd is not None
+    )
 
 
-async def check_turn_budget(db: AsyncSession, *, settings: Settings, user: User, now: dt.datetime) -> None:
-    budget = budget_of(user, settings)
+async def check_turn_allowed(
+    db: AsyncSession, *, settings: Settings, user_id: str, user_budget: Decimal | None, now: dt.datetime
+) -> None:
+    """Raise 429 or 402 before anything goes upstream. The counts come from one query, made after the user's
+    row is locked (by the caller when `limits_apply`, here otherwise), so that concurrent turn starts of one
+    user, on any replica, are counted one after the other."""
+    budget = budget_of(user_budget, settings)
+    if not limits_apply(settings):
+        if budget is None:
+            return
+        await turns_repo.lock_user_row(db, user_id)
+    counts = await turns_repo.limit_counts(db, user_id=user_id, since=now - WINDOW, month=month_of(now))
+    if settings.rate_limit_concurrent_turns and counts.in_flight >= settings.rate_limit_concurrent_turns:
+        raise RateLimited(
+            f"You have {counts.in_flight} turns in progress, the most allowed at once; wait for one to finish.",
+            code="too_many_concurrent_turns",
+            headers={"Retry-After": "1"},
+        )
+    if settings.rate_limit_turns_per_minute and counts.recent >= settings.rate_limit_turns_per_minute:
+        oldest = counts.oldest_recent
+        wait = (oldest + WINDOW - now).total_seconds() if oldest else WINDOW.total_seconds()
+        raise RateLimited(
+            f"More than {settings.rate_limit_turns_per_minute} turns a minute; slow down.",
+            code="rate_limited",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    _check_spend(budget, counts.month_spend)
+
+
+async def check_turn_budget(
+    db: AsyncSession, *, settings: Settings, user_id: str, user_budget: Decimal | None, now: dt.datetime
+) -> None:
+    """The budget alone (a turn going on after tool outputs). Call with the user's row locked."""
+    budget = budget_of(user_budget, settings)
     if budget is not None:
-        spent = await turns_repo.monthly_spend(db, user_id=user.id, month=month_of(now))
-        if spent >= budget:
-            raise PaymentRequired(
-                f"This month's budget of ${budget:.2f} is used up (${spent:.2f} spent).",
-                code="budget_exceeded",
-            )
+        _check_spend(budget, await turns_repo.monthly_spend(db, user_id=user_id, month=month_of(now)))
+
+
+def _check_spend(budget: Decimal | None, spent: Decimal) -> None:
+    if budget is not None and spent >= budget:
+        raise PaymentRequired(
+            f"This month's budget of ${budget:.2f} is used up (${spent:.2f} spent).",
+            code="budget_exceeded",
+        )

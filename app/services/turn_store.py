@@ -20,8 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
 from app.db.ids import new_id
-from app.db.models import Message
-from app.repositories import sessions as sessions_repo
 from app.repositories import turns as turns_repo
 from app.services.limits import month_of
 from app.services.pricing import Pricer, TokenUsage
@@ -43,16 +41,32 @@ class SqlTurnStore:
         self._sessionmaker = sessionmaker
         self._pricer = pricer
         self.spool = spool
+        self._pending_ids: dict[str, list[str]] = {}
+        self._ids_writer: asyncio.Task[None] | None = None
 
     async def store_response_ids(self, turn_id: str, response_ids: list[str]) -> None:
-        try:
-            async with self._sessionmaker() as db, db.begin():
-                await turns_repo.set_response_ids(db, turn_id=turn_id, response_ids=response_ids)
-        except DATABASE_ERRORS:
-            # Not fatal: the final write stores the ids again with the turn's end.
-            logger.warning("turn.response_id_not_stored", extra={"turn_id": turn_id})
+        """Record a turn's upstream response ids early, so that a process dying mid-turn leaves enough for
+        another to recover the answer. Group commit: written at once when no such write is under way, else
+        with every other turn's ids that arrived meanwhile, in the next one (one transaction per batch
+        rather than per turn)."""
+        self._pending_ids[turn_id] = response_ids
+        if self._ids_writer is None or self._ids_writer.done():
+            self._ids_writer = asyncio.create_task(self._write_response_ids(), name="parley-response-ids")
+
+    async def _write_response_ids(self) -> None:
+        while self._pending_ids:
+            batch, self._pending_ids = self._pending_ids, {}
+            try:
+                async with self._sessionmaker() as db, db.begin():
+                    await turns_repo.set_response_ids(db, batch)
+            except DATABASE_ERRORS:
+                # Not fatal: the final write stores the ids again with the turn's end.
+                logger.warning("turn.response_ids_not_stored", extra={"turns": len(batch)})
+            except Exception:
+                logger.exception("turn.response_ids_not_stored", extra={"turns": len(batch)})
 
     async def finish(self, job: TurnJob, outcome: TurnOutcome) -> dict[str, Any]:
+        self._pending_ids.pop(job.turn_id, None)  # the final write has them
         plan = self._final_write(job, outcome, utcnow())
         for attempt in range(1, FINISH_ATTEMPTS + 1):
             try:
@@ -191,19 +205,17 @@ class SqlTurnStore:
                 return
             message = plan["message"]
             if message is not None:
-                await sessions_repo.add_messages(
+                await turns_repo.add_message(
                     db,
-                    [
-                        Message(
-                            id=message["id"],
-                            session_id=plan["session_id"],
-                            turn_id=plan["turn_id"],
-                            role="assistant",
-                            content=message["content"],
-                            status=message["status"],
-                            created_at=at,
-                        )
-                    ],
+                    {
+                        "id": message["id"],
+                        "session_id": plan["session_id"],
+                        "turn_id": plan["turn_id"],
+                        "role": "assistant",
+                        "content": message["content"],
+                        "status": message["status"],
+                        "created_at": at,
+                    },
                 )
             await turns_repo.insert_usage_records(db, ledger)
             await turns_repo.add_session_cost(db, session_id=plan["session_id"], cost=known_cost, at=at)

@@ -15,14 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
 from app.db.ids import new_id
-from app.db.models import ChatSession, Message, Turn
-from app.errors import Conflict, NotFound, ValidationFailed
+from app.db.models import ChatSession, Turn
+from app.errors import Conflict, NotFound, RateLimited, ValidationFailed
 from app.repositories import sessions as sessions_repo
 from app.repositories import turns as turns_repo
 from app.repositories import users as users_repo
 from app.repositories.pagination import Order, Page
 from app.services.auth import Principal
-from app.services.limits import check_turn_allowed, check_turn_budget
+from app.services.limits import check_turn_allowed, check_turn_budget, limits_apply
 from app.services.policy import check_model, check_prompt
 from app.settings import Settings
 from app.upstream.conversations import add_items
@@ -60,7 +60,6 @@ class TurnRequest:
 @dataclass(frozen=True, slots=True)
 class StartedTurn:
     turn: Turn
-    session: ChatSession
     replayed: bool  # an earlier request with the same Idempotency-Key made this turn
 
 
@@ -149,35 +148,40 @@ async def start_turn(
     runner_id: str,
     server_tools: list[dict[str, Any]] = [],  # noqa: B006 (read only)
 ) -> StartedTurn:
-    """One short transaction: idempotency, the one-turn-in-flight rule, the turn row, the user message."""
+    """One short transaction: idempotency, limits, the turn row, the user message.
+
+    It runs before the first token, so it is kept to a few statements written as Core (no unit of work): the
+    session with its owner (locked only when a limit needs counting), the counts in one query, two inserts
+    and one update. One turn in flight per session is the partial unique index's job; losing that race (or
+    a duplicate Idempotency-Key's) lands in `_after_conflict`.
+    """
     fingerprint = request.fingerprint(session_id)
+    now = utcnow()
     async with sessionmaker() as db:
         try:
             async with db.begin():
-                session = await sessions_repo.get_owned_session(db, user_id=principal.user_id, session_id=session_id)
-                if session is None:
+                found = await sessions_repo.get_owned_session_for_turn(
+                    db, user_id=principal.user_id, session_id=session_id, lock_user=limits_apply(settings)
+                )
+                if found is None:
                     raise NotFound(f"No session with id '{session_id}'.", code="session_not_found", param="session_id")
+                session, user_budget = found
                 if idempotency_key is not None:
                     existing = await turns_repo.find_by_idempotency_key(
                         db, user_id=principal.user_id, key=idempotency_key
                     )
                     if existing is not None:
-                        return StartedTurn(_check_same(existing, fingerprint), session, replayed=True)
-                running = await turns_repo.find_open(db, session_id=session_id)
-                if running is not None:
-                    # A concurrent duplicate may have committed between the two reads: look at the key again.
-                    if idempotency_key is not None:
-                        existing = await turns_repo.find_by_idempotency_key(
-                            db, user_id=principal.user_id, key=idempotency_key
-                        )
-                        if existing is not None:
-                            return StartedTurn(_check_same(existing, fingerprint), session, replayed=True)
-                    raise _in_progress(running.id)
-                now = utcnow()
-                user = await users_repo.lock_user(db, principal.user_id)
-                if user is None:
-                    raise NotFound("Unknown user.", code="user_not_found")
-                await check_turn_allowed(db, settings=settings, user=user, now=now)
+                        return StartedTurn(_check_same(existing, fingerprint), replayed=True)
+                try:
+                    await check_turn_allowed(
+                        db, settings=settings, user_id=principal.user_id, user_budget=user_budget, now=now
+                    )
+                except RateLimited:
+                    # A second send into a busy session is a 409 whatever the user's other turns add up to.
+                    running = await turns_repo.find_open(db, session_id=session_id)
+                    if running is not None:
+                        raise _in_progress(running.id) from None
+                    raise
                 turn_id = new_id("turn")
                 body = resolve_upstream_body(
                     settings,
@@ -202,26 +206,20 @@ async def start_turn(
                     runner_id=runner_id,
                     created_at=now,
                 )
-                await turns_repo.add_turn(db, turn)
-                await sessions_repo.add_messages(
+                await turns_repo.insert_started_turn(
                     db,
-                    [
-                        Message(
-                            id=new_id("msg"),
-                            session_id=session_id,
-                            turn_id=turn_id,
-                            role="user",
-                            content=input_text(request.input),
-                            status="completed",
-                            created_at=now,
-                        )
-                    ],
+                    turn,
+                    user_message={
+                        "id": new_id("msg"),
+                        "session_id": session_id,
+                        "turn_id": turn_id,
+                        "role": "user",
+                        "content": input_text(request.input),
+                        "status": "completed",
+                        "created_at": now,
+                    },
                 )
-                session.turn_count += 1
-                session.last_turn_at = now
-                session.updated_at = now
-                await db.flush()
-                return StartedTurn(turn, session, replayed=False)
+                return StartedTurn(turn, replayed=False)
         except IntegrityError:
             # Lost a race: a concurrent duplicate of this request, or another turn of the session.
             return await _after_conflict(
@@ -262,7 +260,7 @@ async def _after_conflict(
         if key is not None:
             existing = await turns_repo.find_by_idempotency_key(db, user_id=principal.user_id, key=key)
             if existing is not None:
-                return StartedTurn(_check_same(existing, fingerprint), session, replayed=True)
+                return StartedTurn(_check_same(existing, fingerprint), replayed=True)
         running = await turns_repo.find_open(db, session_id=session_id)
         raise _in_progress(running.id if running else "unknown")
 
@@ -364,7 +362,9 @@ async def continue_turn(
         user = await users_repo.lock_user(db, principal.user_id)
         if user is None:
             raise NotFound("Unknown user.", code="user_not_found")
-        await check_turn_budget(db, settings=settings, user=user, now=utcnow())
+        await check_turn_budget(
+            db, settings=settings, user_id=user.id, user_budget=user.monthly_budget_usd, now=utcnow()
+        )
         items = [
             *(turn.pending_tool_outputs or []),
             *(

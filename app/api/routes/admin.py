@@ -68,7 +68,7 @@ async def _budget(db: AsyncSession, state: AppState, user: User) -> BudgetRead:
     month = month_of(utcnow())
     return BudgetRead(
         user_id=user.id,
-        monthly_budget_usd=budget_of(user, state.settings),
+        monthly_budget_usd=budget_of(user.monthly_budget_usd, state.settings),
         month=month,
         spent_usd=await turns_repo.monthly_spend(db, user_id=user.id, month=month),
     )
@@ -92,15 +92,17 @@ async def list_keys(user_id: UserId, db: DbDep, page: ListDep) -> ListResponse[A
 
 
 @router.post("/keys/{key_id}/revoke", responses=errors(404))
-async def revoke_key(key_id: KeyId, db: DbDep) -> ApiKeyRead:
-    """Revoke a key at once; requests with it answer 401 from then on. Revoking twice is harmless."""
+async def revoke_key(key_id: KeyId, db: DbDep, state: StateDep) -> ApiKeyRead:
+    """Revoke a key at once; requests with it answer 401 from then on (on other replicas, within
+    PARLEY_AUTH_CACHE_TTL_S). Revoking twice is harmless."""
     key = await users_repo.revoke_api_key(db, key_id=key_id, at=utcnow())
     if key is None:
         raise NotFound(f"No API key with id '{key_id}'.", param="key_id")
+    state.authenticator.forget_key(key.key_hash)
     return ApiKeyRead.of(key)
 
 
 @router.delete("/keys/{key_id}", responses=errors(404))
-async def delete_key(key_id: KeyId, db: DbDep) -> ApiKeyRead:
+async def delete_key(key_id: KeyId, db: DbDep, state: StateDep) -> ApiKeyRead:
     """Same as revoke: the record stays for the audit trail."""
-    return await revoke_key(key_id, db)
+    return await revoke_key(key_id, db, state)
