@@ -102,6 +102,22 @@ async def test_revoked_key_stops_working_at_once(client: httpx.AsyncClient, parl
     assert (await client.get("/v1/sessions", headers=user.headers)).status_code == 401
 
 
+async def test_a_key_revoked_on_one_replica_is_refused_by_another_once_its_cache_expires(
+    client: httpx.AsyncClient, parley: RunningParley, database_url: str, backend: str
+) -> None:
+    """Replicas remember a verified key for PARLEY_AUTH_CACHE_TTL_S; a revoke made elsewhere holds after it."""
+    user = await create_api_user(client)
+    with run_parley(database_url, backend, auth_cache_ttl_s=0.5) as other:
+        async with httpx.AsyncClient(base_url=other.base_url, timeout=30) as replica:
+            assert (await replica.get("/v1/sessions", headers=user.headers)).status_code == 200  # now cached there
+            keys = (await client.get(f"/v1/admin/users/{user.id}/keys", headers=parley.admin_headers)).json()["data"]
+            revoked = await client.post(f"/v1/admin/keys/{keys[0]['id']}/revoke", headers=parley.admin_headers)
+            assert revoked.status_code == 200
+            assert (await client.get("/v1/sessions", headers=user.headers)).status_code == 401
+            await asyncio.sleep(0.6)
+            assert (await replica.get("/v1/sessions", headers=user.headers)).status_code == 401
+
+
 async def test_a_user_may_hold_several_keys_for_one_identity(client: httpx.AsyncClient, parley: RunningParley) -> None:
     user = await create_api_user(client)
     second = await client.post(f"/v1/admin/users/{user.id}/keys", json={"name": "laptop"}, headers=parley.admin_headers)
