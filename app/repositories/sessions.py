@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ChatSession, Message, User
@@ -22,22 +24,44 @@ async def get_owned_session(db: AsyncSession, *, user_id: str, session_id: str) 
     return session
 
 
+@dataclass(frozen=True, slots=True)
+class SessionForTurn:
+    """What starting a turn needs of its session, and its owner's own monthly budget."""
+
+    id: str
+    conversation_id: str
+    prompt: dict[str, Any] | None
+    model: str | None
+    owner_budget_usd: Decimal | None
+
+
+_SESSION_FOR_TURN = (
+    select(
+        ChatSession.id,
+        ChatSession.conversation_id,
+        ChatSession.prompt,
+        ChatSession.model,
+        User.monthly_budget_usd,
+    )
+    .join(User, User.id == ChatSession.user_id)
+    .where(
+        ChatSession.id == bindparam("session_key"),
+        ChatSession.user_id == bindparam("user_key"),
+        ChatSession.deleted_at.is_(None),
+    )
+)
+_SESSION_FOR_TURN_LOCKED = _SESSION_FOR_TURN.with_for_update(of=User)
+
+
 async def get_owned_session_for_turn(
     db: AsyncSession, *, user_id: str, session_id: str, lock_user: bool
-) -> tuple[ChatSession, Decimal | None] | None:
-    """The session and its owner's own monthly budget, in one query; with `lock_user`, the owner's row is
-    locked for the transaction (it serialises one user's turn starts, so limits count what nobody else is
-    changing)."""
-    statement = (
-        _owned(user_id)
-        .add_columns(User.monthly_budget_usd)
-        .join(User, User.id == ChatSession.user_id)
-        .where(ChatSession.id == session_id)
-    )
-    if lock_user:
-        statement = statement.with_for_update(of=User)
-    row = (await db.execute(statement)).first()
-    return (row[0], row[1]) if row is not None else None
+) -> SessionForTurn | None:
+    """The session (the caller's own, not deleted) in one prebuilt query of plain columns; with `lock_user`,
+    the owner's row is locked for the transaction (it serialises one user's turn starts, so limits count
+    what nobody else is changing)."""
+    statement = _SESSION_FOR_TURN_LOCKED if lock_user else _SESSION_FOR_TURN
+    row = (await db.execute(statement, {"session_key": session_id, "user_key": user_id})).first()
+    return SessionForTurn(*row) if row is not None else None
 
 
 async def list_owned_sessions(

@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
 from app.db.ids import new_id
-from app.db.models import ChatSession, Turn
+from app.db.models import Turn
 from app.errors import Conflict, NotFound, RateLimited, ValidationFailed
 from app.repositories import sessions as sessions_repo
 from app.repositories import turns as turns_repo
 from app.repositories import users as users_repo
 from app.repositories.pagination import Order, Page
+from app.repositories.sessions import SessionForTurn
 from app.services.auth import Principal
 from app.services.limits import check_turn_allowed, check_turn_budget, limits_apply
 from app.services.policy import check_model, check_prompt
@@ -87,7 +88,7 @@ def input_text(value: str | list[dict[str, Any]]) -> str:
 def resolve_upstream_body(
     settings: Settings,
     *,
-    session: ChatSession,
+    session: SessionForTurn,
     request: TurnRequest,
     principal: Principal,
     turn_id: str,
@@ -160,12 +161,11 @@ async def start_turn(
     async with sessionmaker() as db:
         try:
             async with db.begin():
-                found = await sessions_repo.get_owned_session_for_turn(
+                session = await sessions_repo.get_owned_session_for_turn(
                     db, user_id=principal.user_id, session_id=session_id, lock_user=limits_apply(settings)
                 )
-                if found is None:
+                if session is None:
                     raise NotFound(f"No session with id '{session_id}'.", code="session_not_found", param="session_id")
-                session, user_budget = found
                 if idempotency_key is not None:
                     existing = await turns_repo.find_by_idempotency_key(
                         db, user_id=principal.user_id, key=idempotency_key
@@ -174,7 +174,7 @@ async def start_turn(
                         return StartedTurn(_check_same(existing, fingerprint), replayed=True)
                 try:
                     await check_turn_allowed(
-                        db, settings=settings, user_id=principal.user_id, user_budget=user_budget, now=now
+                        db, settings=settings, user_id=principal.user_id, user_budget=session.owner_budget_usd, now=now
                     )
                 except RateLimited:
                     # A second send into a busy session is a 409 whatever the user's other turns add up to.
