@@ -105,11 +105,13 @@ def create_app(settings: Settings) -> FastAPI:
         upstream = build_openai_client(settings, base_url=base_url)
         logs = EventLogRegistry(retention_s=settings.resume_window_s)
         spool = Spool(settings.spool_dir)
+        pricer = Pricer(settings.pricing_file)
+        pricer.warm()
         app_metrics = Metrics(spool_depth=lambda: spool.depth)
         tools = ToolBox(settings.tools)
         runner = TurnRunner(
             upstream=upstream,
-            store=SqlTurnStore(sessionmaker, pricer=Pricer(settings.pricing_file), spool=spool),
+            store=SqlTurnStore(sessionmaker, pricer=pricer, spool=spool),
             logs=logs,
             config=runner_config(settings),
             metrics=app_metrics,

@@ -105,6 +105,10 @@ class Pricer:
         self._override_source = f"override {override_file.name}" if override_file else None
         self._warned: set[str] = set()
 
+    def warm(self) -> None:
+        """Load genai-prices' bundled price data (a large module, ~0.1 s) now rather than in the first turn."""
+        self.price(model="gpt-4o-mini", usage=TokenUsage(input_tokens=1, output_tokens=1))
+
     def price(self, *, model: str | None, usage: TokenUsage | None, service_tier: str | None = None) -> Price:
         if usage is None or not model:
             return Price(cost_usd=None, source=None)
