@@ -3,6 +3,8 @@ stream on the SSE hot path)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import orjson
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
@@ -84,12 +86,14 @@ class SecurityHeadersMiddleware:
             return
         is_api = scope["path"].startswith(self.prefix)
 
-        async def send_with_headers(message: Message) -> None:
+        def send_with_headers(message: Message) -> Awaitable[None]:
+            # Not a coroutine: body messages (one per streamed event) go straight to the next `send`, with
+            # no frame of this middleware on the way.
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers.setdefault("X-Content-Type-Options", "nosniff")
                 if is_api:
                     headers.setdefault("Cache-Control", "no-store")
-            await send(message)
+            return send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -27,6 +27,9 @@ _SECRETS = (
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
     (re.compile(r"(?i)([?&](?:token|api_key|key|access_token|secret)=)[^&\s'\"]+"), r"\1[redacted]"),
 )
+# Every pattern above starts with one of these: one search of the text instead of one pass per pattern, and
+# the patterns only run on the rare line that has something to scrub.
+_MAYBE_SECRET = re.compile(r"(?i:bearer)|sk-|pk_|eyJ|(?i:[?&](?:token|api_key|key|access_token|secret)=)")
 # What a LogRecord has before anyone adds `extra` fields to it.
 _RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -36,10 +39,36 @@ _RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict_
     "upstream_request_id",
     "color_message",  # uvicorn's copy of its message with terminal colours
 }
+# JSON fields whose string values Parley makes itself (names, ids, statuses): nothing to scrub there.
+# Everything else is scrubbed: the message (formatted with its arguments, the access line's path and query
+# among them), tracebacks, the request id a client may choose, error texts and any field added later.
+_CLEAN_FIELDS = frozenset(
+    {
+        "time",
+        "level",
+        "logger",
+        "upstream_request_id",
+        "turn_id",
+        "session_id",
+        "conversation_id",
+        "response_id",
+        "status",
+        "method",
+        "client",
+        "code",
+        "event",
+        "action",
+    }
+)
+# Libraries that log at INFO once per request (httpx2: "HTTP Request: POST … 200 OK" for every upstream
+# call; the SDK: its retries): WARNING unless Parley logs at DEBUG.
+_CHATTY_LIBRARIES = ("httpx", "httpx2", "openai")
 _ACCESS_LOGGER = "uvicorn.access"
 
 
 def redact(text: str) -> str:
+    if _MAYBE_SECRET.search(text) is None:
+        return text
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text
@@ -108,7 +137,10 @@ class ParleyJsonFormatter(JsonFormatter):
         first = ("time", "level", "logger", "message", "request_id", "upstream_request_id")
         ordered = {key: log_data[key] for key in first if key in log_data}
         ordered.update((key, value) for key, value in log_data.items() if key not in ordered)
-        return {key: redact(value) if isinstance(value, str) else value for key, value in ordered.items()}
+        for key, value in ordered.items():
+            if key not in _CLEAN_FIELDS and isinstance(value, str):
+                ordered[key] = redact(value)
+        return ordered
 
 
 class ParleyLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -125,4 +157,7 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> l
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    quiet = root.getEffectiveLevel() > logging.DEBUG
+    for name in _CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
     return handler

@@ -8,6 +8,8 @@ log line carry the id too.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,10 +34,12 @@ class RequestIdMiddleware:
         request_id = incoming if incoming is not None and is_valid_request_id(incoming) else new_request_id()
         token = request_id_var.set(request_id)
 
-        async def send_with_id(message: Message) -> None:
+        def send_with_id(message: Message) -> Awaitable[None]:
+            # Not a coroutine: body messages go straight to the server's `send`, with no frame of this
+            # middleware on the way.
             if message["type"] == "http.response.start":
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_with_id)

@@ -4,20 +4,19 @@ The runner appends; any number of readers (the POST's own stream, resumers) read
 Readers never block the writer: a slow reader only falls behind in the shared list, so memory is bounded
 by the turn's size, not by the number or speed of readers. Kept in memory for the resume window after the
 turn ends. This is the seam for running several replicas behind a load balancer without sticky routing:
-a Redis Streams implementation of the same four methods.
+a Redis Streams implementation of the same methods.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 from app.streaming.sse import RETRY_MS, encode_frame
 
 
 class EventLog:
-    __slots__ = ("_frames", "_wakeup", "base", "closed_at", "turn_id")
+    __slots__ = ("_frames", "_waiters", "base", "closed_at", "turn_id")
 
     def __init__(self, turn_id: str, *, base: int = 0) -> None:
         self.turn_id = turn_id
@@ -25,7 +24,8 @@ class EventLog:
         # `turn.requires_action` in another process, or after its first log expired).
         self.base = base
         self._frames: list[bytes] = []
-        self._wakeup: asyncio.Event | None = None
+        # Futures of the readers waiting for the next frame; resolved and dropped by the next append.
+        self._waiters: list[asyncio.Future[None]] = []
         self.closed_at: float | None = None
 
     def __len__(self) -> int:
@@ -42,7 +42,8 @@ class EventLog:
             raise RuntimeError(f"event log of {self.turn_id} is closed")
         event_id = self.base + len(self._frames) + 1
         self._frames.append(encode_frame(event_id, name, data, retry_ms=RETRY_MS if event_id == 1 else None))
-        self._wake()
+        if self._waiters:
+            self._wake()
         return event_id
 
     def close(self) -> None:
@@ -55,27 +56,59 @@ class EventLog:
         self.closed_at = None
 
     def _wake(self) -> None:
-        # Readers wait on an Event created only when one is waiting: no per-event cost with nobody behind.
-        if self._wakeup is not None:
-            self._wakeup.set()
-            self._wakeup = None
+        # No per-event cost with nobody behind: readers register a future only when they have caught up.
+        waiters = self._waiters
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        waiters.clear()
 
-    async def read(self, after: int = 0) -> AsyncIterator[bytes]:
-        """Frames after id `after`, then live ones until the log closes. Each chunk holds every frame
-        available at that moment, so a reader that fell behind catches up in one write."""
-        position = max(after - self.base, 0)
-        while True:
-            frames = self._frames
-            if position < len(frames):
-                end = len(frames)
-                yield frames[position] if end - position == 1 else b"".join(frames[position:end])
-                position = end
-                continue
-            if self.closed_at is not None:
-                return
-            if self._wakeup is None:
-                self._wakeup = asyncio.Event()
-            await self._wakeup.wait()
+    def reader(self, after: int = 0) -> LogReader:
+        """A place in this log just after event id `after`, for a consumer that does its own waiting."""
+        return LogReader(self, after)
+
+
+class LogReader:
+    """One reader's position in an `EventLog`: `take()` what is there, else `wait()` for more. The reader
+    brings its own future to wait on, so that something else (the SSE response's keep-alive timer) can wake
+    it too; no async generator, so no generator step per chunk."""
+
+    __slots__ = ("_log", "_position", "_waiter")
+
+    def __init__(self, log: EventLog, after: int) -> None:
+        self._log = log
+        self._position = max(after - log.base, 0)
+        self._waiter: asyncio.Future[None] | None = None
+
+    def take(self) -> bytes | None:
+        """Every frame not taken yet as one chunk (the stored bytes themselves when there is one), or None."""
+        frames = self._log._frames
+        position = self._position
+        end = len(frames)
+        if position >= end:
+            return None
+        self._position = end
+        return frames[position] if end - position == 1 else b"".join(frames[position:end])
+
+    @property
+    def finished(self) -> bool:
+        """Everything taken and the log closed: the stream is over."""
+        return self._log.closed_at is not None and self._position >= len(self._log._frames)
+
+    def wait(self, waiter: asyncio.Future[None]) -> None:
+        """Resolve `waiter` at the next append or close (unless something else resolved it first)."""
+        self.close()
+        self._waiter = waiter
+        self._log._waiters.append(waiter)
+
+    def close(self) -> None:
+        """Stop waiting (the waiter was resolved by someone else, or the reader is done)."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiters = self._log._waiters
+            if waiter in waiters:
+                waiters.remove(waiter)
 
 
 class EventLogRegistry:

@@ -23,6 +23,7 @@ from app.services import sessions as sessions_service
 from app.services import turns as turns_service
 from app.services.auth import Principal
 from app.state import AppState
+from app.streaming.event_log import LogReader
 from app.streaming.outcome import TERMINAL_EVENT_OF_STATUS
 from app.streaming.runner import PriorTurn, TurnJob, wait_for
 from app.streaming.sse import RETRY_MS, encode_frame
@@ -132,7 +133,7 @@ async def send_message(
     # Failures before the upstream's first byte become this request's HTTP status.
     await wait_for(handle.opened)
     if body.stream:
-        return event_stream_response(handle.log.read(0), settings, state.metrics)
+        return event_stream_response(handle.log.reader(0), settings, state.metrics)
     return JSONResponse(await wait_for(handle.done))
 
 
@@ -159,15 +160,27 @@ async def _wait_until_final(state: AppState, turn_id: str, timeout_s: float | No
         await asyncio.sleep(POLL_INTERVAL_S)
 
 
-async def _events_after(state: AppState, turn: Turn, after: int) -> AsyncIterator[bytes]:
+def _events_after(state: AppState, turn: Turn, after: int) -> LogReader | AsyncIterator[bytes]:
     """Replay from the in-memory log when this process has it; otherwise from the stored turn (its
     terminal event, once the turn has ended)."""
     log = state.logs.get(turn.id)
     if log is not None:
-        async for chunk in log.read(after):
-            yield chunk
-        return
-    final = turn if turn.status not in TURN_IN_FLIGHT_STATUSES else await _wait_until_final(state, turn.id)
+        return log.reader(after)
+    return _stored_events_after(state, turn, after)
+
+
+async def _stored_events_after(state: AppState, turn: Turn, after: int) -> AsyncIterator[bytes]:
+    final = turn
+    while final.status in TURN_IN_FLIGHT_STATUSES:
+        # Run by another process: watch its row as `_wait_until_final` does, but not past this process's
+        # shutdown (no runner here ends the stream then); the browser resumes from another replica.
+        if not state.runner.accepting:
+            return
+        await asyncio.sleep(POLL_INTERVAL_S)
+        loaded = await turns_service.load_turn(state.sessionmaker, turn.id)
+        if loaded is None:
+            raise ServiceUnavailable("The turn disappeared.", code="turn_missing")
+        final = loaded
     # A turn reconciled after its process died has no stored event count: number its terminal event after
     # whatever the client saw, so a resuming browser still gets it.
     terminal_id = final.last_event_id or after + 1
@@ -336,5 +349,5 @@ async def submit_tool_outputs(
     handle = state.runner.continue_turn(job)
     await wait_for(handle.opened)
     if body.stream:
-        return event_stream_response(handle.log.read(turn.last_event_id or 0), state.settings, state.metrics)
+        return event_stream_response(handle.log.reader(turn.last_event_id or 0), state.settings, state.metrics)
     return JSONResponse(await wait_for(handle.done))

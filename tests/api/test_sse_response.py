@@ -1,0 +1,173 @@
+"""The event-stream response on its own, driven as the ASGI server drives it: what goes into each body
+message, the keep-alives, a client that goes away or stops reading, HEAD. (Against a real server, with real
+turns: tests/turns/test_event_stream.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.types import Message
+
+from app.api.sse_response import event_stream_response
+from app.observability.metrics import Metrics
+from app.settings import Settings
+from app.streaming.event_log import EventLog
+from app.streaming.sse import PING
+
+PING_S = 0.05
+SEND_TIMEOUT_S = 0.3
+
+
+def _settings() -> Settings:
+    return Settings(_env_file=None, sse_ping_interval_s=PING_S, sse_send_timeout_s=SEND_TIMEOUT_S)  # type: ignore[call-arg]
+
+
+def _open_streams(metrics: Metrics) -> float:
+    value = metrics.registry.get_sample_value("parley_open_streams")
+    assert value is not None
+    return value
+
+
+class Client:
+    """The server side of one connection: records what the response sends; `gone` is the disconnect."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.gone = asyncio.Event()
+        self.bodies_changed = asyncio.Event()
+        self.stalled = False  # a client that stopped reading: sends wait for buffers that never drain
+
+    async def send(self, message: Message) -> None:
+        if self.stalled:
+            await asyncio.Event().wait()
+        self.messages.append(message)
+        self.bodies_changed.set()
+
+    async def receive(self) -> Message:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [m["body"] for m in self.messages if m["type"] == "http.response.body" and m["body"]]
+
+    @property
+    def completed(self) -> bool:
+        last = self.messages[-1] if self.messages else {}
+        return last.get("type") == "http.response.body" and not last.get("more_body", False)
+
+    async def until(self, seen: Any) -> None:
+        while not seen(self.bodies):
+            self.bodies_changed.clear()
+            await asyncio.wait_for(self.bodies_changed.wait(), 5)
+
+
+async def _run(response: Any, client: Client, method: str = "POST") -> None:
+    scope = {"type": "http", "method": method, "path": "/v1/sessions/s/messages"}
+    await asyncio.wait_for(response(scope, client.receive, client.send), 10)
+
+
+def _log_with(count: int) -> EventLog:
+    log = EventLog("turn_1")
+    for n in range(count):
+        log.append("response.output_text.delta", b'{"delta":"%d"}' % n)
+    return log
+
+
+async def test_frames_already_in_the_log_go_out_in_one_message_and_live_ones_as_they_come() -> None:
+    log, metrics, client = _log_with(5), Metrics(process=False), Client()
+    backlog = b"".join(log._frames)
+    running = asyncio.create_task(_run(event_stream_response(log.reader(0), _settings(), metrics), client))
+    await client.until(lambda bodies: bodies)
+    assert client.bodies == [backlog]
+    assert _open_streams(metrics) == 1
+
+    log.append("response.output_text.delta", b'{"delta":"5"}')
+    await client.until(lambda bodies: len(bodies) == 2)
+    log.append("turn.completed", b"{}")
+    log.close()
+    await running
+
+    frames = [body for body in client.bodies if body != PING]
+    assert frames == [backlog, log._frames[5], log._frames[6]]
+    assert client.messages[0]["type"] == "http.response.start"
+    assert client.completed
+    assert _open_streams(metrics) == 0
+
+
+async def test_a_resumed_stream_starts_after_the_last_event_id() -> None:
+    log, client = _log_with(4), Client()
+    log.close()
+    await _run(event_stream_response(log.reader(2), _settings(), Metrics(process=False)), client)
+    assert client.bodies == [b"".join(log._frames[2:])]
+    assert client.bodies[0].startswith(b"id: 3\n")
+
+
+async def test_keep_alives_go_out_while_nothing_happens_also_before_the_first_event() -> None:
+    log, client = EventLog("turn_1"), Client()
+    running = asyncio.create_task(
+        _run(event_stream_response(log.reader(0), _settings(), Metrics(process=False)), client)
+    )
+    await client.until(lambda bodies: len(bodies) >= 2)
+    assert client.bodies[:2] == [PING, PING]
+    log.append("turn.created", b"{}")
+    log.close()
+    await running
+    assert client.bodies[-1] == log._frames[0]
+    assert client.completed
+
+
+async def test_a_client_that_goes_away_ends_the_stream_though_the_turn_goes_on() -> None:
+    log, metrics, client = _log_with(1), Metrics(process=False), Client()
+    running = asyncio.create_task(_run(event_stream_response(log.reader(0), _settings(), metrics), client))
+    await client.until(lambda bodies: bodies)
+    client.gone.set()
+    await running
+    assert not log.closed
+    assert not log._waiters  # nobody is left waiting on the log
+    assert _open_streams(metrics) == 0
+    log.append("response.output_text.delta", b"{}")  # the turn is unaffected
+
+
+async def test_a_client_that_stops_reading_is_cut_off_after_the_send_timeout() -> None:
+    log, metrics, client = _log_with(1), Metrics(process=False), Client()
+    running = asyncio.create_task(_run(event_stream_response(log.reader(0), _settings(), metrics), client))
+    await client.until(lambda bodies: bodies)
+    client.stalled = True
+    log.append("response.output_text.delta", b"{}")
+    await running  # returns: the stream no longer holds its task, its reader and its buffers
+    assert not client.completed
+    assert not log._waiters
+    assert _open_streams(metrics) == 0
+
+
+async def test_a_stream_from_an_iterator_keeps_pinging_while_the_iterator_waits() -> None:
+    release = asyncio.Event()
+
+    async def stored_turn() -> AsyncIterator[bytes]:
+        await release.wait()
+        yield b"id: 9\nevent: turn.completed\ndata: {}\n\n"
+
+    client = Client()
+    running = asyncio.create_task(
+        _run(event_stream_response(stored_turn(), _settings(), Metrics(process=False)), client)
+    )
+    await client.until(lambda bodies: len(bodies) >= 2)
+    release.set()
+    await running
+    assert set(client.bodies[:-1]) == {PING}
+    assert client.bodies[-1] == b"id: 9\nevent: turn.completed\ndata: {}\n\n"
+    assert client.completed
+
+
+async def test_head_gets_the_headers_and_no_stream() -> None:
+    log, metrics, client = EventLog("turn_1"), Metrics(process=False), Client()
+    await _run(event_stream_response(log.reader(0), _settings(), metrics), client, method="HEAD")
+    start = client.messages[0]
+    assert start["status"] == 200
+    assert (b"content-type", b"text/event-stream; charset=utf-8") in start["headers"]
+    assert client.bodies == []
+    assert client.completed
+    assert _open_streams(metrics) == 0
