@@ -465,7 +465,9 @@ class KilledMidTurn:
 SILENT_KEY = "silent-1"
 
 
-async def _kill_mid_turn(tmp_path: Path, simulator: Simulator, env: dict[str, str]) -> KilledMidTurn:
+async def _kill_mid_turn(
+    tmp_path: Path, simulator: Simulator, env: dict[str, str], engine: AsyncEngine
+) -> KilledMidTurn:
     """Parley runs two turns: one relaying deltas, one whose upstream stalls before its first event; then
     the process is SIGKILLed."""
     async with parley_serve(tmp_path, env) as parley, new_client(parley.base_url) as http:
@@ -488,6 +490,9 @@ async def _kill_mid_turn(tmp_path: Path, simulator: Simulator, env: dict[str, st
             tasks.append(streaming_task)
             await until_progressed([streaming])
             assert silent.names == ["turn.created"], silent.names
+            # The response id is stored early by a side write, off the relay's path: kill after it landed.
+            stored = await poll_row(engine, streaming.turn_id, lambda row: bool(row.response_ids), timeout=10)
+            assert stored.response_ids, "the streaming turn's response id was never stored"
             parley.process.kill()
             assert await parley.wait_exit(10) is not None
             await asyncio.wait_for(asyncio.gather(*tasks), 10)
@@ -508,7 +513,7 @@ async def test_sigkill_mid_turn_then_restart_reconciles(backend: str, tmp_path: 
             async with httpx.AsyncClient(timeout=10) as control:
                 simulator = Simulator(simulator_url, control)
                 env = parley_env(database_url=url, simulator_url=simulator_url)
-                killed = await _kill_mid_turn(tmp_path, simulator, env)
+                killed = await _kill_mid_turn(tmp_path, simulator, env, engine)
                 api, streaming, silent = killed.api, killed.streaming, killed.silent
                 response_id = streaming.response_id
                 assert response_id is not None
