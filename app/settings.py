@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     )
     upstream_timeout_s: float = Field(default=600.0, gt=0)
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Upstream connections open at once: one per streaming turn for its whole length, plus conversation calls.
+    # Turns beyond it wait for a connection. Each is a file descriptor, as is each browser's stream.
+    upstream_max_connections: int = Field(default=10_000, ge=1)
     # A streamed response silent for this long counts as stalled (reasoning models think quietly).
     upstream_stall_timeout_s: float = Field(default=180.0, gt=0)
     upstream_max_attempts: int = Field(default=3, ge=1, le=10)

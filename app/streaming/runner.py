@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx2
 import openai
 import orjson
 
@@ -27,6 +26,7 @@ from app.observability.metrics import Metrics, upstream_status_of
 from app.streaming.event_log import EventLog, EventLogRegistry
 from app.streaming.outcome import TurnOutcome
 from app.streaming.turn_state import ResponseOutcome, TurnState, rate_limit_headers
+from app.upstream.errors import STREAM_READ_ERRORS, timed_out
 from app.upstream.responses import StreamPolicy, UpstreamStream, open_stream, retrieve_response
 from app.upstream.sse import SSESplitter
 
@@ -425,10 +425,8 @@ class TurnRunner:
                     if new_response is not None:
                         # Stored now, not at the end, yet without holding up the relay.
                         self._side_task(handle, self.store.store_response_ids(job.turn_id, list(state.response_ids)))
-        except httpx2.TimeoutException as error:
-            raise _Stalled() from error
-        except (httpx2.TransportError, httpx2.StreamError) as error:
-            raise _Cut() from error
+        except STREAM_READ_ERRORS as error:
+            raise (_Stalled() if timed_out(error) else _Cut()) from error
         if state.terminal_event is None and state.error_event is None:
             raise _Cut()
 

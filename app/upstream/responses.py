@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx2
 import openai
 from openai._response import AsyncAPIResponse
 
 from app.errors import Conflict, InvalidRequest, ParleyError, RateLimited, UpstreamError, UpstreamTimeout
+from app.upstream.errors import provably_not_started, timed_out, transport_error
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class StreamPolicy:
 class UpstreamStream:
     """An open upstream response: its headers now, its body bytes as they arrive."""
 
+    __slots__ = ("_response",)
+
     def __init__(self, response: AsyncAPIResponse[Any]) -> None:
         self._response = response
 
@@ -47,7 +50,12 @@ class UpstreamStream:
         return self._response.request_id
 
     def chunks(self) -> AsyncIterator[bytes]:
-        return self._response.http_response.aiter_bytes()
+        http_response = self._response.http_response
+        # The transport hands over the bytes as they came off the wire (aiohttp's decompression is off): only
+        # an encoded body needs httpx2's decoders, and a plain one skips their layer on every read.
+        if http_response.headers.get("content-encoding", "identity") == "identity":
+            return http_response.aiter_raw()
+        return http_response.aiter_bytes()
 
     async def aclose(self) -> None:
         await self._response.close()
@@ -64,16 +72,30 @@ def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def _provably_not_started(error: openai.APIConnectionError) -> bool:
-    return not isinstance(error, openai.APITimeoutError) and isinstance(error.__cause__, httpx2.ConnectError)
+# Built once per client and policy, not per stream; a client's entry goes with it.
+_STREAMING_CLIENTS: weakref.WeakKeyDictionary[openai.AsyncOpenAI, dict[StreamPolicy, openai.AsyncOpenAI]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _streaming_client(client: openai.AsyncOpenAI, policy: StreamPolicy) -> openai.AsyncOpenAI:
+    """`client` without retries and with the stream's timeouts, sharing its connection pool."""
+    by_policy = _STREAMING_CLIENTS.get(client)
+    if by_policy is None:
+        by_policy = _STREAMING_CLIENTS[client] = {}
+    streaming = by_policy.get(policy)
+    if streaming is None:
+        # The read timeout is the stall bound: aiohttp resets one timer on each socket read.
+        streaming = by_policy[policy] = client.with_options(
+            max_retries=0,
+            timeout=openai.Timeout(policy.read_timeout_s, connect=policy.connect_timeout_s),
+        )
+    return streaming
 
 
 async def open_stream(client: openai.AsyncOpenAI, body: dict[str, Any], policy: StreamPolicy) -> UpstreamStream:
     """POST /v1/responses with stream=true; returns once the upstream answered 200 with headers."""
-    streaming_client = client.with_options(
-        max_retries=0,
-        timeout=openai.Timeout(policy.read_timeout_s, connect=policy.connect_timeout_s),
-    )
+    streaming_client = _streaming_client(client, policy)
     attempt = 0
     while True:
         attempt += 1
@@ -97,8 +119,8 @@ async def open_stream(client: openai.AsyncOpenAI, body: dict[str, Any], policy: 
                 raise map_open_error(error) from error
             delay = wait if wait is not None else 0.5 * 2 ** (attempt - 1)
         except openai.APIConnectionError as error:
-            failure = {"error": type(error).__name__}
-            if not _provably_not_started(error) or attempt >= policy.max_attempts:
+            failure = {"error": type(transport_error(error)).__name__}
+            if not provably_not_started(error) or attempt >= policy.max_attempts:
                 raise map_open_error(error) from error
             delay = 0.25 * 2 ** (attempt - 1)
         logger.warning("upstream.retrying", extra={"attempt": attempt, "delay_s": delay, **failure})
@@ -107,9 +129,9 @@ async def open_stream(client: openai.AsyncOpenAI, body: dict[str, Any], policy: 
 
 def map_open_error(error: openai.OpenAIError) -> ParleyError:
     """Failures before the first byte, as the HTTP status the client gets (see the contract)."""
-    if isinstance(error, openai.APITimeoutError):
-        return UpstreamTimeout("The upstream model service did not answer in time.")
     if isinstance(error, openai.APIConnectionError):
+        if timed_out(error):
+            return UpstreamTimeout("The upstream model service did not answer in time.")
         return UpstreamError("The upstream model service could not be reached.", code="upstream_unreachable")
     if not isinstance(error, openai.APIStatusError):
         return UpstreamError("The upstream model service failed.")
