@@ -32,6 +32,8 @@ from app.streaming.turn_state import ResponseOutcome
 logger = logging.getLogger(__name__)
 
 FINISH_ATTEMPTS = 3
+# How long a turn's response ids wait before their early write (see SqlTurnStore.store_response_ids).
+RESPONSE_IDS_DELAY_S = 0.25
 # A pool timeout (sqlalchemy.exc.TimeoutError) counts too: an overloaded pool must spool, not strand the turn.
 DATABASE_ERRORS = (OperationalError, DBAPIError, SQLAlchemyTimeoutError, OSError, asyncio.TimeoutError)
 
@@ -46,16 +48,20 @@ class SqlTurnStore:
 
     async def store_response_ids(self, turn_id: str, response_ids: list[str]) -> None:
         """Record a turn's upstream response ids early, so that a process dying mid-turn leaves enough for
-        another to recover the answer. Group commit: written at once when no such write is under way, else
-        with every other turn's ids that arrived meanwhile, in the next one (one transaction per batch
-        rather than per turn)."""
+        another to recover the answer. Written RESPONSE_IDS_DELAY_S later, together with every other turn's
+        that arrived meanwhile (one transaction per batch, not per turn); a turn that ends before that has
+        them written by its final write instead, so short turns cost no extra transaction. The price: a
+        process killed within that delay of a turn's start leaves the turn to be failed as interrupted."""
         self._pending_ids[turn_id] = response_ids
         if self._ids_writer is None or self._ids_writer.done():
             self._ids_writer = asyncio.create_task(self._write_response_ids(), name="parley-response-ids")
 
     async def _write_response_ids(self) -> None:
         while self._pending_ids:
+            await asyncio.sleep(RESPONSE_IDS_DELAY_S)
             batch, self._pending_ids = self._pending_ids, {}
+            if not batch:
+                break
             try:
                 async with self._sessionmaker() as db, db.begin():
                     await turns_repo.set_response_ids(db, batch)

@@ -17,7 +17,7 @@ KEEPALIVE_EXPIRY_S = 4.0
 def build_openai_client(settings: Settings, *, base_url: str) -> openai.AsyncOpenAI:
     api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else SIMULATOR_API_KEY
     timeout = openai.Timeout(settings.upstream_timeout_s, connect=settings.upstream_connect_timeout_s)
-    return openai.AsyncOpenAI(
+    client = openai.AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
         timeout=timeout,
@@ -36,3 +36,6 @@ def build_openai_client(settings: Settings, *, base_url: str) -> openai.AsyncOpe
             ),
         ),
     )
+    # The SDK imports each resource module on first use: ~0.1 s that would land in the first turn.
+    _ = (client.responses, client.conversations)
+    return client
