@@ -204,6 +204,23 @@ class SqlTurnStore:
             for row in plan["ledger"]
         ]
         known_cost = Decimal(plan["known_cost_usd"])
+        if self._sessionmaker.kw["bind"].dialect.name == "postgresql":
+            async with self._sessionmaker() as db:
+                # One statement, atomic by itself: no BEGIN and COMMIT round trips around it.
+                connection = await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                await turns_repo.write_final_postgres(
+                    connection,
+                    turn_id=plan["turn_id"],
+                    session_id=plan["session_id"],
+                    user_id=plan["user_id"],
+                    turn_values=turn_values,
+                    message=plan["message"],
+                    ledger=ledger,
+                    known_cost=known_cost,
+                    month=month_of(at),
+                    at=at,
+                )
+            return
         async with self._sessionmaker() as db, db.begin():
             if not await turns_repo.finish_turn_row(db, turn_id=plan["turn_id"], values=turn_values):
                 # Already finished (a replay of a write that did land): only make sure the ledger is whole.
