@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 RETRY_MS = 2000
 PING = b": ping\n\n"
 
@@ -12,12 +14,13 @@ def encode_frame(event_id: int, name: str, data: bytes, *, retry_ms: int | None 
         data = data.replace(b"\n", b"\ndata: ")
     if b"\r" in data:
         data = data.replace(b"\r", b"")
-    head = b"retry: %d\n" % retry_ms if retry_ms is not None else b""
-    return b"%sid: %d\nevent: %s\ndata: %s\n\n" % (head, event_id, _safe_name(name), data)
+    if retry_ms is None:
+        return b"id: %d\nevent: %b\ndata: %b\n\n" % (event_id, _safe_name(name), data)
+    return b"retry: %d\nid: %d\nevent: %b\ndata: %b\n\n" % (retry_ms, event_id, _safe_name(name), data)
 
 
+# Runs for every relayed event, and a stream uses a handful of names: cached (bounded, as names come from
+# the upstream).
+@functools.lru_cache(maxsize=256)
 def _safe_name(name: str) -> bytes:
-    encoded = name.encode()
-    if b"\n" in encoded or b"\r" in encoded:
-        return encoded.replace(b"\n", b" ").replace(b"\r", b" ")
-    return encoded
+    return name.encode().replace(b"\n", b" ").replace(b"\r", b" ")
