@@ -34,23 +34,23 @@ class StreamPolicy:
 
 
 class UpstreamStream:
-    """An open upstream response: its headers now, its body bytes as they arrive."""
+    """An open upstream response: its headers now, its body bytes as they arrive.
 
-    __slots__ = ("_response",)
+    Keeps the HTTP response only, not the SDK's wrapper around it: the wrapper holds the request's options
+    (a deep copy of the body, headers), which an open stream would carry for its whole length."""
+
+    __slots__ = ("_http_response", "request_id")
 
     def __init__(self, response: AsyncAPIResponse[Any]) -> None:
-        self._response = response
+        self._http_response = response.http_response
+        self.request_id: str | None = response.request_id
 
     @property
     def headers(self) -> Mapping[str, str]:
-        return self._response.headers
-
-    @property
-    def request_id(self) -> str | None:
-        return self._response.request_id
+        return self._http_response.headers
 
     def chunks(self) -> AsyncIterator[bytes]:
-        http_response = self._response.http_response
+        http_response = self._http_response
         # The transport hands over the bytes as they came off the wire (aiohttp's decompression is off): only
         # an encoded body needs httpx2's decoders, and a plain one skips their layer on every read.
         if http_response.headers.get("content-encoding", "identity") == "identity":
@@ -58,7 +58,7 @@ class UpstreamStream:
         return http_response.aiter_bytes()
 
     async def aclose(self) -> None:
-        await self._response.close()
+        await self._http_response.aclose()
 
 
 def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
