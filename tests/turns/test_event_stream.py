@@ -6,50 +6,31 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import orjson
 import pytest
 
 from app.streaming.sse import PING
-from tests.conftest import ApiUser, RunningParley, create_api_user, run_parley
+from tests.conftest import ApiUser, RunningParley, run_parley
 from tests.observability.scrape import scrape_until
-from tests.turns.helpers import Simulator, new_session, simulator_for, turn_of, wait_for_status
+from tests.turns.helpers import Simulator, new_session, turn_of, wait_for_status
 
 OPEN_STREAMS = "parley_open_streams"
 FRAME = re.compile(rb"(?:retry: 2000\n)?id: (\d+)\nevent: ([a-z_.]+)\ndata: [^\n]+\n\n")
 
 
 @pytest.fixture(scope="module")
-def pinging(database_url: str, backend: str) -> Iterator[RunningParley]:
-    """Keep-alives every 0.2 s, so that a short wait shows them; a client that stops reading is cut off
-    after 1 s."""
+def parley(database_url: str, backend: str) -> Iterator[RunningParley]:
+    """This module's Parley (in place of the shared one, so `client`, `sim` and `user` use it): keep-alives
+    every 0.2 s, so that a short wait shows them; a client that stops reading is cut off after 1 s."""
     with run_parley(database_url, backend, sse_ping_interval_s=0.2, sse_send_timeout_s=1.0) as running:
         yield running
 
 
-@pytest.fixture
-async def http(pinging: RunningParley) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=pinging.base_url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-async def simulator(pinging: RunningParley, http: httpx.AsyncClient) -> AsyncIterator[Simulator]:
-    sim = simulator_for(pinging, http)
-    await sim.configure(tokens_per_second=0, first_token_delay_ms=0, output_tokens=None)
-    yield sim
-    await sim.configure(tokens_per_second=0, first_token_delay_ms=0, output_tokens=None)
-
-
-@pytest.fixture
-async def person(http: httpx.AsyncClient) -> ApiUser:
-    return await create_api_user(http)
-
-
-async def _raw(http: httpx.AsyncClient, method: str, url: str, **kwargs: object) -> tuple[httpx.Response, bytes]:
-    async with http.stream(method, url, **kwargs) as response:  # type: ignore[arg-type]
+async def _raw(client: httpx.AsyncClient, method: str, url: str, **kwargs: object) -> tuple[httpx.Response, bytes]:
+    async with client.stream(method, url, **kwargs) as response:  # type: ignore[arg-type]
         body = b"".join([chunk async for chunk in response.aiter_raw()])
     return response, body
 
@@ -63,15 +44,15 @@ def _frames(body: bytes) -> list[tuple[int, str]]:
 
 
 async def test_the_bytes_of_a_stream_and_of_its_replays(
-    http: httpx.AsyncClient, person: ApiUser, simulator: Simulator
+    client: httpx.AsyncClient, user: ApiUser, sim: Simulator
 ) -> None:
-    session_id = await new_session(http, person)
+    session_id = await new_session(client, user)
     response, body = await _raw(
-        http,
+        client,
         "POST",
         f"/v1/sessions/{session_id}/messages",
         json={"input": "Tell me about Porto."},
-        headers=person.headers,
+        headers=user.headers,
     )
 
     assert response.status_code == 200
@@ -94,20 +75,20 @@ async def test_the_bytes_of_a_stream_and_of_its_replays(
     events = body.replace(PING, b"")
     turn_id = re.search(rb'"id":"(turn_[^"]+)"', events).group(1).decode()  # type: ignore[union-attr]
     url = f"/v1/sessions/{session_id}/turns/{turn_id}/events"
-    _, replay = await _raw(http, "GET", url, headers=person.headers)
+    _, replay = await _raw(client, "GET", url, headers=user.headers)
     assert replay.replace(PING, b"") == events
     middle = len(frames) // 2
-    _, resumed = await _raw(http, "GET", url, headers=person.headers | {"Last-Event-ID": str(middle)})
+    _, resumed = await _raw(client, "GET", url, headers=user.headers | {"Last-Event-ID": str(middle)})
     assert resumed.replace(PING, b"") == events[events.index(b"id: %d\n" % (middle + 1)) :]
 
 
 async def test_keep_alives_go_out_before_the_first_token(
-    http: httpx.AsyncClient, person: ApiUser, simulator: Simulator
+    client: httpx.AsyncClient, user: ApiUser, sim: Simulator
 ) -> None:
-    await simulator.configure(first_token_delay_ms=1000)
-    session_id = await new_session(http, person)
+    await sim.configure(first_token_delay_ms=1000)
+    session_id = await new_session(client, user)
     _, body = await _raw(
-        http, "POST", f"/v1/sessions/{session_id}/messages", json={"input": "Think first."}, headers=person.headers
+        client, "POST", f"/v1/sessions/{session_id}/messages", json={"input": "Think first."}, headers=user.headers
     )
     before_first_token = body[: body.index(b"event: response.output_text.delta")]
     assert PING in before_first_token
@@ -115,12 +96,12 @@ async def test_keep_alives_go_out_before_the_first_token(
 
 
 async def test_a_browser_that_goes_away_ends_its_stream_and_the_turn_goes_on(
-    http: httpx.AsyncClient, person: ApiUser, simulator: Simulator
+    client: httpx.AsyncClient, user: ApiUser, sim: Simulator
 ) -> None:
-    await simulator.configure(tokens_per_second=25, output_tokens=150)
-    session_id = await new_session(http, person)
-    async with http.stream(
-        "POST", f"/v1/sessions/{session_id}/messages", json={"input": "Talk slowly."}, headers=person.headers
+    await sim.configure(tokens_per_second=25, output_tokens=150)
+    session_id = await new_session(client, user)
+    async with client.stream(
+        "POST", f"/v1/sessions/{session_id}/messages", json={"input": "Talk slowly."}, headers=user.headers
     ) as response:
         seen = b""
         async for chunk in response.aiter_raw():
@@ -129,24 +110,24 @@ async def test_a_browser_that_goes_away_ends_its_stream_and_the_turn_goes_on(
                 break
     turn_id = re.search(rb'"id":"(turn_[^"]+)"', seen).group(1).decode()  # type: ignore[union-attr]
     # The connection is closed: the server stops sending to it then, not when the turn ends.
-    await scrape_until(http, lambda s: s.value(OPEN_STREAMS) == 0)
-    assert (await turn_of(http, person, session_id, turn_id))["status"] == "in_progress"
-    turn = await wait_for_status(http, person, session_id, turn_id)
+    await scrape_until(client, lambda s: s.value(OPEN_STREAMS) == 0)
+    assert (await turn_of(client, user, session_id, turn_id))["status"] == "in_progress"
+    turn = await wait_for_status(client, user, session_id, turn_id)
     assert turn["status"] == "completed"
     assert turn["output_text"]
 
 
 async def test_a_browser_that_stops_reading_is_cut_off_and_the_turn_goes_on(
-    http: httpx.AsyncClient, person: ApiUser, simulator: Simulator, pinging: RunningParley
+    client: httpx.AsyncClient, user: ApiUser, sim: Simulator, parley: RunningParley
 ) -> None:
     # Megabytes of events: more than the socket buffers between Parley and a browser that reads nothing.
-    await simulator.configure(output_tokens=30_000)
-    session_id = await new_session(http, person)
-    url = httpx.URL(pinging.base_url)
+    await sim.configure(output_tokens=30_000)
+    session_id = await new_session(client, user)
+    url = httpx.URL(parley.base_url)
     body = orjson.dumps({"input": "Tell me everything."})
     request = (
         f"POST /v1/sessions/{session_id}/messages HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
-        f"Authorization: Bearer {person.key}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {user.key}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     loop = asyncio.get_running_loop()
@@ -159,6 +140,6 @@ async def test_a_browser_that_stops_reading_is_cut_off_and_the_turn_goes_on(
         assert head.startswith(b"HTTP/1.1 200 ")
         turn_id = re.search(rb'"id":"(turn_[^"]+)"', head + await loop.sock_recv(browser, 4096)).group(1).decode()  # type: ignore[union-attr]
         # ... and reads no more, but stays connected. Its stream is cut after sse_send_timeout_s.
-        await scrape_until(http, lambda s: s.value(OPEN_STREAMS) == 0, timeout=30)
-        turn = await wait_for_status(http, person, session_id, turn_id, timeout=30)
+        await scrape_until(client, lambda s: s.value(OPEN_STREAMS) == 0, timeout=30)
+        turn = await wait_for_status(client, user, session_id, turn_id, timeout=30)
     assert turn["status"] == "completed"
