@@ -22,7 +22,6 @@ from app.db.models import (
     RunnerHeartbeat,
     Turn,
     UsageRecord,
-    User,
     UserMonthlySpend,
 )
 from app.repositories.pagination import Order, Page, paginate
@@ -481,10 +480,6 @@ async def limit_counts(db: AsyncSession, *, user_id: str, since: dt.datetime, mo
         oldest_recent=_as_utc(row[2]),
         month_spend=row[3] if row[3] is not None else Decimal(0),
     )
-
-
-async def lock_user_row(db: AsyncSession, user_id: str) -> None:
-    await db.execute(select(User.id).where(User.id == user_id).with_for_update())
 
 
 def _as_utc(value: dt.datetime | str | None) -> dt.datetime | None:

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import PaymentRequired, RateLimited
 from app.repositories import turns as turns_repo
+from app.repositories import users as users_repo
 from app.settings import Settings
 
 WINDOW = dt.timedelta(minutes=1)
@@ -44,7 +45,7 @@ async def check_turn_allowed(
     if not limits_apply(settings):
         if budget is None:
             return
-        await turns_repo.lock_user_row(db, user_id)
+        await users_repo.lock_user(db, user_id)
     counts = await turns_repo.limit_counts(db, user_id=user_id, since=now - WINDOW, month=month_of(now))
     if settings.rate_limit_concurrent_turns and counts.in_flight >= settings.rate_limit_concurrent_turns:
         raise RateLimited(
