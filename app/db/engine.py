@@ -98,3 +98,10 @@ def _sqlite_engine(database_url: str, *, echo: bool) -> AsyncEngine:
 
 def build_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def engine_of(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    """The engine a sessionmaker binds to, for the hot paths that run Core statements on a bare connection: an
+    ORM session around them costs more CPU than the statements' own work."""
+    engine: AsyncEngine = sessionmaker.kw["bind"]
+    return engine

@@ -88,6 +88,16 @@ async def find_by_idempotency_key(db: AsyncSession, *, user_id: str, key: str) -
     return turn
 
 
+async def idempotency_key_used(connection: AsyncConnection, *, user_id: str, key: str) -> bool:
+    """Whether one of the user's turns holds `key` (read on a bare connection, without loading the turn)."""
+    return (await connection.execute(_KEY_USED, {"user_key": user_id, "idempotency_key": key})).first() is not None
+
+
+_KEY_USED = select(TURNS.c.id).where(
+    TURNS.c.user_id == bindparam("user_key"), TURNS.c.idempotency_key == bindparam("idempotency_key")
+)
+
+
 async def find_open(db: AsyncSession, *, session_id: str) -> Turn | None:
     """The session's turn that is running or waiting for tool outputs, if any."""
     statement = select(Turn).where(Turn.session_id == session_id, Turn.status.in_(TURN_OPEN_STATUSES))
@@ -172,7 +182,7 @@ def _start_turn_in_one_statement() -> Any:
 START_TURN_POSTGRES = _start_turn_in_one_statement()
 
 
-async def insert_started_turn(db: AsyncSession, turn: Turn, *, user_message: dict[str, Any]) -> None:
+async def insert_started_turn(connection: AsyncConnection, turn: Turn, *, user_message: dict[str, Any]) -> None:
     """A new turn, its user message and the session's counters, written as Core (no unit of work to flush on
     the path before the first token). `turn` stays a plain (transient) object for the caller."""
     row = {
@@ -190,7 +200,6 @@ async def insert_started_turn(db: AsyncSession, turn: Turn, *, user_message: dic
         "runner_id": turn.runner_id,
         "created_at": turn.created_at,
     }
-    connection = await db.connection()
     if connection.dialect.name == "postgresql":
         parameters = {f"turn_{key}": value for key, value in row.items()}
         parameters.update({f"message_{key}": user_message[key] for key in _MESSAGE_COLUMNS})

@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
+from app.db.engine import engine_of
 from app.db.ids import new_id
 from app.repositories import turns as turns_repo
 from app.services.limits import month_of
@@ -204,10 +205,11 @@ class SqlTurnStore:
             for row in plan["ledger"]
         ]
         known_cost = Decimal(plan["known_cost_usd"])
-        async with self._sessionmaker() as db:
-            if db.get_bind().dialect.name == "postgresql":
-                # One statement, atomic by itself: no BEGIN and COMMIT round trips around it.
-                connection = await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        engine = engine_of(self._sessionmaker)
+        if engine.dialect.name == "postgresql":
+            # One statement, atomic by itself: no BEGIN and COMMIT round trips around it, and no ORM session.
+            async with engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
                 await turns_repo.write_final_postgres(
                     connection,
                     turn_id=plan["turn_id"],
@@ -220,32 +222,32 @@ class SqlTurnStore:
                     month=month_of(at),
                     at=at,
                 )
-                return
-            async with db.begin():
-                if not await turns_repo.finish_turn_row(db, turn_id=plan["turn_id"], values=turn_values):
-                    # Already finished (a replay of a write that did land): only make sure the ledger is whole.
-                    await turns_repo.insert_usage_records(db, ledger)
-                    return
-                message = plan["message"]
-                if message is not None:
-                    await turns_repo.add_message(
-                        db,
-                        {
-                            "id": message["id"],
-                            "session_id": plan["session_id"],
-                            "turn_id": plan["turn_id"],
-                            "role": "assistant",
-                            "content": message["content"],
-                            "status": message["status"],
-                            "created_at": at,
-                        },
-                    )
+            return
+        async with self._sessionmaker() as db, db.begin():
+            if not await turns_repo.finish_turn_row(db, turn_id=plan["turn_id"], values=turn_values):
+                # Already finished (a replay of a write that did land): only make sure the ledger is whole.
                 await turns_repo.insert_usage_records(db, ledger)
-                await turns_repo.add_session_cost(db, session_id=plan["session_id"], cost=known_cost, at=at)
-                if known_cost:
-                    await turns_repo.add_monthly_spend(
-                        db, user_id=plan["user_id"], month=month_of(at), cost=known_cost, at=at
-                    )
+                return
+            message = plan["message"]
+            if message is not None:
+                await turns_repo.add_message(
+                    db,
+                    {
+                        "id": message["id"],
+                        "session_id": plan["session_id"],
+                        "turn_id": plan["turn_id"],
+                        "role": "assistant",
+                        "content": message["content"],
+                        "status": message["status"],
+                        "created_at": at,
+                    },
+                )
+            await turns_repo.insert_usage_records(db, ledger)
+            await turns_repo.add_session_cost(db, session_id=plan["session_id"], cost=known_cost, at=at)
+            if known_cost:
+                await turns_repo.add_monthly_spend(
+                    db, user_id=plan["user_id"], month=month_of(at), cost=known_cost, at=at
+                )
 
     async def replay_spool(self) -> int:
         return await self.spool.replay(self.apply)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -11,9 +12,10 @@ from typing import Any
 import openai
 import orjson
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
+from app.db.engine import engine_of
 from app.db.ids import new_id
 from app.db.models import Turn
 from app.errors import Conflict, NotFound, RateLimited, ValidationFailed
@@ -149,82 +151,152 @@ async def start_turn(
     runner_id: str,
     server_tools: list[dict[str, Any]] = [],  # noqa: B006 (read only)
 ) -> StartedTurn:
-    """One short transaction: idempotency, limits, the turn row, the user message.
+    """Idempotency, limits, the turn row and the user message, before anything goes upstream.
 
     It runs before the first token, so it is kept to a few statements written as Core (no unit of work): the
-    session with its owner (locked only when a limit needs counting), the counts in one query, two inserts
-    and one update. One turn in flight per session is the partial unique index's job; losing that race (or
-    a duplicate Idempotency-Key's) lands in `_after_conflict`.
+    session with its owner (locked only when a limit needs counting), the counts in one query, and the inserts.
+    One turn in flight per session is the partial unique index's job; losing that race (or a duplicate
+    Idempotency-Key's) lands in `_after_conflict`.
+
+    On Postgres with nothing to count, the session read and the one-statement insert run on a bare connection
+    in autocommit: two round trips instead of four (no BEGIN, no COMMIT) and no ORM session. The guarantees are
+    the same: without a lock the transaction isolated nothing that the insert's constraints do not check. A
+    user with a budget of their own, or an Idempotency-Key used before, is found only once read: such a start
+    goes the transactional way.
     """
-    fingerprint = request.fingerprint(session_id)
-    now = utcnow()
-    async with sessionmaker() as db:
-        try:
-            async with db.begin():
-                session = await sessions_repo.get_owned_session_for_turn(
-                    db, user_id=principal.user_id, session_id=session_id, lock_user=limits_apply(settings)
-                )
-                if session is None:
-                    raise NotFound(f"No session with id '{session_id}'.", code="session_not_found", param="session_id")
-                if idempotency_key is not None:
-                    existing = await turns_repo.find_by_idempotency_key(
-                        db, user_id=principal.user_id, key=idempotency_key
-                    )
-                    if existing is not None:
-                        return StartedTurn(_check_same(existing, fingerprint), replayed=True)
-                try:
-                    await check_turn_allowed(
-                        db, settings=settings, user_id=principal.user_id, user_budget=session.owner_budget_usd, now=now
-                    )
-                except RateLimited:
-                    # A second send into a busy session is a 409 whatever the user's other turns add up to.
-                    running = await turns_repo.find_open(db, session_id=session_id)
-                    if running is not None:
-                        raise _in_progress(running.id) from None
-                    raise
-                turn_id = new_id("turn")
-                body = resolve_upstream_body(
-                    settings,
-                    session=session,
-                    request=request,
-                    principal=principal,
-                    turn_id=turn_id,
-                    server_tools=server_tools,
-                )
-                turn = Turn(
-                    id=turn_id,
-                    session_id=session_id,
-                    user_id=principal.user_id,
-                    status="in_progress",
-                    input=request.input,
-                    request=body,
-                    metadata_=request.metadata,
-                    output_text="",
-                    response_ids=[],
-                    idempotency_key=idempotency_key,
-                    request_fingerprint=fingerprint,
-                    runner_id=runner_id,
-                    created_at=now,
-                )
-                await turns_repo.insert_started_turn(
-                    db,
-                    turn,
-                    user_message={
-                        "id": new_id("msg"),
-                        "session_id": session_id,
-                        "turn_id": turn_id,
-                        "role": "user",
-                        "content": input_text(request.input),
-                        "status": "completed",
-                        "created_at": now,
-                    },
-                )
-                return StartedTurn(turn, replayed=False)
-        except IntegrityError:
-            # Lost a race: a concurrent duplicate of this request, or another turn of the session.
-            return await _after_conflict(
-                sessionmaker, principal=principal, session_id=session_id, key=idempotency_key, fingerprint=fingerprint
+    start = _TurnStart(
+        settings=settings,
+        principal=principal,
+        session_id=session_id,
+        request=request,
+        idempotency_key=idempotency_key,
+        runner_id=runner_id,
+        server_tools=server_tools,
+    )
+    try:
+        engine = engine_of(sessionmaker)
+        if not limits_apply(settings) and engine.dialect.name == "postgresql":
+            with contextlib.suppress(_NeedsTransaction):
+                async with engine.connect() as connection:
+                    await connection.execution_options(isolation_level="AUTOCOMMIT")
+                    return await start.run_in_autocommit(connection)
+        async with sessionmaker() as db, db.begin():
+            return await start.run(db, lock_user=limits_apply(settings))
+    except IntegrityError:
+        # Lost a race: a concurrent duplicate of this request, or another turn of the session.
+        return await _after_conflict(
+            sessionmaker,
+            principal=principal,
+            session_id=session_id,
+            key=idempotency_key,
+            fingerprint=start.fingerprint,
+        )
+
+
+class _NeedsTransaction(Exception):
+    """The start has to count the owner's spend under a lock, or replay an earlier turn: nothing was written."""
+
+
+@dataclass(slots=True)
+class _TurnStart:
+    settings: Settings
+    principal: Principal
+    session_id: str
+    request: TurnRequest
+    idempotency_key: str | None
+    runner_id: str
+    server_tools: list[dict[str, Any]]
+    fingerprint: str = ""
+    now: dt.datetime = field(default_factory=utcnow)
+
+    def __post_init__(self) -> None:
+        self.fingerprint = self.request.fingerprint(self.session_id)
+
+    async def run(self, db: AsyncSession, *, lock_user: bool) -> StartedTurn:
+        """In a transaction: the session (its owner locked if `lock_user`), a replay, the limits, the inserts."""
+        session = await self._session(db, lock_user=lock_user)
+        if self.idempotency_key is not None:
+            existing = await turns_repo.find_by_idempotency_key(
+                db, user_id=self.principal.user_id, key=self.idempotency_key
             )
+            if existing is not None:
+                return StartedTurn(_check_same(existing, self.fingerprint), replayed=True)
+        try:
+            await check_turn_allowed(
+                db,
+                settings=self.settings,
+                user_id=self.principal.user_id,
+                user_budget=session.owner_budget_usd,
+                now=self.now,
+            )
+        except RateLimited:
+            # A second send into a busy session is a 409 whatever the user's other turns add up to.
+            running = await turns_repo.find_open(db, session_id=self.session_id)
+            if running is not None:
+                raise _in_progress(running.id) from None
+            raise
+        return await self._insert(await db.connection(), session)
+
+    async def run_in_autocommit(self, connection: AsyncConnection) -> StartedTurn:
+        """Each statement its own transaction, when no limit counts. Raises `_NeedsTransaction` (having written
+        nothing) for an owner with a budget of their own or an Idempotency-Key used before."""
+        session = await self._session(connection, lock_user=False)
+        if session.owner_budget_usd is not None:
+            raise _NeedsTransaction
+        if self.idempotency_key is not None and await turns_repo.idempotency_key_used(
+            connection, user_id=self.principal.user_id, key=self.idempotency_key
+        ):
+            raise _NeedsTransaction
+        return await self._insert(connection, session)
+
+    async def _session(self, db: AsyncSession | AsyncConnection, *, lock_user: bool) -> SessionForTurn:
+        session = await sessions_repo.get_owned_session_for_turn(
+            db, user_id=self.principal.user_id, session_id=self.session_id, lock_user=lock_user
+        )
+        if session is None:
+            raise NotFound(f"No session with id '{self.session_id}'.", code="session_not_found", param="session_id")
+        return session
+
+    async def _insert(self, connection: AsyncConnection, session: SessionForTurn) -> StartedTurn:
+        principal, session_id, request = self.principal, self.session_id, self.request
+        turn_id = new_id("turn")
+        body = resolve_upstream_body(
+            self.settings,
+            session=session,
+            request=request,
+            principal=principal,
+            turn_id=turn_id,
+            server_tools=self.server_tools,
+        )
+        turn = Turn(
+            id=turn_id,
+            session_id=session_id,
+            user_id=principal.user_id,
+            status="in_progress",
+            input=request.input,
+            request=body,
+            metadata_=request.metadata,
+            output_text="",
+            response_ids=[],
+            idempotency_key=self.idempotency_key,
+            request_fingerprint=self.fingerprint,
+            runner_id=self.runner_id,
+            created_at=self.now,
+        )
+        await turns_repo.insert_started_turn(
+            connection,
+            turn,
+            user_message={
+                "id": new_id("msg"),
+                "session_id": session_id,
+                "turn_id": turn_id,
+                "role": "user",
+                "content": input_text(request.input),
+                "status": "completed",
+                "created_at": self.now,
+            },
+        )
+        return StartedTurn(turn, replayed=False)
 
 
 def _check_same(turn: Turn, fingerprint: str) -> Turn:

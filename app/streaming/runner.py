@@ -124,6 +124,13 @@ class TurnHandle:
         # Nobody may be waiting on `opened` (the client left); don't let asyncio warn about it.
         self.opened.add_done_callback(_consume_exception)
 
+    async def wait_opened(self) -> None:
+        """For the one request that started the turn: returns once the upstream answered, raises its failure.
+        Awaited directly, not through `asyncio.shield`: a shield costs an event-loop round before the response
+        can start, while the pump is already relaying. If that request is cancelled, `opened` is cancelled with
+        it, and the runner only ever sets `opened` after checking `done()`: the turn goes on."""
+        await self.opened
+
     def interrupt(self, reason: str) -> None:
         if self.cancel_reason is None:
             self.cancel_reason = reason

@@ -131,7 +131,7 @@ async def send_message(
     )
     handle = state.runner.spawn(job)
     # Failures before the upstream's first byte become this request's HTTP status.
-    await wait_for(handle.opened)
+    await handle.wait_opened()
     if body.stream:
         return event_stream_response(handle.log.reader(0), settings, state.metrics)
     return JSONResponse(await wait_for(handle.done))
@@ -347,7 +347,7 @@ async def submit_tool_outputs(
         ),
     )
     handle = state.runner.continue_turn(job)
-    await wait_for(handle.opened)
+    await handle.wait_opened()
     if body.stream:
         return event_stream_response(handle.log.reader(turn.last_event_id or 0), state.settings, state.metrics)
     return JSONResponse(await wait_for(handle.done))
