@@ -32,7 +32,11 @@ class Settings(BaseSettings):
     )
 
     database_url: str = f"sqlite+aiosqlite:///{DEFAULT_SQLITE_PATH}"
-    database_pool_size: int = Field(default=10, ge=1)
+    # Connections kept open per process (as many again may open for a burst, and close when returned). A turn
+    # checks one out at its start and one at its end: a pool smaller than the turns starting and ending at once
+    # opens and closes connections under load (measured: 32 concurrent short turns, 10 → 20 cut the server's
+    # CPU per turn by a fifth).
+    database_pool_size: int = Field(default=20, ge=1)
     database_pool_timeout_s: float = Field(default=10.0, gt=0)
     migrations_dir: Path | None = None
 

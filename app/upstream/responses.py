@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+import httpx2
 import openai
 from openai._response import AsyncAPIResponse
 
@@ -39,17 +41,20 @@ class UpstreamStream:
     Keeps the HTTP response only, not the SDK's wrapper around it: the wrapper holds the request's options
     (a deep copy of the body, headers), which an open stream would carry for its whole length."""
 
-    __slots__ = ("_http_response", "request_id")
+    __slots__ = ("_content", "_http_response", "request_id")
 
     def __init__(self, response: AsyncAPIResponse[Any]) -> None:
         self._http_response = response.http_response
         self.request_id: str | None = response.request_id
+        self._content = _plain_aiohttp_body(self._http_response)
 
     @property
     def headers(self) -> Mapping[str, str]:
         return self._http_response.headers
 
     def chunks(self) -> AsyncIterator[bytes]:
+        if self._content is not None:
+            return self._content.iter_any()
         http_response = self._http_response
         # The transport hands over the bytes as they came off the wire (aiohttp's decompression is off): only
         # an encoded body needs httpx2's decoders, and a plain one skips their layer on every read.
@@ -58,7 +63,33 @@ class UpstreamStream:
         return http_response.aiter_bytes()
 
     async def aclose(self) -> None:
+        # Through httpx2 on either path: it ends in aiohttp's `release()`, which puts a connection back in the
+        # pool only when its body was read to the end, and closes it otherwise.
         await self._http_response.aclose()
+
+
+def _plain_aiohttp_body(http_response: httpx2.Response) -> aiohttp.StreamReader | None:
+    """The aiohttp body stream beneath an unencoded httpx2 response, or None (an encoded body, another
+    transport, a vendored transport that changed shape).
+
+    Read directly, a streamed token costs one aiohttp read instead of that read under three async generators
+    (httpx2's `aiter_raw` and `BoundAsyncStream`, the SDK transport's `AiohttpResponseStream` with its
+    exception mapping), a chunker and two context managers. What the runner sees stays the same: aiohttp
+    errors are in STREAM_READ_ERRORS as they are, and aiohttp's `sock_read` timer, reset on every socket
+    read and set from the policy's read timeout, still fails a stalled read with its `SocketTimeoutError`
+    (a TimeoutError, so `timed_out`)."""
+    if http_response.headers.get("content-encoding", "identity") != "identity":
+        return None
+    # httpx2 wraps the transport's stream (in `BoundAsyncStream._stream`); the SDK's aiohttp transport keeps
+    # its `ClientResponse` in `_aiohttp_response`.
+    stream: object = http_response.stream
+    for _ in range(3):
+        aiohttp_response = getattr(stream, "_aiohttp_response", None)
+        if isinstance(aiohttp_response, aiohttp.ClientResponse):
+            content = aiohttp_response.content
+            return content if isinstance(content, aiohttp.StreamReader) else None
+        stream = getattr(stream, "_stream", None)
+    return None
 
 
 def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
