@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, literal, select, true, union_all, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, literal, select, true, union_all, update
+from sqlalchemy import cast as cast_
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -22,9 +24,11 @@ from app.db.models import (
     RunnerHeartbeat,
     Turn,
     UsageRecord,
+    User,
     UserMonthlySpend,
 )
 from app.repositories.pagination import Order, Page, paginate
+from app.repositories.sessions import SessionForTurn
 
 # The tables behind the mapped classes, for Core statements on the hot paths (no ORM unit of work).
 TURNS = cast(Table, Turn.__table__)
@@ -32,6 +36,7 @@ MESSAGES = cast(Table, Message.__table__)
 SESSIONS = cast(Table, ChatSession.__table__)
 LEDGER = cast(Table, UsageRecord.__table__)
 SPEND = cast(Table, UserMonthlySpend.__table__)
+USERS = cast(Table, User.__table__)
 
 # Statements on the path of every turn are built once: building one (coercing each value into a bind
 # parameter) costs more than running it from SQLAlchemy's compiled cache. Values come at execution.
@@ -86,16 +91,6 @@ async def list_turns(db: AsyncSession, *, session_id: str, limit: int, after: st
 async def find_by_idempotency_key(db: AsyncSession, *, user_id: str, key: str) -> Turn | None:
     turn: Turn | None = await db.scalar(select(Turn).where(Turn.user_id == user_id, Turn.idempotency_key == key))
     return turn
-
-
-async def idempotency_key_used(connection: AsyncConnection, *, user_id: str, key: str) -> bool:
-    """Whether one of the user's turns holds `key` (read on a bare connection, without loading the turn)."""
-    return (await connection.execute(_KEY_USED, {"user_key": user_id, "idempotency_key": key})).first() is not None
-
-
-_KEY_USED = select(TURNS.c.id).where(
-    TURNS.c.user_id == bindparam("user_key"), TURNS.c.idempotency_key == bindparam("idempotency_key")
-)
 
 
 async def find_open(db: AsyncSession, *, session_id: str) -> Turn | None:
@@ -182,10 +177,8 @@ def _start_turn_in_one_statement() -> Any:
 START_TURN_POSTGRES = _start_turn_in_one_statement()
 
 
-async def insert_started_turn(connection: AsyncConnection, turn: Turn, *, user_message: dict[str, Any]) -> None:
-    """A new turn, its user message and the session's counters, written as Core (no unit of work to flush on
-    the path before the first token). `turn` stays a plain (transient) object for the caller."""
-    row = {
+def _turn_row(turn: Turn) -> dict[str, Any]:
+    return {
         "id": turn.id,
         "session_id": turn.session_id,
         "user_id": turn.user_id,
@@ -200,6 +193,120 @@ async def insert_started_turn(connection: AsyncConnection, turn: Turn, *, user_m
         "runner_id": turn.runner_id,
         "created_at": turn.created_at,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class PlainStart:
+    """What `start_plain_turn` found: the session (None: not the user's, or deleted) and whether it started."""
+
+    session: SessionForTurn | None
+    started: bool
+
+
+_JSON_NULL = cast_(literal("null"), JSONB)
+
+
+def _start_plain_turn_in_one_statement() -> Any:
+    """Postgres: read the session and, when it is plain (no prompt or model of its own, an owner without a
+    budget of their own), insert the turn, its user message and the session's counters, in one statement.
+
+    The turn's upstream body is built before the session is read, as it is for a plain session; the statement
+    sets its `conversation` and inserts only if the session is plain, so the body is exactly what a read first
+    would have built. Constraints (one open turn per session, one turn per Idempotency-Key) are checked at the
+    statement's end as for separate statements. The statement returns the session whether or not it inserted.
+    """
+    found = (
+        select(
+            SESSIONS.c.id,
+            SESSIONS.c.conversation_id,
+            SESSIONS.c.prompt,
+            SESSIONS.c.model,
+            USERS.c.monthly_budget_usd,
+        )
+        .join(USERS, USERS.c.id == SESSIONS.c.user_id)
+        .where(
+            SESSIONS.c.id == bindparam("session_key"),
+            SESSIONS.c.user_id == bindparam("user_key"),
+            SESSIONS.c.deleted_at.is_(None),
+        )
+        .cte("found_session")
+    )
+    # A prompt cleared by PATCH is stored as JSON null, one never set as SQL NULL.
+    plain = and_(
+        func.coalesce(found.c.prompt, _JSON_NULL) == _JSON_NULL,
+        func.coalesce(found.c.model, "") == "",
+        found.c.monthly_budget_usd.is_(None),
+    )
+
+    def value(table: Table, column: str, prefix: str) -> Any:
+        return bindparam(f"{prefix}_{column}", type_=table.c[column].type)
+
+    turn_values = [
+        value(TURNS, column, "turn")
+        if column != "request"
+        else bindparam("turn_request", type_=JSONB).op("||", return_type=JSONB)(
+            func.jsonb_build_object(literal("conversation"), found.c.conversation_id)
+        )
+        for column in _TURN_START_COLUMNS
+    ]
+    new_turn = (
+        insert(TURNS)
+        .from_select(list(_TURN_START_COLUMNS), select(*turn_values).select_from(found).where(plain))
+        .returning(TURNS.c.id, TURNS.c.session_id)
+        .cte("new_turn")
+    )
+    message_values = [
+        new_turn.c.id if column == "turn_id" else value(MESSAGES, column, "message") for column in _MESSAGE_COLUMNS
+    ]
+    new_message = (
+        insert(MESSAGES)
+        .from_select(list(_MESSAGE_COLUMNS), select(*message_values).select_from(new_turn))
+        .returning(MESSAGES.c.id)
+        .cte("new_message")
+    )
+    counted = (
+        update(SESSIONS)
+        .where(SESSIONS.c.id.in_(select(new_turn.c.session_id)))
+        .values(
+            turn_count=SESSIONS.c.turn_count + 1,
+            last_turn_at=bindparam("turn_created_at"),
+            updated_at=bindparam("turn_created_at"),
+        )
+        .returning(SESSIONS.c.id)
+        .cte("counted_session")
+    )
+    # The inserts run whether or not the result names them; naming them keeps SQLAlchemy rendering them.
+    return select(
+        found.c.id,
+        found.c.conversation_id,
+        found.c.prompt,
+        found.c.model,
+        found.c.monthly_budget_usd,
+        select(func.count()).select_from(new_turn).scalar_subquery().label("started"),
+        select(func.count()).select_from(new_message).scalar_subquery().label("messages"),
+        select(func.count()).select_from(counted).scalar_subquery().label("counted"),
+    )
+
+
+START_PLAIN_TURN_POSTGRES = _start_plain_turn_in_one_statement()
+
+
+async def start_plain_turn(connection: AsyncConnection, turn: Turn, *, user_message: dict[str, Any]) -> PlainStart:
+    """`turn` (its `request` built for a plain session, `conversation` to be filled in) and its user message,
+    if its session is plain: see `_start_plain_turn_in_one_statement`. Postgres only."""
+    parameters = {f"turn_{key}": value for key, value in _turn_row(turn).items()}
+    parameters.update({f"message_{key}": user_message[key] for key in _MESSAGE_COLUMNS if key != "turn_id"})
+    parameters.update({"session_key": turn.session_id, "user_key": turn.user_id})
+    row = (await connection.execute(START_PLAIN_TURN_POSTGRES, parameters)).first()
+    if row is None:
+        return PlainStart(session=None, started=False)
+    return PlainStart(session=SessionForTurn(*row[:5]), started=bool(row.started))
+
+
+async def insert_started_turn(connection: AsyncConnection, turn: Turn, *, user_message: dict[str, Any]) -> None:
+    """A new turn, its user message and the session's counters, written as Core (no unit of work to flush on
+    the path before the first token). `turn` stays a plain (transient) object for the caller."""
+    row = _turn_row(turn)
     if connection.dialect.name == "postgresql":
         parameters = {f"turn_{key}": value for key, value in row.items()}
         parameters.update({f"message_{key}": user_message[key] for key in _MESSAGE_COLUMNS})

@@ -238,26 +238,43 @@ class _TurnStart:
         return await self._insert(await db.connection(), session)
 
     async def run_in_autocommit(self, connection: AsyncConnection) -> StartedTurn:
-        """Each statement its own transaction, when no limit counts. Raises `_NeedsTransaction` (having written
-        nothing) for an owner with a budget of their own or an Idempotency-Key used before."""
-        session = await self._session(connection, lock_user=False)
-        if session.owner_budget_usd is not None:
+        """Each statement its own transaction, when no limit counts. A plain session (no prompt or model of its
+        own, an owner without a budget) starts in one statement; another one in two, the second with the body
+        built from the session the first read. Raises `_NeedsTransaction`, having written nothing, for an owner
+        with a budget of their own."""
+        # The body for a session that overrides nothing; the statement fills in the conversation.
+        plain_session = SessionForTurn(
+            id=self.session_id, conversation_id="", prompt=None, model=None, owner_budget_usd=None
+        )
+        turn, user_message = self._new_turn(plain_session)
+        plain = await turns_repo.start_plain_turn(connection, turn, user_message=user_message)
+        if plain.session is None:
+            raise self._not_found()
+        if plain.started:
+            turn.request["conversation"] = plain.session.conversation_id
+            return StartedTurn(turn, replayed=False)
+        if plain.session.owner_budget_usd is not None:
             raise _NeedsTransaction
-        if self.idempotency_key is not None and await turns_repo.idempotency_key_used(
-            connection, user_id=self.principal.user_id, key=self.idempotency_key
-        ):
-            raise _NeedsTransaction
-        return await self._insert(connection, session)
+        return await self._insert(connection, plain.session)
 
-    async def _session(self, db: AsyncSession | AsyncConnection, *, lock_user: bool) -> SessionForTurn:
+    async def _session(self, db: AsyncSession, *, lock_user: bool) -> SessionForTurn:
         session = await sessions_repo.get_owned_session_for_turn(
             db, user_id=self.principal.user_id, session_id=self.session_id, lock_user=lock_user
         )
         if session is None:
-            raise NotFound(f"No session with id '{self.session_id}'.", code="session_not_found", param="session_id")
+            raise self._not_found()
         return session
 
+    def _not_found(self) -> NotFound:
+        return NotFound(f"No session with id '{self.session_id}'.", code="session_not_found", param="session_id")
+
     async def _insert(self, connection: AsyncConnection, session: SessionForTurn) -> StartedTurn:
+        turn, user_message = self._new_turn(session)
+        await turns_repo.insert_started_turn(connection, turn, user_message=user_message)
+        return StartedTurn(turn, replayed=False)
+
+    def _new_turn(self, session: SessionForTurn) -> tuple[Turn, dict[str, Any]]:
+        """The turn row (its upstream body built from `session`) and its user message, not yet written."""
         principal, session_id, request = self.principal, self.session_id, self.request
         turn_id = new_id("turn")
         body = resolve_upstream_body(
@@ -283,20 +300,16 @@ class _TurnStart:
             runner_id=self.runner_id,
             created_at=self.now,
         )
-        await turns_repo.insert_started_turn(
-            connection,
-            turn,
-            user_message={
-                "id": new_id("msg"),
-                "session_id": session_id,
-                "turn_id": turn_id,
-                "role": "user",
-                "content": input_text(request.input),
-                "status": "completed",
-                "created_at": self.now,
-            },
-        )
-        return StartedTurn(turn, replayed=False)
+        user_message = {
+            "id": new_id("msg"),
+            "session_id": session_id,
+            "turn_id": turn_id,
+            "role": "user",
+            "content": input_text(request.input),
+            "status": "completed",
+            "created_at": self.now,
+        }
+        return turn, user_message
 
 
 def _check_same(turn: Turn, fingerprint: str) -> Turn:

@@ -95,6 +95,32 @@ async def test_what_goes_upstream(client: httpx.AsyncClient, user: ApiUser, sim:
     assert "previous_response_id" not in body
 
 
+async def test_a_prompt_set_or_cleared_on_the_session_applies_from_the_next_turn(
+    client: httpx.AsyncClient, user: ApiUser, sim: Simulator
+) -> None:
+    # On Postgres a turn of a session without a prompt of its own starts in the statement that reads the
+    # session: a prompt set between two turns must be in the next one, and a cleared one must give way to the
+    # deployment's default again.
+    session_id = await new_session(client, user)
+    conversation = await conversation_of(client, user, session_id)
+    await send(client, user, session_id, {"input": "a"})
+    own = {"id": "pmpt_parley_demo", "version": "1", "variables": {"user_name": "Ada"}}
+    patched = await client.patch(f"/v1/sessions/{session_id}", json={"prompt": own}, headers=user.headers)
+    assert patched.status_code == 200, patched.text
+    await send(client, user, session_id, {"input": "b"})
+    cleared = await client.patch(f"/v1/sessions/{session_id}", json={"prompt": None}, headers=user.headers)
+    assert cleared.json()["prompt"] is None
+    await send(client, user, session_id, {"input": "c"})
+
+    calls = await sim.response_calls(conversation)
+    assert [call["body"]["conversation"] for call in calls] == [conversation] * 3
+    prompts = [call["body"]["prompt"] for call in calls]
+    assert prompts[1] == own
+    assert prompts[0] == prompts[2]
+    assert "variables" not in prompts[2]
+    assert prompts[2]["id"] == "pmpt_parley_demo"
+
+
 async def test_default_prompt_applies_without_one(client: httpx.AsyncClient, user: ApiUser, sim: Simulator) -> None:
     session_id = await new_session(client, user)
     conversation = await conversation_of(client, user, session_id)
