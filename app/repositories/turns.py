@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from app.db.models import (
     TURN_IN_FLIGHT_STATUSES,
@@ -142,6 +143,21 @@ _TURN_START_COLUMNS = (
 _MESSAGE_COLUMNS = ("id", "session_id", "turn_id", "role", "content", "status", "created_at")
 
 
+def _counted_session(which: ColumnElement[bool]) -> Any:
+    """A start statement's CTE counting the turn on its session."""
+    return (
+        update(SESSIONS)
+        .where(which)
+        .values(
+            turn_count=SESSIONS.c.turn_count + 1,
+            last_turn_at=bindparam("turn_created_at"),
+            updated_at=bindparam("turn_created_at"),
+        )
+        .returning(SESSIONS.c.id)
+        .cte("counted_session")
+    )
+
+
 def _start_turn_in_one_statement() -> Any:
     """Postgres: the turn, its user message and the session's counters as one statement (data-modifying
     CTEs), one round trip instead of three on the path before the first token. Constraints (the one open turn
@@ -158,17 +174,7 @@ def _start_turn_in_one_statement() -> Any:
         .returning(MESSAGES.c.id)
         .cte("new_message")
     )
-    counted = (
-        update(SESSIONS)
-        .where(SESSIONS.c.id == bindparam("turn_session_id"))
-        .values(
-            turn_count=SESSIONS.c.turn_count + 1,
-            last_turn_at=bindparam("turn_created_at"),
-            updated_at=bindparam("turn_created_at"),
-        )
-        .returning(SESSIONS.c.id)
-        .cte("counted_session")
-    )
+    counted = _counted_session(SESSIONS.c.id == bindparam("turn_session_id"))
     # One row each: joined on TRUE (a cross join the cartesian-product linter does not flag).
     joined = new_turn.join(new_message, true()).join(counted, true())
     return select(new_turn.c.id, new_message.c.id, counted.c.id).select_from(joined)
@@ -264,17 +270,7 @@ def _start_plain_turn_in_one_statement() -> Any:
         .returning(MESSAGES.c.id)
         .cte("new_message")
     )
-    counted = (
-        update(SESSIONS)
-        .where(SESSIONS.c.id.in_(select(new_turn.c.session_id)))
-        .values(
-            turn_count=SESSIONS.c.turn_count + 1,
-            last_turn_at=bindparam("turn_created_at"),
-            updated_at=bindparam("turn_created_at"),
-        )
-        .returning(SESSIONS.c.id)
-        .cte("counted_session")
-    )
+    counted = _counted_session(SESSIONS.c.id.in_(select(new_turn.c.session_id)))
     # The inserts run whether or not the result names them; naming them keeps SQLAlchemy rendering them.
     return select(
         found.c.id,
