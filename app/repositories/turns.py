@@ -574,18 +574,31 @@ class LimitCounts:
     month_spend: Decimal
 
 
-async def limit_counts(db: AsyncSession, *, user_id: str, since: dt.datetime, month: str) -> LimitCounts:
-    """Everything the per-user limits compare, in one round trip."""
-    mine = Turn.user_id == user_id
-    in_flight = select(func.count(Turn.id)).where(mine, Turn.status.in_(TURN_IN_FLIGHT_STATUSES)).scalar_subquery()
-    recent = select(func.count(Turn.id)).where(mine, Turn.created_at >= since).scalar_subquery()
-    oldest = select(func.min(Turn.created_at)).where(mine, Turn.created_at >= since).scalar_subquery()
-    spend = (
-        select(UserMonthlySpend.cost_usd)
-        .where(UserMonthlySpend.user_id == user_id, UserMonthlySpend.month == month)
+def _limit_counts_statement() -> Any:
+    mine = TURNS.c.user_id == bindparam("user_key")
+    since = bindparam("since", type_=TURNS.c.created_at.type)
+    in_flight = (
+        select(func.count(TURNS.c.id))
+        .where(mine, TURNS.c.status.in_([literal(status) for status in TURN_IN_FLIGHT_STATUSES]))
         .scalar_subquery()
     )
-    row = (await db.execute(select(in_flight, recent, oldest, spend))).one()
+    recent = select(func.count(TURNS.c.id)).where(mine, TURNS.c.created_at >= since).scalar_subquery()
+    oldest = select(func.min(TURNS.c.created_at)).where(mine, TURNS.c.created_at >= since).scalar_subquery()
+    spend = (
+        select(SPEND.c.cost_usd)
+        .where(SPEND.c.user_id == bindparam("user_key"), SPEND.c.month == bindparam("month"))
+        .scalar_subquery()
+    )
+    return select(in_flight, recent, oldest, spend)
+
+
+# Built once, like the other statements of a turn's start (limits count at every start by default).
+LIMIT_COUNTS = _limit_counts_statement()
+
+
+async def limit_counts(db: AsyncSession, *, user_id: str, since: dt.datetime, month: str) -> LimitCounts:
+    """Everything the per-user limits compare, in one round trip."""
+    row = (await db.execute(LIMIT_COUNTS, {"user_key": user_id, "since": since, "month": month})).one()
     return LimitCounts(
         in_flight=int(row[0] or 0),
         recent=int(row[1] or 0),
