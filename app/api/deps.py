@@ -21,7 +21,8 @@ from app.settings import Settings
 from app.state import AppState
 
 # auto_error=False: a missing header is answered by our own 401 envelope, not FastAPI's 403.
-bearer_scheme = HTTPBearer(auto_error=False, description="A Parley API key (pk_…) or a JWT.")
+BEARER_DESCRIPTION = "A Parley API key (pk_…) or a JWT."
+bearer_scheme = HTTPBearer(auto_error=False, description=BEARER_DESCRIPTION)
 admin_scheme = HTTPBearer(auto_error=False, scheme_name="AdminToken", description="PARLEY_ADMIN_TOKEN")
 
 
@@ -63,14 +64,21 @@ async def get_authenticator(state: StateDep) -> Authenticator:
     return state.authenticator
 
 
-async def get_principal(
-    authenticator: Annotated[Authenticator, Depends(get_authenticator)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> Principal:
-    return await authenticator.authenticate(credentials.credentials if credentials else None)
+class BearerPrincipal(HTTPBearer):
+    """The caller, authenticated from the bearer credentials, as one dependency. FastAPI solves each dependency
+    of a request anew (a few tens of µs each): reading the header and authenticating in the security scheme
+    itself saves two on every authenticated request, and OpenAPI still documents the scheme."""
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        credentials = await super().__call__(request)
+        authenticator: Authenticator = request.app.state.parley.authenticator
+        return await authenticator.authenticate(credentials.credentials if credentials else None)
 
 
-UserDep = Annotated[Principal, Depends(get_principal)]
+UserDep = Annotated[
+    Principal,
+    Depends(BearerPrincipal(auto_error=False, scheme_name="HTTPBearer", description=BEARER_DESCRIPTION)),
+]
 
 
 async def require_admin(
