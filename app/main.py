@@ -12,7 +12,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from app.api.error_handlers import install_error_handlers
-from app.api.middleware import RequestGuardMiddleware, SecurityHeadersMiddleware
+from app.api.middleware import RequestGuardMiddleware, SecurityHeadersMiddleware, ServerSendMiddleware
 from app.api.routes import admin, health, metrics, sessions, turns, usage, web
 from app.db.engine import build_engine, build_sessionmaker
 from app.db.migrate import head_revision, upgrade
@@ -82,10 +82,13 @@ def runner_config(settings: Settings) -> RunnerConfig:
 
 class ParleyAPI(FastAPI):
     """FastAPI with the request id outside everything, Starlette's ServerErrorMiddleware included (which
-    `add_middleware` cannot reach): so an unhandled error's 500 carries X-Request-ID and its log line the id."""
+    `add_middleware` cannot reach): so an unhandled error's 500 carries X-Request-ID and its log line the id.
+    Outside that, the server's `send` for the event streams' body messages (`ServerSendMiddleware`)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestIdMiddleware(super().build_middleware_stack(), exclude_prefixes=(SIMULATOR_MOUNT,))
+        return ServerSendMiddleware(
+            RequestIdMiddleware(super().build_middleware_stack(), exclude_prefixes=(SIMULATOR_MOUNT,))
+        )
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -10,8 +10,8 @@ Why not sse-starlette's `EventSourceResponse`, as before: none of its public opt
 per event — an `anyio.move_on_after` cancel scope around every send, also with `send_timeout=None` — or per
 stream — a task group of four tasks (data, ping, disconnect, shutdown watcher), an anyio lock and event.
 Only overriding its private `_stream_response` and `__call__` would, and that breaks with its next release.
-Here a stream is the request's own task sending, one task waiting for the disconnect, and one timer that
-pings and holds the send in progress to the timeout.
+Here a stream is one task sending the body, one task waiting for the disconnect, and one timer that pings
+and holds the send in progress to the timeout; the request's task waits for the first.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Protocol
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from app.api.middleware import SERVER_SEND
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.streaming.event_log import LogReader
@@ -127,7 +128,8 @@ class EventStreamResponse(Response):
         self._metrics = metrics
         self._ping_interval = settings.sse_ping_interval_s
         self._send_timeout = settings.sse_send_timeout_s
-        self._task: asyncio.Task[object] | None = None
+        # The task that sends the body (`_pump`), which a cut cancels.
+        self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         # While the stream's task is suspended: the future it waits on for frames, or None when it is in
@@ -148,24 +150,29 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        self._loop, self._task = loop, task
+        request_task = asyncio.current_task()
+        assert request_task is not None
+        self._loop = loop
         listener: asyncio.Task[None] | None = None
         self._metrics.stream_opened()
         try:
             try:
+                # The start through every middleware, which add their headers to it; the body messages
+                # straight to the server when the stack allows it (see `ServerSendMiddleware`).
                 await send(start)
                 self._next_ping = loop.time() + self._ping_interval
+                # The body in a task of its own, so that each event wakes that task alone: the request's
+                # task would resume through every frame above this response (about 25: server, middleware,
+                # routing) and suspend back through them, per event. A cancel of the request's task
+                # reaches the body's through this await.
+                self._task = loop.create_task(self._pump(scope.get(SERVER_SEND, send), loop))
                 self._timer = loop.call_at(self._next_ping, self._tick)
                 listener = loop.create_task(self._listen(receive))
-                await self._pump(send, loop)
-                self._send_started = loop.time()
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self._task
             except asyncio.CancelledError:
                 # Cut by this response (disconnect, slow client): end quietly. Cancelled by anyone else
-                # as well (the server's shutdown timeout): go on being cancelled.
-                if self._cut_reason is None or task.uncancel() > 0:
+                # (the server's shutdown timeout): go on being cancelled.
+                if self._cut_reason is None or request_task.cancelling() > 0:
                     raise
                 if self._cut_reason == "slow_client":
                     logger.warning("sse.slow_client_cut", extra={"send_timeout_s": self._send_timeout})
@@ -175,6 +182,8 @@ class EventStreamResponse(Response):
                 self._timer.cancel()
             if listener is not None:
                 listener.cancel()
+            if self._task is not None:
+                self._task.cancel()  # done by now, unless this task failed before it awaited it
             self._frames.close()
             self._metrics.stream_closed()
         if self.background is not None:
@@ -194,13 +203,15 @@ class EventStreamResponse(Response):
                 self._send_started = time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             elif frames.finished:
-                return
+                break
             else:
                 waiter = create_future()
                 frames.wait(waiter)
                 self._waiter = waiter
                 await waiter
                 self._waiter = None
+        self._send_started = time()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _tick(self) -> None:
         """The stream's one timer: a ping when one is due, and the cut-off for a send that does not end."""

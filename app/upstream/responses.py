@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import httpx2
 import openai
 from openai._response import AsyncAPIResponse
 
@@ -25,6 +24,8 @@ from app.upstream.errors import provably_not_started, timed_out, transport_error
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 503})
+# A timer may fire this much before the time it was set for.
+_TIMER_SLACK_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +40,23 @@ class UpstreamStream:
     """An open upstream response: its headers now, its body bytes as they arrive.
 
     Keeps the HTTP response only, not the SDK's wrapper around it: the wrapper holds the request's options
-    (a deep copy of the body, headers), which an open stream would carry for its whole length."""
+    (a deep copy of the body, headers), which an open stream would carry for its whole length.
 
-    __slots__ = ("_content", "_http_response", "request_id")
+    An unencoded body (every one OpenAI sends) is read from aiohttp's body stream itself, beneath the SDK's
+    transport: a token then costs one aiohttp read, not that read under three async generators (httpx2's
+    `aiter_raw` and `BoundAsyncStream`, the transport's `AiohttpResponseStream` with its error mapping), a
+    chunker and two context managers. The errors the runner sees are the same ones: aiohttp's, which
+    STREAM_READ_ERRORS holds as they are."""
+
+    __slots__ = ("_content", "_http_response", "_last_read", "_read_timeout", "_stall_timer", "request_id")
 
     def __init__(self, response: AsyncAPIResponse[Any]) -> None:
         self._http_response = response.http_response
         self.request_id: str | None = response.request_id
-        self._content = _plain_aiohttp_body(self._http_response)
+        self._content = self._plain_body()
+        self._read_timeout: float | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -54,7 +64,7 @@ class UpstreamStream:
 
     def chunks(self) -> AsyncIterator[bytes]:
         if self._content is not None:
-            return self._content.iter_any()
+            return self._plain_chunks(self._content)
         http_response = self._http_response
         # The transport hands over the bytes as they came off the wire (aiohttp's decompression is off): only
         # an encoded body needs httpx2's decoders, and a plain one skips their layer on every read.
@@ -63,33 +73,75 @@ class UpstreamStream:
         return http_response.aiter_bytes()
 
     async def aclose(self) -> None:
+        self._stop_stall_timer()
         # Through httpx2 on either path: it ends in aiohttp's `release()`, which puts a connection back in the
         # pool only when its body was read to the end, and closes it otherwise.
         await self._http_response.aclose()
 
+    def _plain_body(self) -> aiohttp.StreamReader | None:
+        """aiohttp's body stream beneath an unencoded response, or None (an encoded body, or a transport that
+        is not the SDK's aiohttp one as this knows it: then httpx2 reads the body, as it always can)."""
+        if self._http_response.headers.get("content-encoding", "identity") != "identity":
+            return None
+        aiohttp_response = self._aiohttp_response()
+        content = aiohttp_response.content if aiohttp_response is not None else None
+        return content if isinstance(content, aiohttp.StreamReader) else None
 
-def _plain_aiohttp_body(http_response: httpx2.Response) -> aiohttp.StreamReader | None:
-    """The aiohttp body stream beneath an unencoded httpx2 response, or None (an encoded body, another
-    transport, a vendored transport that changed shape).
-
-    Read directly, a streamed token costs one aiohttp read instead of that read under three async generators
-    (httpx2's `aiter_raw` and `BoundAsyncStream`, the SDK transport's `AiohttpResponseStream` with its
-    exception mapping), a chunker and two context managers. What the runner sees stays the same: aiohttp
-    errors are in STREAM_READ_ERRORS as they are, and aiohttp's `sock_read` timer, reset on every socket
-    read and set from the policy's read timeout, still fails a stalled read with its `SocketTimeoutError`
-    (a TimeoutError, so `timed_out`)."""
-    if http_response.headers.get("content-encoding", "identity") != "identity":
+    def _aiohttp_response(self) -> aiohttp.ClientResponse | None:
+        # httpx2 wraps the transport's stream (`BoundAsyncStream._stream`); the SDK's aiohttp transport keeps
+        # its `ClientResponse` in `_aiohttp_response`.
+        stream: object = self._http_response.stream
+        for _ in range(3):
+            aiohttp_response = getattr(stream, "_aiohttp_response", None)
+            if isinstance(aiohttp_response, aiohttp.ClientResponse):
+                return aiohttp_response
+            stream = getattr(stream, "_stream", None)
         return None
-    # httpx2 wraps the transport's stream (in `BoundAsyncStream._stream`); the SDK's aiohttp transport keeps
-    # its `ClientResponse` in `_aiohttp_response`.
-    stream: object = http_response.stream
-    for _ in range(3):
-        aiohttp_response = getattr(stream, "_aiohttp_response", None)
-        if isinstance(aiohttp_response, aiohttp.ClientResponse):
-            content = aiohttp_response.content
-            return content if isinstance(content, aiohttp.StreamReader) else None
-        stream = getattr(stream, "_stream", None)
-    return None
+
+    async def _plain_chunks(self, content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        time = loop.time
+        self._take_over_stall_timer(loop)
+        readany = content.readany
+        try:
+            while chunk := await readany():
+                self._last_read = time()
+                yield chunk
+        finally:
+            self._stop_stall_timer()
+
+    def _take_over_stall_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The stall bound (the policy's read timeout, aiohttp's `sock_read`) kept by one timer of this
+        stream's, moved on lazily, instead of aiohttp's, which it cancels and sets again at every socket
+        read: a paced stream reads once per token. Left to aiohttp when its connection does not say what
+        its read timeout is."""
+        aiohttp_response = self._aiohttp_response()
+        connection = aiohttp_response.connection if aiohttp_response is not None else None
+        protocol = connection.protocol if connection is not None else None
+        timeout = getattr(protocol, "read_timeout", None)
+        if protocol is None or not isinstance(timeout, int | float) or timeout <= 0:
+            return
+        protocol.read_timeout = None  # its timer, set at the last socket read, goes at the next one
+        self._read_timeout = timeout
+        self._last_read = loop.time()
+        self._stall_timer = loop.call_at(self._last_read + timeout, self._check_stall)
+
+    def _check_stall(self) -> None:
+        assert self._read_timeout is not None
+        assert self._content is not None
+        loop = asyncio.get_running_loop()
+        due = self._last_read + self._read_timeout
+        if loop.time() < due - _TIMER_SLACK_S:
+            self._stall_timer = loop.call_at(due, self._check_stall)
+            return
+        self._stall_timer = None
+        # What aiohttp's own timer raises into the read, so `timed_out` and the runner see a stall as before.
+        self._content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+
+    def _stop_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
 
 def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
