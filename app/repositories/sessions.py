@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Select, bindparam, delete, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ChatSession, Message, User
 from app.repositories.pagination import Order, Page, paginate
@@ -54,7 +54,7 @@ _SESSION_FOR_TURN_LOCKED = _SESSION_FOR_TURN.with_for_update(of=User)
 
 
 async def get_owned_session_for_turn(
-    db: AsyncSession | AsyncConnection, *, user_id: str, session_id: str, lock_user: bool
+    db: AsyncSession, *, user_id: str, session_id: str, lock_user: bool
 ) -> SessionForTurn | None:
     """The session (the caller's own, not deleted) in one prebuilt query of plain columns; with `lock_user`,
     the owner's row is locked for the transaction (it serialises one user's turn starts, so limits count

@@ -183,6 +183,13 @@ def _start_turn_in_one_statement() -> Any:
 START_TURN_POSTGRES = _start_turn_in_one_statement()
 
 
+def _start_parameters(turn: Turn, user_message: dict[str, Any]) -> dict[str, Any]:
+    """The bind parameters of a start statement: the turn's columns as `turn_…`, the message's as `message_…`."""
+    parameters = {f"turn_{key}": value for key, value in _turn_row(turn).items()}
+    parameters.update({f"message_{key}": user_message[key] for key in _MESSAGE_COLUMNS})
+    return parameters
+
+
 def _turn_row(turn: Turn) -> dict[str, Any]:
     return {
         "id": turn.id,
@@ -290,8 +297,8 @@ START_PLAIN_TURN_POSTGRES = _start_plain_turn_in_one_statement()
 async def start_plain_turn(connection: AsyncConnection, turn: Turn, *, user_message: dict[str, Any]) -> PlainStart:
     """`turn` (its `request` built for a plain session, `conversation` to be filled in) and its user message,
     if its session is plain: see `_start_plain_turn_in_one_statement`. Postgres only."""
-    parameters = {f"turn_{key}": value for key, value in _turn_row(turn).items()}
-    parameters.update({f"message_{key}": user_message[key] for key in _MESSAGE_COLUMNS if key != "turn_id"})
+    parameters = _start_parameters(turn, user_message)
+    del parameters["message_turn_id"]  # the statement takes it from the inserted turn
     parameters.update({"session_key": turn.session_id, "user_key": turn.user_id})
     row = (await connection.execute(START_PLAIN_TURN_POSTGRES, parameters)).first()
     if row is None:
@@ -302,14 +309,11 @@ async def start_plain_turn(connection: AsyncConnection, turn: Turn, *, user_mess
 async def insert_started_turn(connection: AsyncConnection, turn: Turn, *, user_message: dict[str, Any]) -> None:
     """A new turn, its user message and the session's counters, written as Core (no unit of work to flush on
     the path before the first token). `turn` stays a plain (transient) object for the caller."""
-    row = _turn_row(turn)
     if connection.dialect.name == "postgresql":
-        parameters = {f"turn_{key}": value for key, value in row.items()}
-        parameters.update({f"message_{key}": user_message[key] for key in _MESSAGE_COLUMNS})
-        await connection.execute(START_TURN_POSTGRES, parameters)
+        await connection.execute(START_TURN_POSTGRES, _start_parameters(turn, user_message))
         return
     # SQLite runs in process: three statements cost no round trips.
-    await connection.execute(INSERT_TURN, row)
+    await connection.execute(INSERT_TURN, _turn_row(turn))
     await connection.execute(INSERT_MESSAGE, user_message)
     await connection.execute(COUNT_SESSION_TURN, {"session_key": turn.session_id, "at": turn.created_at})
 

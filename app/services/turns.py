@@ -158,11 +158,12 @@ async def start_turn(
     One turn in flight per session is the partial unique index's job; losing that race (or a duplicate
     Idempotency-Key's) lands in `_after_conflict`.
 
-    On Postgres with nothing to count, the session read and the one-statement insert run on a bare connection
-    in autocommit: two round trips instead of four (no BEGIN, no COMMIT) and no ORM session. The guarantees are
-    the same: without a lock the transaction isolated nothing that the insert's constraints do not check. A
-    user with a budget of their own, or an Idempotency-Key used before, is found only once read: such a start
-    goes the transactional way.
+    On Postgres with nothing to count, the start runs on a bare connection in autocommit (no BEGIN, no COMMIT,
+    no ORM session): one statement for a plain session, two for one with a prompt or model of its own (see
+    `run_in_autocommit`). The guarantees are the same: without a lock the transaction isolated nothing that the
+    insert's constraints do not check. An Idempotency-Key used before fails the insert and is replayed by
+    `_after_conflict`; an owner with a budget of their own, found only once read, sends the start the
+    transactional way.
     """
     start = _TurnStart(
         settings=settings,
@@ -194,7 +195,7 @@ async def start_turn(
 
 
 class _NeedsTransaction(Exception):
-    """The start has to count the owner's spend under a lock, or replay an earlier turn: nothing was written."""
+    """The start has to count the owner's spend under a lock: nothing was written."""
 
 
 @dataclass(slots=True)
@@ -206,7 +207,7 @@ class _TurnStart:
     idempotency_key: str | None
     runner_id: str
     server_tools: list[dict[str, Any]]
-    fingerprint: str = ""
+    fingerprint: str = field(init=False)
     now: dt.datetime = field(default_factory=utcnow)
 
     def __post_init__(self) -> None:

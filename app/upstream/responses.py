@@ -48,11 +48,20 @@ class UpstreamStream:
     chunker and two context managers. The errors the runner sees are the same ones: aiohttp's, which
     STREAM_READ_ERRORS holds as they are."""
 
-    __slots__ = ("_content", "_http_response", "_last_read", "_read_timeout", "_stall_timer", "request_id")
+    __slots__ = (
+        "_aiohttp_response",
+        "_content",
+        "_http_response",
+        "_last_read",
+        "_read_timeout",
+        "_stall_timer",
+        "request_id",
+    )
 
     def __init__(self, response: AsyncAPIResponse[Any]) -> None:
         self._http_response = response.http_response
         self.request_id: str | None = response.request_id
+        self._aiohttp_response = self._find_aiohttp_response()
         self._content = self._plain_body()
         self._read_timeout: float | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -83,11 +92,11 @@ class UpstreamStream:
         is not the SDK's aiohttp one as this knows it: then httpx2 reads the body, as it always can)."""
         if self._http_response.headers.get("content-encoding", "identity") != "identity":
             return None
-        aiohttp_response = self._aiohttp_response()
+        aiohttp_response = self._aiohttp_response
         content = aiohttp_response.content if aiohttp_response is not None else None
         return content if isinstance(content, aiohttp.StreamReader) else None
 
-    def _aiohttp_response(self) -> aiohttp.ClientResponse | None:
+    def _find_aiohttp_response(self) -> aiohttp.ClientResponse | None:
         # httpx2 wraps the transport's stream (`BoundAsyncStream._stream`); the SDK's aiohttp transport keeps
         # its `ClientResponse` in `_aiohttp_response`.
         stream: object = self._http_response.stream
@@ -115,7 +124,7 @@ class UpstreamStream:
         stream's, moved on lazily, instead of aiohttp's, which it cancels and sets again at every socket
         read: a paced stream reads once per token. Left to aiohttp when its connection does not say what
         its read timeout is."""
-        aiohttp_response = self._aiohttp_response()
+        aiohttp_response = self._aiohttp_response
         connection = aiohttp_response.connection if aiohttp_response is not None else None
         protocol = connection.protocol if connection is not None else None
         timeout = getattr(protocol, "read_timeout", None)
@@ -168,7 +177,7 @@ def _streaming_client(client: openai.AsyncOpenAI, policy: StreamPolicy) -> opena
         by_policy = _STREAMING_CLIENTS[client] = {}
     streaming = by_policy.get(policy)
     if streaming is None:
-        # The read timeout is the stall bound: aiohttp resets one timer on each socket read.
+        # The read timeout is the stall bound: aiohttp's until the headers, then the stream's own timer.
         streaming = by_policy[policy] = client.with_options(
             max_retries=0,
             timeout=openai.Timeout(policy.read_timeout_s, connect=policy.connect_timeout_s),

@@ -8,8 +8,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from starlette.types import Message
 
+from app.api.middleware import SERVER_SEND
 from app.api.sse_response import event_stream_response
 from app.observability.metrics import Metrics
 from app.settings import Settings
@@ -20,8 +22,8 @@ PING_S = 0.05
 SEND_TIMEOUT_S = 0.3
 
 
-def _settings() -> Settings:
-    return Settings(_env_file=None, sse_ping_interval_s=PING_S, sse_send_timeout_s=SEND_TIMEOUT_S)  # type: ignore[call-arg]
+def _settings(ping_s: float = PING_S) -> Settings:
+    return Settings(_env_file=None, sse_ping_interval_s=ping_s, sse_send_timeout_s=SEND_TIMEOUT_S)  # type: ignore[call-arg]
 
 
 def _open_streams(metrics: Metrics) -> float:
@@ -171,3 +173,43 @@ async def test_head_gets_the_headers_and_no_stream() -> None:
     assert client.bodies == []
     assert client.completed
     assert _open_streams(metrics) == 0
+
+
+async def test_the_start_goes_through_the_middleware_and_the_body_straight_to_the_server() -> None:
+    log, client, through_middleware = EventLog("turn_1"), Client(), []
+
+    async def middleware_send(message: Message) -> None:
+        through_middleware.append(message["type"])
+        await client.send(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/sessions/s/messages", SERVER_SEND: client.send}
+    response = event_stream_response(log.reader(0), _settings(ping_s=15.0), Metrics(process=False))
+    running = asyncio.create_task(response(scope, client.receive, middleware_send))
+    log.append("turn.created", b"{}")
+    await client.until(lambda bodies: bodies)
+    log.append("turn.completed", b"{}")
+    log.close()
+    await running
+    assert through_middleware == ["http.response.start"]
+    assert b"".join(client.bodies) == b"".join(log._frames)
+    assert client.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_a_request_cancelled_mid_stream_sends_nothing_more() -> None:
+    # As the server's shutdown timeout cancels the request: the response goes on being cancelled, and the
+    # task that sends its body ends with it.
+    log, client, metrics = EventLog("turn_1"), Client(), Metrics(process=False)
+    scope = {"type": "http", "method": "POST", "path": "/v1/sessions/s/messages", SERVER_SEND: client.send}
+    response = event_stream_response(log.reader(0), _settings(ping_s=15.0), metrics)
+    running = asyncio.create_task(response(scope, client.receive, client.send))
+    log.append("turn.created", b"{}")
+    await client.until(lambda bodies: bodies)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    sent = len(client.messages)
+    log.append("response.output_text.delta", b"{}")
+    await asyncio.sleep(0.05)
+    assert len(client.messages) == sent
+    assert not log._waiters
+    assert metrics.registry.get_sample_value("parley_open_streams") == 0

@@ -4,19 +4,11 @@ reads bodies, and through all of them when one does."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 import httpx
-import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.middleware import SERVER_SEND, ServerSendMiddleware
-from app.api.sse_response import event_stream_response
+from app.api.middleware import ServerSendMiddleware
 from app.main import create_app
-from app.observability.metrics import Metrics
-from app.settings import Settings
-from app.streaming.event_log import EventLog
 from tests.conftest import create_api_user, make_settings, run_parley
 from tests.servers import free_port, serve
 from tests.turns.helpers import new_session, send
@@ -89,74 +81,3 @@ def test_parleys_own_middleware_let_event_bodies_go_straight_to_the_server() -> 
     stack = app.build_middleware_stack()
     assert isinstance(stack, ServerSendMiddleware)
     assert stack.enabled
-
-
-class Server:
-    """The server side of one connection, in process: the messages that reached it, in order."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.gone = asyncio.Event()
-
-    async def send(self, message: Message) -> None:
-        self.messages.append(message)
-
-    async def receive(self) -> Message:
-        await self.gone.wait()
-        return {"type": "http.disconnect"}
-
-    @property
-    def bodies(self) -> list[bytes]:
-        return [m["body"] for m in self.messages if m["type"] == "http.response.body" and m["body"]]
-
-
-def _settings() -> Settings:
-    return Settings(_env_file=None, sse_ping_interval_s=15.0)  # type: ignore[call-arg]
-
-
-async def _until(condition: Any) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
-
-
-async def test_the_start_goes_through_the_middleware_and_the_body_straight_to_the_server() -> None:
-    log, server, through_middleware = EventLog("turn_1"), Server(), []
-
-    async def middleware_send(message: Message) -> None:
-        through_middleware.append(message["type"])
-        await server.send(message)
-
-    scope = {"type": "http", "method": "POST", "path": "/v1/sessions/s/messages", SERVER_SEND: server.send}
-    response = event_stream_response(log.reader(0), _settings(), Metrics(process=False))
-    running = asyncio.create_task(response(scope, server.receive, middleware_send))
-    log.append("turn.created", b"{}")
-    await _until(lambda: server.bodies)
-    log.append("turn.completed", b"{}")
-    log.close()
-    await running
-    assert through_middleware == ["http.response.start"]
-    assert b"".join(server.bodies) == b"".join(log._frames)
-    assert server.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
-
-
-async def test_a_request_cancelled_mid_stream_sends_nothing_more() -> None:
-    # As the server's shutdown timeout cancels the request: the response goes on being cancelled, and the
-    # task that sends its body ends with it.
-    log, server, metrics = EventLog("turn_1"), Server(), Metrics(process=False)
-    scope = {"type": "http", "method": "POST", "path": "/v1/sessions/s/messages", SERVER_SEND: server.send}
-    response = event_stream_response(log.reader(0), _settings(), metrics)
-    running = asyncio.create_task(response(scope, server.receive, server.send))
-    log.append("turn.created", b"{}")
-    await _until(lambda: server.bodies)
-    running.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await running
-    sent = len(server.messages)
-    log.append("response.output_text.delta", b"{}")
-    await asyncio.sleep(0.05)
-    assert len(server.messages) == sent
-    assert not log._waiters
-    assert metrics.registry.get_sample_value("parley_open_streams") == 0
