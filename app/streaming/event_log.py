@@ -5,12 +5,17 @@ Readers never block the writer: a slow reader only falls behind in the shared li
 by the turn's size, not by the number or speed of readers. Kept in memory for the resume window after the
 turn ends. This is the seam for running several replicas behind a load balancer without sticky routing:
 a Redis Streams implementation of the same methods.
+
+A closed log waits out the resume window in a compact form the garbage collector never looks at (see
+`EventLogRegistry`): at a hundred turns a second a 15-minute window keeps ~90,000 logs, and as objects
+(log, frame list, waiter list) every full collection would walk all of them, stalling every stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from array import array
 
 from app.streaming.sse import RETRY_MS, encode_frame
 
@@ -67,6 +72,36 @@ class EventLog:
         """A place in this log just after event id `after`, for a consumer that does its own waiting."""
         return LogReader(self, after)
 
+    def kept(self) -> KeptLog:
+        """This closed log as one tuple of atoms: its frames joined, and where each one ends."""
+        assert self.closed_at is not None
+        ends = array("Q")
+        end = 0
+        for frame in self._frames:
+            end += len(frame)
+            ends.append(end)
+        # array objects are tracked by the collector, their bytes are not.
+        return (self.base, self.closed_at, b"".join(self._frames), ends.tobytes())
+
+    @classmethod
+    def from_kept(cls, turn_id: str, kept: KeptLog) -> EventLog:
+        base, closed_at, joined, ends_bytes = kept
+        log = cls(turn_id, base=base)
+        ends = array("Q")
+        ends.frombytes(ends_bytes)
+        start = 0
+        frames = log._frames
+        for end in ends:
+            frames.append(joined[start:end])
+            start = end
+        log.closed_at = closed_at
+        return log
+
+
+# (base, closed_at, the frames joined, the end offset of each frame as array("Q") bytes): a tuple of
+# untracked atoms, which the collector stops tracking at its next young collection.
+KeptLog = tuple[int, float, bytes, bytes]
+
 
 class LogReader:
     """One reader's position in an `EventLog`: `take()` what is there, else `wait()` for more. The reader
@@ -112,30 +147,55 @@ class LogReader:
 
 
 class EventLogRegistry:
-    """The event logs of this process, by turn id, each kept `retention_s` after it closed."""
+    """The event logs of this process, by turn id, each kept `retention_s` after it closed.
+
+    Open logs (and those closed since the last `expire`) are `EventLog` objects; `expire` turns the closed
+    ones into `KeptLog` tuples, and `get` turns a kept one back into a log (a resume, or a turn going on
+    after its tool outputs) — rare next to the turns that are never read again. A reader already holding
+    the log object keeps reading it; a continued turn gets the restored copy.
+    """
 
     def __init__(self, *, retention_s: float) -> None:
         self.retention_s = retention_s
         self._logs: dict[str, EventLog] = {}
+        # In the order they closed, so that expiry stops at the first one still inside the window.
+        self._kept: dict[str, KeptLog] = {}
 
     def create(self, turn_id: str, *, base: int = 0) -> EventLog:
+        self._kept.pop(turn_id, None)
         log = EventLog(turn_id, base=base)
         self._logs[turn_id] = log
         return log
 
     def get(self, turn_id: str) -> EventLog | None:
-        return self._logs.get(turn_id)
+        log = self._logs.get(turn_id)
+        if log is None:
+            kept = self._kept.pop(turn_id, None)
+            if kept is not None:
+                log = self._logs[turn_id] = EventLog.from_kept(turn_id, kept)
+        return log
 
     def expire(self, now: float | None = None) -> int:
+        """Drop the logs closed longer than the window ago and keep the other closed ones compact; returns
+        how many were dropped."""
         now = time.monotonic() if now is None else now
-        expired = [
-            turn_id
-            for turn_id, log in self._logs.items()
-            if log.closed_at is not None and now - log.closed_at > self.retention_s
-        ]
+        closed = sorted(
+            (log for log in self._logs.values() if log.closed_at is not None), key=lambda log: log.closed_at or 0.0
+        )
+        for log in closed:
+            del self._logs[log.turn_id]
+        # A restored log that was only read goes back at the end with its first closing time: it may stay up
+        # to one window longer than its own, and never holds newer ones back.
+        for log in closed:
+            self._kept[log.turn_id] = log.kept()
+        expired = []
+        for turn_id, kept in self._kept.items():
+            if now - kept[1] <= self.retention_s:
+                break
+            expired.append(turn_id)
         for turn_id in expired:
-            del self._logs[turn_id]
+            del self._kept[turn_id]
         return len(expired)
 
     def __len__(self) -> int:
-        return len(self._logs)
+        return len(self._logs) + len(self._kept)

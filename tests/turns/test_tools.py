@@ -3,6 +3,7 @@ turn.requires_action and answered through tool_outputs, the turn going on with c
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 
@@ -34,7 +35,10 @@ WEATHER = {
 
 @pytest.fixture(scope="module")
 def tooled(database_url: str, backend: str) -> Iterator[RunningParley]:
-    with run_parley(database_url, backend, tools=["current_time", "calculator"]) as running:
+    # Sweeps often: a turn waiting for its client finds its event log compacted (kept) when it goes on.
+    with run_parley(
+        database_url, backend, tools=["current_time", "calculator"], runner_sweep_interval_s=0.05
+    ) as running:
         yield running
 
 
@@ -120,6 +124,7 @@ async def test_client_tools_are_handed_over_and_the_turn_goes_on(
     assert call["name"] == "get_weather"
     assert json.loads(call["arguments"]) == {"city": "get_weather for Lisbon"}
     turn_id = waiting["id"]
+    await asyncio.sleep(0.2)  # several sweeps: the waiting turn's log is kept compact until it goes on
 
     # The session is held until the calls are answered.
     busy = await http.post(f"/v1/sessions/{session_id}/messages", json={"input": "hi"}, headers=person.headers)
