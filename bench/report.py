@@ -26,8 +26,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _added(results: dict[str, Any], peer: str, scenario: str, metric: str, quantile: str) -> float | None:
+    return _added_to(results, peer, scenario, scenario, metric, quantile)
+
+
+def _added_to(
+    results: dict[str, Any], peer: str, scenario: str, direct_scenario: str, metric: str, quantile: str
+) -> float | None:
+    """`peer`'s `scenario` over direct's `direct_scenario` (the same workload)."""
     mine = _scenario(results, peer, scenario)
-    floor = _scenario(results, "direct", scenario)
+    floor = _scenario(results, "direct", direct_scenario)
     if mine is None or floor is None:
         return None
     value = added(mine[metric], floor[metric], quantile)
@@ -51,6 +58,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "burst_ratio": {p: _ratio(burst.get("parley"), burst.get(p)) for p in peers if p != "parley"},
         "added_ttft_single_ms": {
             p: {q: _added(results, p, "ttft_single", "ttft_ms", q) for q in ("p50", "p99")} for p in peers
+        },
+        "added_ttft_single_limits_ms": {
+            q: _added_to(results, "parley", "ttft_single_limits", "ttft_single", "ttft_ms", q) for q in ("p50", "p99")
         },
         "paced": {},
         "turns_per_s": {p: (_scenario(results, p, "turns") or {}).get("turns_per_s") for p in peers},
@@ -301,6 +311,12 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         {p: (summary["added_ttft_single_ms"].get(p) or {}).get("p99") for p in available},
         2,
     )
+    limits_ttft = summary.get("added_ttft_single_limits_ms") or {}
+    if limits_ttft.get("p50") is not None:
+        line(
+            "added TTFT p50 / p99, one stream at a time, rate limits counting (ms)",
+            {"parley": f"{_fmt(limits_ttft['p50'], 2)} / {_fmt(limits_ttft.get('p99'), 2)}"},
+        )
     for level, per_peer in summary["paced"].items():
         for metric, label in (
             ("added_ttft_p50", "added TTFT p50"),
@@ -350,6 +366,16 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         },
         2,
     )
+    counted = _scenario(results, "parley", "turns_limits")
+    if counted and counted.get("ok"):
+        server_s = counted["cpu"].get("server_s")
+        line(
+            "(d) full turns/s and server CPU per turn (ms), rate limits counting",
+            {
+                "parley": f"{counted['turns_per_s']:.0f} / "
+                + (f"{server_s * 1000 / counted['ok']:.2f}" if server_s is not None else "-")
+            },
+        )
     line("(e) memory per open stream (KiB)", summary["kib_per_stream"], 1)
     line(
         "(e) marginal memory per open stream, slope of RSS over open streams (KiB)",

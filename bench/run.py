@@ -167,6 +167,8 @@ class Harness:
         self.one_user_pool: SessionPool | None = None
         self.loadgen_process: subprocess.Popen[bytes] | None = None
         self.parley_database: str | None = None
+        # How Parley was started (argv, environment, port), for the restart with limits counting.
+        self.parley_launch: tuple[list[str], dict[str, str], int] | None = None
         self.session_pools: list[SessionPool] = []
         self.stuck_sessions: set[str] = set()
         self.runs = 0
@@ -432,6 +434,7 @@ class Harness:
             raise PeerUnavailable(f"parley migrate failed: {migrated.stderr[-1000:]}")
         port = procs.free_port()
         argv = [str(VENV_BIN / "parley"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        self.parley_launch = (argv, env, port)
         server = self.start("parley", argv, port=port, cpus=self.server_cpus, env=env)
         procs.wait_healthy(server, "/readyz", timeout=90)
         sessions = asyncio.run(self._parley_sessions(server.base_url, self.plan.sessions_needed))
@@ -817,6 +820,8 @@ class Harness:
                 peer["rss_end_kib"] = target.server.rss_kib()
                 if not target.server.alive():
                     peer["notes"].append(f"the server exited: {target.server.log_tail(10)}")
+            if name == "parley":
+                self.parley_with_limits(target, peer)
         finally:
             if target is not None and target.server is not None:
                 self.stop(target.server)
@@ -825,6 +830,33 @@ class Harness:
             self.parley_database = None
             peer["duration_s"] = time.monotonic() - started
             log(f"  {name} finished in {peer['duration_s']:.0f} s")
+
+    def parley_with_limits(self, target: Target, peer: dict[str, Any]) -> None:
+        """Parley's default configuration counts rate limits at every turn start, under a lock on the user's
+        row (the runs above have them off): the same Parley restarted with them counting but never refusing
+        (the default 4 turns in flight per user, which the sessions' spread keeps to; a per-minute limit too
+        high to reach), for what counting costs before the first token and per turn."""
+        assert self.parley_launch is not None
+        argv, env, port = self.parley_launch
+        self.stop(target.server)
+        limits = {
+            "PARLEY_RATE_LIMIT_TURNS_PER_MINUTE": "1000000",
+            "PARLEY_RATE_LIMIT_CONCURRENT_TURNS": str(SESSIONS_PER_USER),
+        }
+        server = self.start("parley-limits", argv, port=port, cpus=self.server_cpus, env={**env, **limits})
+        try:
+            procs.wait_healthy(server, "/readyz", timeout=90)
+            counted = Target("parley", port, server, target.requests)
+            self.scenario(peer, "warmup", lambda: self.warmup(counted))
+            peer["scenarios"].pop("warmup", None)
+            self.scenario(peer, "ttft_single_limits", lambda: self.ttft_single(counted))
+            self.scenario(peer, "turns_limits", lambda: self.turns(counted, self.parley_database))
+            peer["notes"].append(
+                "Parley (limits): restarted with rate limits counting (4 turns in flight per user, 1,000,000 a "
+                "minute) for the TTFT and turns rows marked 'limits counting'"
+            )
+        finally:
+            self.stop(server)
 
     def direct_paced(self, streams: int) -> dict[str, Any] | None:
         direct = self.results["peers"].get("direct")
