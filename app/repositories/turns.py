@@ -9,7 +9,21 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, literal, select, true, union_all, update
+from sqlalchemy import (
+    Integer,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    union_all,
+    update,
+)
 from sqlalchemy import cast as cast_
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -219,6 +233,27 @@ class PlainStart:
 _JSON_NULL = cast_(literal("null"), JSONB)
 
 
+def _typed_parameter(table: Table, column: str, prefix: str) -> Any:
+    """A start statement's parameter for `table.column`, typed: in an INSERT … SELECT Postgres cannot infer it."""
+    return bindparam(f"{prefix}_{column}", type_=table.c[column].type)
+
+
+def _message_and_count_of(new_turn: Any) -> tuple[Any, Any]:
+    """The CTEs that insert the user message of the turn `new_turn` inserted (if it did) and count it on its
+    session."""
+    message_values = [
+        new_turn.c.id if column == "turn_id" else _typed_parameter(MESSAGES, column, "message")
+        for column in _MESSAGE_COLUMNS
+    ]
+    new_message = (
+        insert(MESSAGES)
+        .from_select(list(_MESSAGE_COLUMNS), select(*message_values).select_from(new_turn))
+        .returning(MESSAGES.c.id)
+        .cte("new_message")
+    )
+    return new_message, _counted_session(SESSIONS.c.id.in_(select(new_turn.c.session_id)))
+
+
 def _start_plain_turn_in_one_statement() -> Any:
     """Postgres: read the session and, when it is plain (no prompt or model of its own, an owner without a
     budget of their own), insert the turn, its user message and the session's counters, in one statement.
@@ -251,11 +286,8 @@ def _start_plain_turn_in_one_statement() -> Any:
         found.c.monthly_budget_usd.is_(None),
     )
 
-    def value(table: Table, column: str, prefix: str) -> Any:
-        return bindparam(f"{prefix}_{column}", type_=table.c[column].type)
-
     turn_values = [
-        value(TURNS, column, "turn")
+        _typed_parameter(TURNS, column, "turn")
         if column != "request"
         else bindparam("turn_request", type_=JSONB).op("||", return_type=JSONB)(
             func.jsonb_build_object(literal("conversation"), found.c.conversation_id)
@@ -268,16 +300,7 @@ def _start_plain_turn_in_one_statement() -> Any:
         .returning(TURNS.c.id, TURNS.c.session_id)
         .cte("new_turn")
     )
-    message_values = [
-        new_turn.c.id if column == "turn_id" else value(MESSAGES, column, "message") for column in _MESSAGE_COLUMNS
-    ]
-    new_message = (
-        insert(MESSAGES)
-        .from_select(list(_MESSAGE_COLUMNS), select(*message_values).select_from(new_turn))
-        .returning(MESSAGES.c.id)
-        .cte("new_message")
-    )
-    counted = _counted_session(SESSIONS.c.id.in_(select(new_turn.c.session_id)))
+    new_message, counted = _message_and_count_of(new_turn)
     # The inserts run whether or not the result names them; naming them keeps SQLAlchemy rendering them.
     return select(
         found.c.id,
@@ -593,7 +616,9 @@ def _limit_counts_statement() -> Any:
         .where(SPEND.c.user_id == bindparam("user_key"), SPEND.c.month == bindparam("month"))
         .scalar_subquery()
     )
-    return select(in_flight, recent, oldest, spend)
+    return select(
+        in_flight.label("in_flight"), recent.label("recent"), oldest.label("oldest_recent"), spend.label("month_spend")
+    )
 
 
 # Built once, like the other statements of a turn's start (limits count at every start by default).
@@ -603,12 +628,92 @@ LIMIT_COUNTS = _limit_counts_statement()
 async def limit_counts(db: AsyncSession, *, user_id: str, since: dt.datetime, month: str) -> LimitCounts:
     """Everything the per-user limits compare, in one round trip."""
     row = (await db.execute(LIMIT_COUNTS, {"user_key": user_id, "since": since, "month": month})).one()
+    return _limit_counts_of(row)
+
+
+def _limit_counts_of(row: Any) -> LimitCounts:
     return LimitCounts(
         in_flight=int(row[0] or 0),
         recent=int(row[1] or 0),
         oldest_recent=_as_utc(row[2]),
         month_spend=row[3] if row[3] is not None else Decimal(0),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CountedStart:
+    """What `start_counted_turn` counted, and whether the turn started (it did not when a limit was reached)."""
+
+    counts: LimitCounts
+    started: bool
+
+
+def _start_counted_turn_in_one_statement() -> Any:
+    """Postgres: the limit counts and, when every one is under its limit, the turn, its user message and the
+    session's counters, in one statement. Run after the owner's row was locked by an earlier statement of the
+    transaction: under READ COMMITTED this statement's snapshot then includes every turn the owner's other
+    starts committed, on any replica (in the statement that takes the lock it would not). The limits are
+    parameters (0, or NULL for the budget: none), the same comparisons as `services.limits.limit_error`."""
+    counts = LIMIT_COUNTS.cte("counts")
+    max_in_flight = bindparam("max_in_flight", type_=Integer)
+    max_recent = bindparam("max_recent", type_=Integer)
+    budget = bindparam("budget", type_=SPEND.c.cost_usd.type)
+    under_limits = and_(
+        or_(max_in_flight == 0, counts.c.in_flight < max_in_flight),
+        or_(max_recent == 0, counts.c.recent < max_recent),
+        or_(budget.is_(None), func.coalesce(counts.c.month_spend, 0) < budget),
+    )
+    new_turn = (
+        insert(TURNS)
+        .from_select(
+            list(_TURN_START_COLUMNS),
+            select(*[_typed_parameter(TURNS, column, "turn") for column in _TURN_START_COLUMNS])
+            .select_from(counts)
+            .where(under_limits),
+        )
+        .returning(TURNS.c.id, TURNS.c.session_id)
+        .cte("new_turn")
+    )
+    new_message, counted = _message_and_count_of(new_turn)
+    return select(
+        counts.c.in_flight,
+        counts.c.recent,
+        counts.c.oldest_recent,
+        counts.c.month_spend,
+        select(func.count()).select_from(new_turn).scalar_subquery().label("started"),
+        select(func.count()).select_from(new_message).scalar_subquery().label("messages"),
+        select(func.count()).select_from(counted).scalar_subquery().label("counted"),
+    )
+
+
+START_COUNTED_TURN_POSTGRES = _start_counted_turn_in_one_statement()
+
+
+async def start_counted_turn(
+    connection: AsyncConnection,
+    turn: Turn,
+    *,
+    user_message: dict[str, Any],
+    since: dt.datetime,
+    month: str,
+    max_in_flight: int,
+    max_recent: int,
+    budget: Decimal | None,
+) -> CountedStart:
+    """The owner's limit counts and, under the limits, `turn` with its user message: see
+    `_start_counted_turn_in_one_statement`. Postgres only; the owner's row locked first."""
+    parameters = _start_parameters(turn, user_message)
+    del parameters["message_turn_id"]  # the statement takes it from the inserted turn
+    parameters.update(
+        user_key=turn.user_id,
+        since=since,
+        month=month,
+        max_in_flight=max_in_flight,
+        max_recent=max_recent,
+        budget=budget,
+    )
+    row = (await connection.execute(START_COUNTED_TURN_POSTGRES, parameters)).one()
+    return CountedStart(counts=_limit_counts_of(row), started=bool(row.started))
 
 
 def _as_utc(value: dt.datetime | str | None) -> dt.datetime | None:

@@ -40,15 +40,25 @@ async def check_turn_allowed(
 ) -> None:
     """Raise 429 or 402 before anything goes upstream. The counts come from one query, made after the user's
     row is locked (by the caller when `limits_apply`, here otherwise), so that concurrent turn starts of one
-    user, on any replica, are counted one after the other."""
+    user, on any replica, are counted one after the other. (On Postgres a turn's start counts and inserts in
+    one statement instead: `repositories.turns.start_counted_turn`.)"""
     budget = budget_of(user_budget, settings)
     if not limits_apply(settings):
         if budget is None:
             return
         await users_repo.lock_user(db, user_id)
     counts = await turns_repo.limit_counts(db, user_id=user_id, since=now - WINDOW, month=month_of(now))
+    error = limit_error(counts, settings=settings, budget=budget, now=now)
+    if error is not None:
+        raise error
+
+
+def limit_error(
+    counts: turns_repo.LimitCounts, *, settings: Settings, budget: Decimal | None, now: dt.datetime
+) -> RateLimited | PaymentRequired | None:
+    """The error for the first limit `counts` reach, if any (the comparisons of the counted start's guard)."""
     if settings.rate_limit_concurrent_turns and counts.in_flight >= settings.rate_limit_concurrent_turns:
-        raise RateLimited(
+        return RateLimited(
             f"You have {counts.in_flight} turns in progress, the most allowed at once; wait for one to finish.",
             code="too_many_concurrent_turns",
             headers={"Retry-After": "1"},
@@ -56,12 +66,14 @@ async def check_turn_allowed(
     if settings.rate_limit_turns_per_minute and counts.recent >= settings.rate_limit_turns_per_minute:
         oldest = counts.oldest_recent
         wait = (oldest + WINDOW - now).total_seconds() if oldest else WINDOW.total_seconds()
-        raise RateLimited(
+        return RateLimited(
             f"More than {settings.rate_limit_turns_per_minute} turns a minute; slow down.",
             code="rate_limited",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
-    _check_spend(budget, counts.month_spend)
+    if budget is not None and counts.month_spend >= budget:
+        return _over_budget(budget, counts.month_spend)
+    return None
 
 
 async def check_turn_budget(
@@ -75,7 +87,10 @@ async def check_turn_budget(
 
 def _check_spend(budget: Decimal | None, spent: Decimal) -> None:
     if budget is not None and spent >= budget:
-        raise PaymentRequired(
-            f"This month's budget of ${budget:.2f} is used up (${spent:.2f} spent).",
-            code="budget_exceeded",
-        )
+        raise _over_budget(budget, spent)
+
+
+def _over_budget(budget: Decimal, spent: Decimal) -> PaymentRequired:
+    return PaymentRequired(
+        f"This month's budget of ${budget:.2f} is used up (${spent:.2f} spent).", code="budget_exceeded"
+    )

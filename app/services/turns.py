@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import openai
@@ -25,7 +26,15 @@ from app.repositories import users as users_repo
 from app.repositories.pagination import Order, Page
 from app.repositories.sessions import SessionForTurn
 from app.services.auth import Principal
-from app.services.limits import check_turn_allowed, check_turn_budget, limits_apply
+from app.services.limits import (
+    WINDOW,
+    budget_of,
+    check_turn_allowed,
+    check_turn_budget,
+    limit_error,
+    limits_apply,
+    month_of,
+)
 from app.services.policy import check_model, check_prompt
 from app.settings import Settings
 from app.upstream.conversations import add_items
@@ -154,9 +163,10 @@ async def start_turn(
     """Idempotency, limits, the turn row and the user message, before anything goes upstream.
 
     It runs before the first token, so it is kept to a few statements written as Core (no unit of work): the
-    session with its owner (locked only when a limit needs counting), the counts in one query, and the inserts.
-    One turn in flight per session is the partial unique index's job; losing that race (or a duplicate
-    Idempotency-Key's) lands in `_after_conflict`.
+    session with its owner (locked only when a limit needs counting), the counts in one query, and the inserts;
+    on Postgres the counts and the inserts are one statement, guarded by the limits (`_insert_counted`): BEGIN,
+    two statements, COMMIT. One turn in flight per session is the partial unique index's job; losing that race
+    (or a duplicate Idempotency-Key's) lands in `_after_conflict`.
 
     On Postgres with nothing to count, the start runs on a bare connection in autocommit (no BEGIN, no COMMIT,
     no ORM session): one statement for a plain session, two for one with a prompt or model of its own (see
@@ -216,6 +226,11 @@ class _TurnStart:
     async def run(self, db: AsyncSession, *, lock_user: bool) -> StartedTurn:
         """In a transaction: the session (its owner locked if `lock_user`), a replay, the limits, the inserts."""
         session = await self._session(db, lock_user=lock_user)
+        budget = budget_of(session.owner_budget_usd, self.settings)
+        if (lock_user or budget is not None) and db.get_bind().dialect.name == "postgresql":
+            if not lock_user:  # a budget of the owner's own, found only now
+                await users_repo.lock_user(db, self.principal.user_id)
+            return await self._insert_counted(db, session, budget)
         if self.idempotency_key is not None:
             existing = await turns_repo.find_by_idempotency_key(
                 db, user_id=self.principal.user_id, key=self.idempotency_key
@@ -237,6 +252,38 @@ class _TurnStart:
                 raise _in_progress(running.id) from None
             raise
         return await self._insert(await db.connection(), session)
+
+    async def _insert_counted(self, db: AsyncSession, session: SessionForTurn, budget: Decimal | None) -> StartedTurn:
+        """Postgres, the owner's row locked: count and insert in one statement. An Idempotency-Key used before,
+        or a busy session, fails the insert (`_after_conflict` answers); a statement stopped by a limit is
+        answered here, as the other way answers it: a replay first, then a busy session's 409, then the limit."""
+        turn, user_message = self._new_turn(session)
+        settings = self.settings
+        start = await turns_repo.start_counted_turn(
+            await db.connection(),
+            turn,
+            user_message=user_message,
+            since=self.now - WINDOW,
+            month=month_of(self.now),
+            max_in_flight=settings.rate_limit_concurrent_turns,
+            max_recent=settings.rate_limit_turns_per_minute,
+            budget=budget,
+        )
+        if start.started:
+            return StartedTurn(turn, replayed=False)
+        if self.idempotency_key is not None:
+            existing = await turns_repo.find_by_idempotency_key(
+                db, user_id=self.principal.user_id, key=self.idempotency_key
+            )
+            if existing is not None:
+                return StartedTurn(_check_same(existing, self.fingerprint), replayed=True)
+        running = await turns_repo.find_open(db, session_id=self.session_id)
+        if running is not None:
+            raise _in_progress(running.id)
+        error = limit_error(start.counts, settings=settings, budget=budget, now=self.now)
+        if error is None:
+            raise RuntimeError("the counted start inserted nothing, yet no limit is reached")
+        raise error
 
     async def run_in_autocommit(self, connection: AsyncConnection) -> StartedTurn:
         """Each statement its own transaction, when no limit counts. A plain session (no prompt or model of its
