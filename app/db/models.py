@@ -128,6 +128,10 @@ class Turn(Base):
             postgresql_where=text(_OPEN_SQL),
         ),
         Index("ix_turns_status_runner_id", "status", "runner_id"),
+        # The per-user limits count at every turn start: the user's turns in flight, and those of the last
+        # minute. Without these, each count walks all of the user's turns.
+        Index("ix_turns_user_id_status", "user_id", "status"),
+        Index("ix_turns_user_id_created_at", "user_id", "created_at"),
     )
 
 
