@@ -238,9 +238,16 @@ def _typed_parameter(table: Table, column: str, prefix: str) -> Any:
     return bindparam(f"{prefix}_{column}", type_=table.c[column].type)
 
 
-def _message_and_count_of(new_turn: Any) -> tuple[Any, Any]:
-    """The CTEs that insert the user message of the turn `new_turn` inserted (if it did) and count it on its
-    session."""
+def _guarded_start(turn_values: list[Any], source: Any, guard: Any) -> list[Any]:
+    """The CTEs of a guarded start: insert the turn (its values selected from `source` where `guard` holds),
+    its user message and the session's count. Returns the result's columns saying how many rows each wrote:
+    the inserts run whether or not the result names them, and naming them keeps SQLAlchemy rendering them."""
+    new_turn = (
+        insert(TURNS)
+        .from_select(list(_TURN_START_COLUMNS), select(*turn_values).select_from(source).where(guard))
+        .returning(TURNS.c.id, TURNS.c.session_id)
+        .cte("new_turn")
+    )
     message_values = [
         new_turn.c.id if column == "turn_id" else _typed_parameter(MESSAGES, column, "message")
         for column in _MESSAGE_COLUMNS
@@ -251,7 +258,11 @@ def _message_and_count_of(new_turn: Any) -> tuple[Any, Any]:
         .returning(MESSAGES.c.id)
         .cte("new_message")
     )
-    return new_message, _counted_session(SESSIONS.c.id.in_(select(new_turn.c.session_id)))
+    counted = _counted_session(SESSIONS.c.id.in_(select(new_turn.c.session_id)))
+    return [
+        select(func.count()).select_from(written).scalar_subquery().label(label)
+        for written, label in ((new_turn, "started"), (new_message, "messages"), (counted, "counted"))
+    ]
 
 
 def _start_plain_turn_in_one_statement() -> Any:
@@ -294,23 +305,13 @@ def _start_plain_turn_in_one_statement() -> Any:
         )
         for column in _TURN_START_COLUMNS
     ]
-    new_turn = (
-        insert(TURNS)
-        .from_select(list(_TURN_START_COLUMNS), select(*turn_values).select_from(found).where(plain))
-        .returning(TURNS.c.id, TURNS.c.session_id)
-        .cte("new_turn")
-    )
-    new_message, counted = _message_and_count_of(new_turn)
-    # The inserts run whether or not the result names them; naming them keeps SQLAlchemy rendering them.
     return select(
         found.c.id,
         found.c.conversation_id,
         found.c.prompt,
         found.c.model,
         found.c.monthly_budget_usd,
-        select(func.count()).select_from(new_turn).scalar_subquery().label("started"),
-        select(func.count()).select_from(new_message).scalar_subquery().label("messages"),
-        select(func.count()).select_from(counted).scalar_subquery().label("counted"),
+        *_guarded_start(turn_values, found, plain),
     )
 
 
@@ -665,26 +666,13 @@ def _start_counted_turn_in_one_statement() -> Any:
         or_(max_recent == 0, counts.c.recent < max_recent),
         or_(budget.is_(None), func.coalesce(counts.c.month_spend, 0) < budget),
     )
-    new_turn = (
-        insert(TURNS)
-        .from_select(
-            list(_TURN_START_COLUMNS),
-            select(*[_typed_parameter(TURNS, column, "turn") for column in _TURN_START_COLUMNS])
-            .select_from(counts)
-            .where(under_limits),
-        )
-        .returning(TURNS.c.id, TURNS.c.session_id)
-        .cte("new_turn")
-    )
-    new_message, counted = _message_and_count_of(new_turn)
+    turn_values = [_typed_parameter(TURNS, column, "turn") for column in _TURN_START_COLUMNS]
     return select(
         counts.c.in_flight,
         counts.c.recent,
         counts.c.oldest_recent,
         counts.c.month_spend,
-        select(func.count()).select_from(new_turn).scalar_subquery().label("started"),
-        select(func.count()).select_from(new_message).scalar_subquery().label("messages"),
-        select(func.count()).select_from(counted).scalar_subquery().label("counted"),
+        *_guarded_start(turn_values, counts, under_limits),
     )
 
 
