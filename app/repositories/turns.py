@@ -204,6 +204,14 @@ def _start_parameters(turn: Turn, user_message: dict[str, Any]) -> dict[str, Any
     return parameters
 
 
+def _guarded_start_parameters(turn: Turn, user_message: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """A `_guarded_start` statement's parameters: the message's turn id comes from the inserted turn."""
+    parameters = _start_parameters(turn, user_message)
+    del parameters["message_turn_id"]
+    parameters.update(more, user_key=turn.user_id)
+    return parameters
+
+
 def _turn_row(turn: Turn) -> dict[str, Any]:
     return {
         "id": turn.id,
@@ -321,9 +329,7 @@ START_PLAIN_TURN_POSTGRES = _start_plain_turn_in_one_statement()
 async def start_plain_turn(connection: AsyncConnection, turn: Turn, *, user_message: dict[str, Any]) -> PlainStart:
     """`turn` (its `request` built for a plain session, `conversation` to be filled in) and its user message,
     if its session is plain: see `_start_plain_turn_in_one_statement`. Postgres only."""
-    parameters = _start_parameters(turn, user_message)
-    del parameters["message_turn_id"]  # the statement takes it from the inserted turn
-    parameters.update({"session_key": turn.session_id, "user_key": turn.user_id})
+    parameters = _guarded_start_parameters(turn, user_message, session_key=turn.session_id)
     row = (await connection.execute(START_PLAIN_TURN_POSTGRES, parameters)).first()
     if row is None:
         return PlainStart(session=None, started=False)
@@ -692,10 +698,9 @@ async def start_counted_turn(
 ) -> CountedStart:
     """The owner's limit counts and, under the limits, `turn` with its user message: see
     `_start_counted_turn_in_one_statement`. Postgres only; the owner's row locked first."""
-    parameters = _start_parameters(turn, user_message)
-    del parameters["message_turn_id"]  # the statement takes it from the inserted turn
-    parameters.update(
-        user_key=turn.user_id,
+    parameters = _guarded_start_parameters(
+        turn,
+        user_message,
         since=since,
         month=month,
         max_in_flight=max_in_flight,

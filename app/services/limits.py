@@ -71,9 +71,7 @@ def limit_error(
             code="rate_limited",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
-    if budget is not None and counts.month_spend >= budget:
-        return _over_budget(budget, counts.month_spend)
-    return None
+    return _spend_error(budget, counts.month_spend)
 
 
 async def check_turn_budget(
@@ -82,15 +80,14 @@ async def check_turn_budget(
     """The budget alone (a turn going on after tool outputs). Call with the user's row locked."""
     budget = budget_of(user_budget, settings)
     if budget is not None:
-        _check_spend(budget, await turns_repo.monthly_spend(db, user_id=user_id, month=month_of(now)))
+        error = _spend_error(budget, await turns_repo.monthly_spend(db, user_id=user_id, month=month_of(now)))
+        if error is not None:
+            raise error
 
 
-def _check_spend(budget: Decimal | None, spent: Decimal) -> None:
-    if budget is not None and spent >= budget:
-        raise _over_budget(budget, spent)
-
-
-def _over_budget(budget: Decimal, spent: Decimal) -> PaymentRequired:
+def _spend_error(budget: Decimal | None, spent: Decimal) -> PaymentRequired | None:
+    if budget is None or spent < budget:
+        return None
     return PaymentRequired(
         f"This month's budget of ${budget:.2f} is used up (${spent:.2f} spent).", code="budget_exceeded"
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
+from itertools import accumulate, chain, pairwise
 
 from app.streaming.sse import RETRY_MS, encode_frame
 
@@ -75,11 +76,7 @@ class EventLog:
     def kept(self) -> KeptLog:
         """This closed log as one tuple of atoms: its frames joined, and where each one ends."""
         assert self.closed_at is not None
-        ends = array("Q")
-        end = 0
-        for frame in self._frames:
-            end += len(frame)
-            ends.append(end)
+        ends = array("Q", accumulate(map(len, self._frames)))
         # array objects are tracked by the collector, their bytes are not.
         return (self.base, self.closed_at, b"".join(self._frames), ends.tobytes())
 
@@ -89,11 +86,7 @@ class EventLog:
         log = cls(turn_id, base=base)
         ends = array("Q")
         ends.frombytes(ends_bytes)
-        start = 0
-        frames = log._frames
-        for end in ends:
-            frames.append(joined[start:end])
-            start = end
+        log._frames.extend(joined[start:end] for start, end in pairwise(chain((0,), ends)))
         log.closed_at = closed_at
         return log
 
