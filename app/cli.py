@@ -77,6 +77,9 @@ def _serve(args: argparse.Namespace) -> int:
         # Room for the runner's grace period, the terminal events and the final writes.
         timeout_graceful_shutdown=int(settings.shutdown_grace_s + 5),
     )
+    # Set here, not in create_app: only a serving process has the streams whose objects a full collection walks
+    # (tests build many apps in one process).
+    gc.set_threshold(*settings.gc_thresholds)
     ParleyServer(config, app).run()
     return 0
 

@@ -18,6 +18,8 @@ DEFAULT_SQLITE_PATH = Path("var") / "parley.db"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The id of the demo prompt shipped in app/simulator/prompts.json.
 SIMULATOR_DEMO_PROMPT_ID = "pmpt_parley_demo"
+# One of `gc.set_threshold`'s three values (0 as the first turns automatic collection off).
+GcThreshold = Annotated[int, Field(ge=0, le=10_000_000)]
 
 
 class Settings(BaseSettings):
@@ -107,6 +109,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_message_chars: int = Field(default=32_000, ge=1)
 
+    # The cyclic garbage collector's thresholds in `parley serve` (`gc.set_threshold`), as "700,10,100".
+    # Python's third value, 10, makes a full collection several times a minute under load, each a pause of
+    # 100-165 ms with a few hundred streams open; 100 makes it about once a minute (docs/benchmarks.md).
+    # "700,10,10" is Python's own.
+    gc_thresholds: Annotated[tuple[GcThreshold, GcThreshold, GcThreshold], NoDecode] = (700, 10, 100)
+
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -116,6 +124,13 @@ class Settings(BaseSettings):
         # Lists come from the environment as "a,b,c", which reads better in a compose file than JSON.
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("gc_thresholds", mode="before")
+    @classmethod
+    def _split_thresholds(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",")]
         return value
 
     @field_validator("secret_key", "jwt_secret")

@@ -35,6 +35,8 @@ def _added_to(
     """`peer`'s `scenario` over direct's `direct_scenario` (the same workload)."""
     mine = _scenario(results, peer, scenario)
     floor = _scenario(results, "direct", direct_scenario)
+    if mine is not None and "direct_just_before" in mine:
+        floor = mine["direct_just_before"]  # the floor measured right before this series (one-stream TTFT)
     if mine is None or floor is None:
         return None
     value = added(mine[metric], floor[metric], quantile)
@@ -310,6 +312,16 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
         "added TTFT p99, one stream at a time (ms)",
         {p: (summary["added_ttft_single_ms"].get(p) or {}).get("p99") for p in available},
         2,
+    )
+    floors = {p: (_scenario(results, p, "ttft_single") or {}).get("direct_just_before") for p in available}
+    line(
+        "direct's own TTFT p50: its series / the one just before this peer's (ms); added is against the latter",
+        {
+            p: f"{_fmt(((_scenario(results, 'direct', 'ttft_single') or {}).get('ttft_ms') or {}).get('p50'), 2)}"
+            f" / {_fmt(floor['ttft_ms'].get('p50'), 2)}"
+            for p, floor in floors.items()
+            if floor
+        },
     )
     limits_ttft = summary.get("added_ttft_single_limits_ms") or {}
     if limits_ttft.get("p50") is not None:

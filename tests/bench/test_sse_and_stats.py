@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from bench import report
 from bench.sse import HTTPError, HTTPResponseParser, SSEParser, parse_block
 from bench.stats import delivery_delays, gaps, linear_fit, percentile, summarize
 
@@ -116,3 +117,24 @@ def test_linear_fit() -> None:
     fixed, slope = linear_fit([16, 64, 256], [2 + 0.5 * 16, 2 + 0.5 * 64, 2 + 0.5 * 256])
     assert fixed == pytest.approx(2.0)
     assert slope == pytest.approx(0.5)
+
+
+def test_added_ttft_is_against_the_floor_measured_just_before_the_series() -> None:
+    # Direct's own series ran minutes earlier; a peer's one-stream TTFT is compared with the direct series
+    # run right before it, where there is one.
+    def series(p50: float, p99: float) -> dict[str, dict[str, float]]:
+        return {"ttft_ms": {"p50": p50, "p99": p99}}
+
+    results = {
+        "peers": {
+            "direct": {"available": True, "scenarios": {"ttft_single": series(1.0, 2.0)}},
+            "parley": {
+                "available": True,
+                "scenarios": {"ttft_single": {**series(6.0, 9.0), "direct_just_before": series(2.5, 4.0)}},
+            },
+            "naive": {"available": True, "scenarios": {"ttft_single": series(4.0, 5.0)}},
+        }
+    }
+    assert report._added(results, "parley", "ttft_single", "ttft_ms", "p50") == 3.5
+    assert report._added(results, "parley", "ttft_single", "ttft_ms", "p99") == 5.0
+    assert report._added(results, "naive", "ttft_single", "ttft_ms", "p50") == 3.0
