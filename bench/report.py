@@ -128,16 +128,21 @@ def paced_verdict(
 ) -> dict[str, Any]:
     """Does the peer carry `streams` paced streams? It must deliver the load (no failed streams, at least
     DELIVERED of the scheduled events) with p99 inter-event gap and delivery delay within `bound_ms` of
-    direct's. When direct itself did not deliver the load, the simulator and load generator's core was the
-    limit: the level measures the rig, not the peer."""
+    direct's. When direct itself did not deliver the load, or lagged past the bound itself (its p99 delay),
+    the simulator and load generator's core was the limit: the level measures the rig, not the peer."""
     if result is None or floor is None:
         return {"streams": streams, "pass": False, "rig_limited": False, "why": "no result"}
     gap = added(result["gap_ms"], floor["gap_ms"], "p99")
     delay = added(result["delay_ms"], floor["delay_ms"], "p99")
     share = delivered(result, streams, tokens_per_second)
     floor_share = delivered(floor, streams, tokens_per_second)
-    rig_limited = floor_share < DELIVERED or bool(floor["errors"])
+    floor_delay = floor["delay_ms"].get("p99")
+    rig_limited = (
+        floor_share < DELIVERED or bool(floor["errors"]) or (floor_delay is not None and floor_delay > bound_ms)
+    )
     ok = not result["errors"] and not result["timed_out"] and share >= DELIVERED and gap < bound_ms and delay < bound_ms
+    # A level the rig could not carry is no pass: the ladder stops there (or bisects below it).
+    ok = ok and not rig_limited
     return {
         "streams": streams,
         "pass": ok,
@@ -176,7 +181,7 @@ def capacity_summary(results: dict[str, Any]) -> dict[str, Any] | None:
     limit: dict[str, Any] | None = None
     for level in levels:
         if level.get("rig_limited"):
-            limit = {"streams": level["streams"], "why": "rig-limited (direct did not deliver the load)"}
+            limit = {"streams": level["streams"], "why": "rig-limited (direct did not deliver the load in time)"}
             break
         if not level["pass"]:
             limit = {"streams": level["streams"], "why": "missed the bound"}

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 import os
 import shutil
 import statistics
@@ -87,6 +88,11 @@ class SessionPool:
             {"path": f"/v1/sessions/{sid}/messages", "body": body, "headers": {"Authorization": f"Bearer {key}"}}
             for sid, key in chosen
         ]
+
+
+def _delay_p99(result: dict[str, Any]) -> float:
+    value = (result.get("delay_ms") or {}).get("p99")
+    return float(value) if value is not None else math.inf
 
 
 async def _admin(query: str) -> None:
@@ -872,9 +878,20 @@ class Harness:
         if direct is None or not direct.get("available"):
             return None
         key = f"paced_{streams}"
-        if key not in direct["scenarios"]:
+        scenarios = direct["scenarios"]
+        if key not in scenarios:
             self.scenario(direct, key, lambda: self.paced(self.direct(), streams))
-        found: dict[str, Any] | None = direct["scenarios"].get(key)
+        found: dict[str, Any] | None = scenarios.get(key)
+        stalled = f"{key}_stalled"
+        if found is not None and stalled not in scenarios and _delay_p99(found) > self.plan.lag_bound_ms:
+            # One stall of the simulator and load generator's core (a collection, the scheduler) puts direct's
+            # own p99 delay past the bound, and every relay would then pass that level on "added" lag
+            # however late it was. Measured once more; the floor is the run with less delay, the other is kept.
+            log(f"  direct at {streams} streams lagged {_delay_p99(found):.0f} ms at p99; measuring it again")
+            again = self.paced(self.direct(), streams)
+            kept, dropped = sorted((found, again), key=_delay_p99)
+            scenarios[key], scenarios[stalled] = kept, dropped
+            found = kept
         return found
 
     def saturated(self, result: dict[str, Any] | None, streams: int) -> bool:

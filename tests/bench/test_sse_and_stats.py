@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -138,3 +139,26 @@ def test_added_ttft_is_against_the_floor_measured_just_before_the_series() -> No
     assert report._added(results, "parley", "ttft_single", "ttft_ms", "p50") == 3.5
     assert report._added(results, "parley", "ttft_single", "ttft_ms", "p99") == 5.0
     assert report._added(results, "naive", "ttft_single", "ttft_ms", "p50") == 3.0
+
+
+def test_a_level_where_direct_itself_lagged_past_the_bound_measures_the_rig() -> None:
+    # Direct stalled (p99 delay 386 ms): a relay 307 ms late would otherwise pass on "added" delay (-79 ms).
+    def paced(delay_p99: float, gap_p99: float = 40.0) -> dict[str, Any]:
+        return {
+            "gap_ms": {"p99": gap_p99},
+            "delay_ms": {"p99": delay_p99},
+            "errors": 0,
+            "timed_out": 0,
+            "events_per_s": 30 * 500,
+            "cpu": {"server_share": 0.7},
+        }
+
+    lagging_floor = report.paced_verdict(500, paced(307.0), paced(386.0), tokens_per_second=30, bound_ms=50)
+    assert lagging_floor["rig_limited"]
+    assert not lagging_floor["pass"]
+    steady_floor = report.paced_verdict(500, paced(30.0), paced(12.0), tokens_per_second=30, bound_ms=50)
+    assert steady_floor["pass"]
+    assert not steady_floor["rig_limited"]
+    late_relay = report.paced_verdict(500, paced(80.0), paced(12.0), tokens_per_second=30, bound_ms=50)
+    assert not late_relay["pass"]
+    assert not late_relay["rig_limited"]
