@@ -118,19 +118,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("allowed_models", "allowed_prompts", "cors_origins", "tools", "jwt_algorithms", mode="before")
+    @field_validator(
+        "allowed_models", "allowed_prompts", "cors_origins", "tools", "jwt_algorithms", "gc_thresholds", mode="before"
+    )
     @classmethod
     def _split_comma_list(cls, value: object) -> object:
         # Lists come from the environment as "a,b,c", which reads better in a compose file than JSON.
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
-        return value
-
-    @field_validator("gc_thresholds", mode="before")
-    @classmethod
-    def _split_thresholds(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",")]
         return value
 
     @field_validator("secret_key", "jwt_secret")

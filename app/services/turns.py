@@ -231,12 +231,11 @@ class _TurnStart:
             if not lock_user:  # a budget of the owner's own, found only now
                 await users_repo.lock_user(db, self.principal.user_id)
             return await self._insert_counted(db, session, budget)
-        if self.idempotency_key is not None:
-            existing = await turns_repo.find_by_idempotency_key(
-                db, user_id=self.principal.user_id, key=self.idempotency_key
-            )
-            if existing is not None:
-                return StartedTurn(_check_same(existing, self.fingerprint), replayed=True)
+        replayed = await _replayed_start(
+            db, user_id=self.principal.user_id, key=self.idempotency_key, fingerprint=self.fingerprint
+        )
+        if replayed is not None:
+            return replayed
         try:
             await check_turn_allowed(
                 db,
@@ -271,12 +270,11 @@ class _TurnStart:
         )
         if start.started:
             return StartedTurn(turn, replayed=False)
-        if self.idempotency_key is not None:
-            existing = await turns_repo.find_by_idempotency_key(
-                db, user_id=self.principal.user_id, key=self.idempotency_key
-            )
-            if existing is not None:
-                return StartedTurn(_check_same(existing, self.fingerprint), replayed=True)
+        replayed = await _replayed_start(
+            db, user_id=self.principal.user_id, key=self.idempotency_key, fingerprint=self.fingerprint
+        )
+        if replayed is not None:
+            return replayed
         running = await turns_repo.find_open(db, session_id=self.session_id)
         if running is not None:
             raise _in_progress(running.id)
@@ -390,12 +388,19 @@ async def _after_conflict(
         session = await sessions_repo.get_owned_session(db, user_id=principal.user_id, session_id=session_id)
         if session is None:
             raise NotFound(f"No session with id '{session_id}'.", code="session_not_found", param="session_id")
-        if key is not None:
-            existing = await turns_repo.find_by_idempotency_key(db, user_id=principal.user_id, key=key)
-            if existing is not None:
-                return StartedTurn(_check_same(existing, fingerprint), replayed=True)
+        replayed = await _replayed_start(db, user_id=principal.user_id, key=key, fingerprint=fingerprint)
+        if replayed is not None:
+            return replayed
         running = await turns_repo.find_open(db, session_id=session_id)
         raise _in_progress(running.id if running else "unknown")
+
+
+async def _replayed_start(db: AsyncSession, *, user_id: str, key: str | None, fingerprint: str) -> StartedTurn | None:
+    """The turn this Idempotency-Key already started, as a replay (a different request under it: 409)."""
+    if key is None:
+        return None
+    existing = await turns_repo.find_by_idempotency_key(db, user_id=user_id, key=key)
+    return None if existing is None else StartedTurn(_check_same(existing, fingerprint), replayed=True)
 
 
 async def get_turn(db: AsyncSession, *, principal: Principal, session_id: str, turn_id: str) -> Turn:
