@@ -9,6 +9,7 @@ keys, and message bodies only at DEBUG.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -144,7 +145,25 @@ class ParleyJsonFormatter(JsonFormatter):
 
 
 class ParleyLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The one handler `configure_logging` installs (and replaces when called again)."""
+    """The one handler `configure_logging` installs (and replaces when called again).
+
+    An access line is formatted and written on the event loop's next turn, once the response head it reports
+    is on its way: uvicorn logs it just before writing the head, and a JSON line formatted and written there
+    was ~0.1 ms on every response's time to its first byte (on a stream, to its first token). The request id
+    is taken from the request's context at once; the lines keep their order."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if record.name == _ACCESS_LOGGER:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                if getattr(record, "request_id", None) is None:
+                    record.request_id = request_id_var.get()
+                loop.call_soon(super().handle, record)
+                return True
+        return super().handle(record)
 
 
 def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> logging.Handler:

@@ -31,6 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.db.driver import CompiledFor, DriverConnection
 from app.db.models import (
     TURN_IN_FLIGHT_STATUSES,
     TURN_OPEN_STATUSES,
@@ -195,6 +196,7 @@ def _start_turn_in_one_statement() -> Any:
 
 
 START_TURN_POSTGRES = _start_turn_in_one_statement()
+START_TURN_ON_DRIVER = CompiledFor(START_TURN_POSTGRES)
 
 
 def _start_parameters(turn: Turn, user_message: dict[str, Any]) -> dict[str, Any]:
@@ -323,17 +325,25 @@ def _start_plain_turn_in_one_statement() -> Any:
     )
 
 
-START_PLAIN_TURN_POSTGRES = _start_plain_turn_in_one_statement()
+START_PLAIN_TURN_ON_DRIVER = CompiledFor(_start_plain_turn_in_one_statement())
 
 
-async def start_plain_turn(connection: AsyncConnection, turn: Turn, *, user_message: dict[str, Any]) -> PlainStart:
+async def start_plain_turn(connection: DriverConnection, turn: Turn, *, user_message: dict[str, Any]) -> PlainStart:
     """`turn` (its `request` built for a plain session, `conversation` to be filled in) and its user message,
-    if its session is plain: see `_start_plain_turn_in_one_statement`. Postgres only."""
+    if its session is plain: see `_start_plain_turn_in_one_statement`. Postgres only, in autocommit."""
     parameters = _guarded_start_parameters(turn, user_message, session_key=turn.session_id)
-    row = (await connection.execute(START_PLAIN_TURN_POSTGRES, parameters)).first()
+    row = await connection.fetchrow(START_PLAIN_TURN_ON_DRIVER, parameters)
     if row is None:
         return PlainStart(session=None, started=False)
-    return PlainStart(session=SessionForTurn(*row[:5]), started=bool(row.started))
+    session = SessionForTurn(row["id"], row["conversation_id"], row["prompt"], row["model"], row["monthly_budget_usd"])
+    return PlainStart(session=session, started=bool(row["started"]))
+
+
+async def insert_started_turn_on_driver(
+    connection: DriverConnection, turn: Turn, *, user_message: dict[str, Any]
+) -> None:
+    """Postgres, in autocommit: `insert_started_turn`'s writes as its one statement."""
+    await connection.fetchrow(START_TURN_ON_DRIVER, _start_parameters(turn, user_message))
 
 
 async def insert_started_turn(connection: AsyncConnection, turn: Turn, *, user_message: dict[str, Any]) -> None:
@@ -460,7 +470,7 @@ async def remove_heartbeat(db: AsyncSession, *, runner_id: str) -> None:
 @functools.cache
 def _final_write_statement(
     turn_keys: tuple[str, ...], with_message: bool, ledger_keys: tuple[str, ...], ledger_rows: int, with_spend: bool
-) -> Any:
+) -> CompiledFor:
     """Postgres: a turn's whole final write as one statement of data-modifying CTEs (built once per shape).
 
     `finished` sets the turn's final state only if it is still in flight; the message, the session's cost and
@@ -541,11 +551,11 @@ def _final_write_statement(
             .cte("spend")
         )
         counts.append(select(func.count()).select_from(spend_cte).scalar_subquery())
-    return select(*counts)
+    return CompiledFor(select(*counts))
 
 
 async def write_final_postgres(
-    connection: AsyncConnection,
+    connection: DriverConnection,
     *,
     turn_id: str,
     session_id: str,
@@ -571,8 +581,9 @@ async def write_final_postgres(
         )
     for i, row in enumerate(ledger):
         parameters.update({f"ledger{i}_{key}": row[key] for key in ledger_keys})
-    counts = (await connection.execute(statement, parameters)).one()
-    return bool(counts[0])
+    counts = await connection.fetchrow(statement, parameters)
+    assert counts is not None
+    return bool(next(iter(counts.values())))
 
 
 async def add_session_cost(db: AsyncSession, *, session_id: str, cost: Decimal | None, at: dt.datetime) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.db.driver import CompiledFor, driver_connection
 from app.db.ids import new_id
 from app.db.models import ApiKey, User
 from app.repositories.pagination import Order, Page, paginate
@@ -55,13 +57,31 @@ async def create_api_key(db: AsyncSession, *, user_id: str, key_hash: str, prefi
     return key
 
 
-async def find_user_by_key_hash(db: AsyncSession, key_hash: str) -> User | None:
-    statement = (
-        select(User)
-        .join(ApiKey, ApiKey.user_id == User.id)
-        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-    )
-    return await db.scalar(statement)
+@dataclass(frozen=True, slots=True)
+class KeyOwner:
+    user_id: str
+    name: str
+
+
+# Every request with an API key not in the authentication cache runs it, before anything else.
+KEY_OWNER = (
+    select(User.id, User.name)
+    .join(ApiKey, ApiKey.user_id == User.id)
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+)
+KEY_OWNER_ON_DRIVER = CompiledFor(KEY_OWNER)
+
+
+async def find_key_owner(engine: AsyncEngine, key_hash: str) -> KeyOwner | None:
+    """Who holds the unrevoked API key with this hash: on Postgres one statement on the driver's connection,
+    elsewhere on a pooled connection (no ORM session or loaded `User` either way)."""
+    if engine.dialect.name == "postgresql":
+        async with driver_connection(engine) as driver:
+            row = await driver.fetchrow(KEY_OWNER_ON_DRIVER, {"key_hash": key_hash})
+        return None if row is None else KeyOwner(row["id"], row["name"])
+    async with engine.connect() as connection:
+        found = (await connection.execute(KEY_OWNER, {"key_hash": key_hash})).first()
+    return None if found is None else KeyOwner(found[0], found[1])
 
 
 async def list_api_keys(db: AsyncSession, *, user_id: str, limit: int, after: str | None, order: Order) -> Page[ApiKey]:

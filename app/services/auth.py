@@ -12,6 +12,7 @@ import jwt
 from cachetools import TTLCache
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.engine import engine_of
 from app.errors import AuthenticationFailed, PermissionDenied
 from app.repositories import users as users_repo
 from app.services.api_keys import hash_key, looks_like_api_key
@@ -77,12 +78,11 @@ class Authenticator:
         key_hash = hash_key(credential)
         if self._known is not None and (known := self._known.get(key_hash)) is not None:
             return known
-        # Its own short transaction: the request's database session stays untouched until needed.
-        async with self._sessionmaker() as db:
-            user = await users_repo.find_user_by_key_hash(db, key_hash)
-        if user is None:
+        # Its own statement: the request's database session stays untouched until needed.
+        owner = await users_repo.find_key_owner(engine_of(self._sessionmaker), key_hash)
+        if owner is None:
             raise AuthenticationFailed("Invalid API key.", code="invalid_api_key")
-        principal = Principal(user_id=user.id, name=user.name, via="api_key")
+        principal = Principal(user_id=owner.user_id, name=owner.name, via="api_key")
         if self._known is not None:
             self._known[key_hash] = principal
         return principal

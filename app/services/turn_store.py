@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
+from app.db.driver import driver_connection
 from app.db.engine import engine_of
 from app.db.ids import new_id
 from app.repositories import turns as turns_repo
@@ -208,8 +209,7 @@ class SqlTurnStore:
         engine = engine_of(self._sessionmaker)
         if engine.dialect.name == "postgresql":
             # One statement, atomic by itself: no BEGIN and COMMIT round trips around it, and no ORM session.
-            async with engine.connect() as connection:
-                await connection.execution_options(isolation_level="AUTOCOMMIT")
+            async with driver_connection(engine) as connection:
                 await turns_repo.write_final_postgres(
                     connection,
                     turn_id=plan["turn_id"],

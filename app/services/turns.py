@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
+from app.db.driver import DriverConnection, driver_connection
 from app.db.engine import engine_of
 from app.db.ids import new_id
 from app.db.models import Turn
@@ -188,8 +189,7 @@ async def start_turn(
         engine = engine_of(sessionmaker)
         if not limits_apply(settings) and engine.dialect.name == "postgresql":
             with contextlib.suppress(_NeedsTransaction):
-                async with engine.connect() as connection:
-                    await connection.execution_options(isolation_level="AUTOCOMMIT")
+                async with driver_connection(engine) as connection:
                     return await start.run_in_autocommit(connection)
         async with sessionmaker() as db, db.begin():
             return await start.run(db, lock_user=limits_apply(settings))
@@ -283,7 +283,7 @@ class _TurnStart:
             raise RuntimeError("the counted start inserted nothing, yet no limit is reached")
         raise error
 
-    async def run_in_autocommit(self, connection: AsyncConnection) -> StartedTurn:
+    async def run_in_autocommit(self, connection: DriverConnection) -> StartedTurn:
         """Each statement its own transaction, when no limit counts. A plain session (no prompt or model of its
         own, an owner without a budget) starts in one statement; another one in two, the second with the body
         built from the session the first read. Raises `_NeedsTransaction`, having written nothing, for an owner
@@ -301,7 +301,9 @@ class _TurnStart:
             return StartedTurn(turn, replayed=False)
         if plain.session.owner_budget_usd is not None:
             raise _NeedsTransaction
-        return await self._insert(connection, plain.session)
+        turn, user_message = self._new_turn(plain.session)
+        await turns_repo.insert_started_turn_on_driver(connection, turn, user_message=user_message)
+        return StartedTurn(turn, replayed=False)
 
     async def _session(self, db: AsyncSession, *, lock_user: bool) -> SessionForTurn:
         session = await sessions_repo.get_owned_session_for_turn(
