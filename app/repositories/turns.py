@@ -693,11 +693,11 @@ def _start_counted_turn_in_one_statement() -> Any:
     )
 
 
-START_COUNTED_TURN_POSTGRES = _start_counted_turn_in_one_statement()
+START_COUNTED_TURN_ON_DRIVER = CompiledFor(_start_counted_turn_in_one_statement())
 
 
 async def start_counted_turn(
-    connection: AsyncConnection,
+    connection: DriverConnection,
     turn: Turn,
     *,
     user_message: dict[str, Any],
@@ -708,7 +708,7 @@ async def start_counted_turn(
     budget: Decimal | None,
 ) -> CountedStart:
     """The owner's limit counts and, under the limits, `turn` with its user message: see
-    `_start_counted_turn_in_one_statement`. Postgres only; the owner's row locked first."""
+    `_start_counted_turn_in_one_statement`. Postgres only, in the transaction that locked the owner's row."""
     parameters = _guarded_start_parameters(
         turn,
         user_message,
@@ -718,8 +718,9 @@ async def start_counted_turn(
         max_recent=max_recent,
         budget=budget,
     )
-    row = (await connection.execute(START_COUNTED_TURN_POSTGRES, parameters)).one()
-    return CountedStart(counts=_limit_counts_of(row), started=bool(row.started))
+    row = await connection.fetchrow(START_COUNTED_TURN_ON_DRIVER, parameters)
+    assert row is not None
+    return CountedStart(counts=_limit_counts_of(list(row.values())), started=bool(row["started"]))
 
 
 def _as_utc(value: dt.datetime | str | None) -> dt.datetime | None:

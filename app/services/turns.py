@@ -20,7 +20,7 @@ from app.db.driver import DriverConnection, driver_connection
 from app.db.engine import engine_of
 from app.db.ids import new_id
 from app.db.models import Turn
-from app.errors import Conflict, NotFound, RateLimited, ValidationFailed
+from app.errors import Conflict, NotFound, PaymentRequired, RateLimited, ValidationFailed
 from app.repositories import sessions as sessions_repo
 from app.repositories import turns as turns_repo
 from app.repositories import users as users_repo
@@ -163,18 +163,17 @@ async def start_turn(
 ) -> StartedTurn:
     """Idempotency, limits, the turn row and the user message, before anything goes upstream.
 
-    It runs before the first token, so it is kept to a few statements written as Core (no unit of work): the
-    session with its owner (locked only when a limit needs counting), the counts in one query, and the inserts;
-    on Postgres the counts and the inserts are one statement, guarded by the limits (`_insert_counted`): BEGIN,
-    two statements, COMMIT. One turn in flight per session is the partial unique index's job; losing that race
-    (or a duplicate Idempotency-Key's) lands in `_after_conflict`.
+    It runs before the first token, so it is kept to a few statements written as Core (no unit of work). One
+    turn in flight per session is the partial unique index's job; losing that race (or a duplicate
+    Idempotency-Key's) lands in `_after_conflict`.
 
-    On Postgres with nothing to count, the start runs on a bare connection in autocommit (no BEGIN, no COMMIT,
-    no ORM session): one statement for a plain session, two for one with a prompt or model of its own (see
-    `run_in_autocommit`). The guarantees are the same: without a lock the transaction isolated nothing that the
-    insert's constraints do not check. An Idempotency-Key used before fails the insert and is replayed by
-    `_after_conflict`; an owner with a budget of their own, found only once read, sends the start the
-    transactional way.
+    On Postgres the statements run on the driver's connection (`app.db.driver`). With nothing to count they
+    run in autocommit: one statement for a plain session, two for one with a prompt or model of its own (see
+    `run_in_autocommit`); without a lock a transaction would isolate nothing that the insert's constraints do
+    not check. When a limit counts (the default), or the owner turns out to have a budget of their own: BEGIN,
+    the session read that locks its owner, one statement that counts and inserts guarded by the limits
+    (`run_counted`), COMMIT. A start the limits stop is answered afterwards (`_after_conflict`). On SQLite,
+    one transaction of several statements (`run`).
     """
     start = _TurnStart(
         settings=settings,
@@ -187,25 +186,43 @@ async def start_turn(
     )
     try:
         engine = engine_of(sessionmaker)
-        if not limits_apply(settings) and engine.dialect.name == "postgresql":
+        if engine.dialect.name != "postgresql":
+            async with sessionmaker() as db, db.begin():
+                return await start.run(db, lock_user=limits_apply(settings))
+        if not limits_apply(settings):
             with contextlib.suppress(_NeedsTransaction):
                 async with driver_connection(engine) as connection:
                     return await start.run_in_autocommit(connection)
-        async with sessionmaker() as db, db.begin():
-            return await start.run(db, lock_user=limits_apply(settings))
-    except IntegrityError:
-        # Lost a race: a concurrent duplicate of this request, or another turn of the session.
+        async with driver_connection(engine) as connection, connection.transaction():
+            return await start.run_counted(connection)
+    except (IntegrityError, _Refused) as refusal:
+        # Lost a race (a concurrent duplicate of this request, or another turn of the session), or a limit.
         return await _after_conflict(
             sessionmaker,
             principal=principal,
             session_id=session_id,
             key=idempotency_key,
             fingerprint=start.fingerprint,
+            limited=refusal.limited(settings, now=start.now) if isinstance(refusal, _Refused) else None,
         )
 
 
 class _NeedsTransaction(Exception):
     """The start has to count the owner's spend under a lock: nothing was written."""
+
+
+class _Refused(Exception):
+    """A counted start that a limit stopped: nothing was written."""
+
+    def __init__(self, counts: turns_repo.LimitCounts, budget: Decimal | None) -> None:
+        self.counts = counts
+        self.budget = budget
+
+    def limited(self, settings: Settings, *, now: dt.datetime) -> RateLimited | PaymentRequired:
+        error = limit_error(self.counts, settings=settings, budget=self.budget, now=now)
+        if error is None:
+            raise RuntimeError("the counted start inserted nothing, yet no limit is reached")
+        return error
 
 
 @dataclass(slots=True)
@@ -224,13 +241,9 @@ class _TurnStart:
         self.fingerprint = self.request.fingerprint(self.session_id)
 
     async def run(self, db: AsyncSession, *, lock_user: bool) -> StartedTurn:
-        """In a transaction: the session (its owner locked if `lock_user`), a replay, the limits, the inserts."""
+        """SQLite, in a transaction: the session, a replay, the limits, the inserts (SQLite writes one
+        transaction at a time, so nothing changes the counts meanwhile)."""
         session = await self._session(db, lock_user=lock_user)
-        budget = budget_of(session.owner_budget_usd, self.settings)
-        if (lock_user or budget is not None) and db.get_bind().dialect.name == "postgresql":
-            if not lock_user:  # a budget of the owner's own, found only now
-                await users_repo.lock_user(db, self.principal.user_id)
-            return await self._insert_counted(db, session, budget)
         replayed = await _replayed_start(
             db, user_id=self.principal.user_id, key=self.idempotency_key, fingerprint=self.fingerprint
         )
@@ -252,14 +265,21 @@ class _TurnStart:
             raise
         return await self._insert(await db.connection(), session)
 
-    async def _insert_counted(self, db: AsyncSession, session: SessionForTurn, budget: Decimal | None) -> StartedTurn:
-        """Postgres, the owner's row locked: count and insert in one statement. An Idempotency-Key used before,
-        or a busy session, fails the insert (`_after_conflict` answers); a statement stopped by a limit is
-        answered here, as the other way answers it: a replay first, then a busy session's 409, then the limit."""
-        turn, user_message = self._new_turn(session)
+    async def run_counted(self, connection: DriverConnection) -> StartedTurn:
+        """Postgres, in a transaction: the session with its owner's row locked, then the limit counts and the
+        inserts as one statement guarded by the limits (in a later statement than the lock, so its snapshot
+        sees every turn the owner's other starts committed, on any replica). Raises `_Refused` when a limit
+        stopped it; a used Idempotency-Key or a busy session fails the insert (IntegrityError)."""
+        session = await sessions_repo.lock_owner_of_session_for_turn(
+            connection, user_id=self.principal.user_id, session_id=self.session_id
+        )
+        if session is None:
+            raise self._not_found()
         settings = self.settings
+        budget = budget_of(session.owner_budget_usd, settings)
+        turn, user_message = self._new_turn(session)
         start = await turns_repo.start_counted_turn(
-            await db.connection(),
+            connection,
             turn,
             user_message=user_message,
             since=self.now - WINDOW,
@@ -268,20 +288,9 @@ class _TurnStart:
             max_recent=settings.rate_limit_turns_per_minute,
             budget=budget,
         )
-        if start.started:
-            return StartedTurn(turn, replayed=False)
-        replayed = await _replayed_start(
-            db, user_id=self.principal.user_id, key=self.idempotency_key, fingerprint=self.fingerprint
-        )
-        if replayed is not None:
-            return replayed
-        running = await turns_repo.find_open(db, session_id=self.session_id)
-        if running is not None:
-            raise _in_progress(running.id)
-        error = limit_error(start.counts, settings=settings, budget=budget, now=self.now)
-        if error is None:
-            raise RuntimeError("the counted start inserted nothing, yet no limit is reached")
-        raise error
+        if not start.started:
+            raise _Refused(start.counts, budget)
+        return StartedTurn(turn, replayed=False)
 
     async def run_in_autocommit(self, connection: DriverConnection) -> StartedTurn:
         """Each statement its own transaction, when no limit counts. A plain session (no prompt or model of its
@@ -385,7 +394,10 @@ async def _after_conflict(
     session_id: str,
     key: str | None,
     fingerprint: str,
+    limited: RateLimited | PaymentRequired | None = None,
 ) -> StartedTurn:
+    """Why a start wrote nothing, in this order: the turn an Idempotency-Key already started (a replay), a
+    busy session (409), then the limit that stopped it, if one did."""
     async with sessionmaker() as db, db.begin():
         session = await sessions_repo.get_owned_session(db, user_id=principal.user_id, session_id=session_id)
         if session is None:
@@ -394,6 +406,8 @@ async def _after_conflict(
         if replayed is not None:
             return replayed
         running = await turns_repo.find_open(db, session_id=session_id)
+        if running is None and limited is not None:
+            raise limited
         raise _in_progress(running.id if running else "unknown")
 
 
