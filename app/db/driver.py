@@ -16,6 +16,7 @@ handlers see no difference. No library runs a SQLAlchemy statement on a driver c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -28,6 +29,8 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.util import greenlet_spawn
 
 _Processor = Callable[[Any], Any] | None
+# Work of the caller's to run while a statement runs in the database (see `DriverConnection.fetchrow`).
+Meanwhile = Callable[[], None] | None
 
 
 class DriverStatement:
@@ -124,19 +127,31 @@ class DriverConnection:
         self._pooled = pooled
         self._dialect = dialect
 
-    async def fetchrow(self, statement: CompiledFor, parameters: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The statement's first row by column name (None when it returned none)."""
+    async def fetchrow(
+        self, statement: CompiledFor, parameters: Mapping[str, Any], *, meanwhile: Meanwhile = None
+    ) -> dict[str, Any] | None:
+        """The statement's first row by column name (None when it returned none). `meanwhile` runs once the
+        statement is on its way to the database, while it runs there, instead of before or after it."""
         compiled = statement.on(self._dialect)
         arguments = compiled.arguments(parameters)
         driver: Any = self._pooled.driver_connection
         try:
-            if compiled.results_resolved:
+            if meanwhile is not None and compiled.results_resolved:
+                sending = asyncio.ensure_future(driver.fetchrow(compiled.sql, *arguments))
+                try:
+                    await asyncio.sleep(0)  # the task's first step sends the statement, then waits for its answer
+                    meanwhile()
+                finally:
+                    record = await sending
+            elif compiled.results_resolved:
                 record = await driver.fetchrow(compiled.sql, *arguments)
             else:
                 # Once per statement and process: prepared on its own to learn the result types it reports.
                 prepared = await driver.prepare(compiled.sql)
                 compiled.resolve_results([attribute.type.oid for attribute in prepared.get_attributes()])
                 record = await prepared.fetchrow(*arguments)
+                if meanwhile is not None:
+                    meanwhile()
         except Exception as error:
             raise await self._as_sqlalchemy_error(error, compiled.sql, arguments) from error
         except BaseException:

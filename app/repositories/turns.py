@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.db.driver import CompiledFor, DriverConnection
+from app.db.driver import CompiledFor, DriverConnection, Meanwhile
 from app.db.models import (
     TURN_IN_FLIGHT_STATUSES,
     TURN_OPEN_STATUSES,
@@ -328,11 +328,13 @@ def _start_plain_turn_in_one_statement() -> Any:
 START_PLAIN_TURN_ON_DRIVER = CompiledFor(_start_plain_turn_in_one_statement())
 
 
-async def start_plain_turn(connection: DriverConnection, turn: Turn, *, user_message: dict[str, Any]) -> PlainStart:
+async def start_plain_turn(
+    connection: DriverConnection, turn: Turn, *, user_message: dict[str, Any], meanwhile: Meanwhile = None
+) -> PlainStart:
     """`turn` (its `request` built for a plain session, `conversation` to be filled in) and its user message,
     if its session is plain: see `_start_plain_turn_in_one_statement`. Postgres only, in autocommit."""
     parameters = _guarded_start_parameters(turn, user_message, session_key=turn.session_id)
-    row = await connection.fetchrow(START_PLAIN_TURN_ON_DRIVER, parameters)
+    row = await connection.fetchrow(START_PLAIN_TURN_ON_DRIVER, parameters, meanwhile=meanwhile)
     if row is None:
         return PlainStart(session=None, started=False)
     session = SessionForTurn(row["id"], row["conversation_id"], row["prompt"], row["model"], row["monthly_budget_usd"])
@@ -340,10 +342,10 @@ async def start_plain_turn(connection: DriverConnection, turn: Turn, *, user_mes
 
 
 async def insert_started_turn_on_driver(
-    connection: DriverConnection, turn: Turn, *, user_message: dict[str, Any]
+    connection: DriverConnection, turn: Turn, *, user_message: dict[str, Any], meanwhile: Meanwhile = None
 ) -> None:
     """Postgres, in autocommit: `insert_started_turn`'s writes as its one statement."""
-    await connection.fetchrow(START_TURN_ON_DRIVER, _start_parameters(turn, user_message))
+    await connection.fetchrow(START_TURN_ON_DRIVER, _start_parameters(turn, user_message), meanwhile=meanwhile)
 
 
 async def insert_started_turn(connection: AsyncConnection, turn: Turn, *, user_message: dict[str, Any]) -> None:
@@ -706,6 +708,7 @@ async def start_counted_turn(
     max_in_flight: int,
     max_recent: int,
     budget: Decimal | None,
+    meanwhile: Meanwhile = None,
 ) -> CountedStart:
     """The owner's limit counts and, under the limits, `turn` with its user message: see
     `_start_counted_turn_in_one_statement`. Postgres only, in the transaction that locked the owner's row."""
@@ -718,7 +721,7 @@ async def start_counted_turn(
         max_recent=max_recent,
         budget=budget,
     )
-    row = await connection.fetchrow(START_COUNTED_TURN_ON_DRIVER, parameters)
+    row = await connection.fetchrow(START_COUNTED_TURN_ON_DRIVER, parameters, meanwhile=meanwhile)
     assert row is not None
     return CountedStart(counts=_limit_counts_of(list(row.values())), started=bool(row["started"]))
 

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
-from app.db.driver import DriverConnection, driver_connection
+from app.db.driver import DriverConnection, Meanwhile, driver_connection
 from app.db.engine import engine_of
 from app.db.ids import new_id
 from app.db.models import Turn
@@ -160,6 +161,7 @@ async def start_turn(
     idempotency_key: str | None,
     runner_id: str,
     server_tools: list[dict[str, Any]] = [],  # noqa: B006 (read only)
+    while_writing: Callable[[Turn], None] | None = None,
 ) -> StartedTurn:
     """Idempotency, limits, the turn row and the user message, before anything goes upstream.
 
@@ -174,6 +176,10 @@ async def start_turn(
     the session read that locks its owner, one statement that counts and inserts guarded by the limits
     (`run_counted`), COMMIT. A start the limits stop is answered afterwards (`_after_conflict`). On SQLite,
     one transaction of several statements (`run`).
+
+    `while_writing` is the caller's own work for the new turn (what it sends before the first token), run on
+    Postgres while the statement that writes the turn runs in the database instead of after it: every turn
+    built is passed to it, also one that a conflict or a limit then keeps from starting.
     """
     start = _TurnStart(
         settings=settings,
@@ -183,6 +189,7 @@ async def start_turn(
         idempotency_key=idempotency_key,
         runner_id=runner_id,
         server_tools=server_tools,
+        while_writing=while_writing,
     )
     try:
         engine = engine_of(sessionmaker)
@@ -234,6 +241,7 @@ class _TurnStart:
     idempotency_key: str | None
     runner_id: str
     server_tools: list[dict[str, Any]]
+    while_writing: Callable[[Turn], None] | None = None
     fingerprint: str = field(init=False)
     now: dt.datetime = field(default_factory=utcnow)
 
@@ -287,6 +295,7 @@ class _TurnStart:
             max_in_flight=settings.rate_limit_concurrent_turns,
             max_recent=settings.rate_limit_turns_per_minute,
             budget=budget,
+            meanwhile=self._meanwhile(turn),
         )
         if not start.started:
             raise _Refused(start.counts, budget)
@@ -302,7 +311,9 @@ class _TurnStart:
             id=self.session_id, conversation_id="", prompt=None, model=None, owner_budget_usd=None
         )
         turn, user_message = self._new_turn(plain_session)
-        plain = await turns_repo.start_plain_turn(connection, turn, user_message=user_message)
+        plain = await turns_repo.start_plain_turn(
+            connection, turn, user_message=user_message, meanwhile=self._meanwhile(turn)
+        )
         if plain.session is None:
             raise self._not_found()
         if plain.started:
@@ -311,7 +322,9 @@ class _TurnStart:
         if plain.session.owner_budget_usd is not None:
             raise _NeedsTransaction
         turn, user_message = self._new_turn(plain.session)
-        await turns_repo.insert_started_turn_on_driver(connection, turn, user_message=user_message)
+        await turns_repo.insert_started_turn_on_driver(
+            connection, turn, user_message=user_message, meanwhile=self._meanwhile(turn)
+        )
         return StartedTurn(turn, replayed=False)
 
     async def _session(self, db: AsyncSession, *, lock_user: bool) -> SessionForTurn:
@@ -321,6 +334,10 @@ class _TurnStart:
         if session is None:
             raise self._not_found()
         return session
+
+    def _meanwhile(self, turn: Turn) -> Meanwhile:
+        while_writing = self.while_writing
+        return None if while_writing is None else lambda: while_writing(turn)
 
     def _not_found(self) -> NotFound:
         return NotFound(f"No session with id '{self.session_id}'.", code="session_not_found", param="session_id")

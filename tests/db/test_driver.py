@@ -122,3 +122,27 @@ async def test_a_dropped_connection_is_invalidated_and_the_next_checkout_works(e
     assert raised.value.connection_invalidated
     async with driver_connection(engine) as driver:
         assert await driver.fetchrow(SESSION_OF_USER, {"user_id": "usr_1"}) == {"id": "ses_1", "name": "ada"}
+
+
+async def test_work_meanwhile_runs_once_and_a_failure_in_it_still_lets_the_statement_land(engine: AsyncEngine) -> None:
+    calls: list[str] = []
+    async with driver_connection(engine) as driver:
+        # The statement's first run learns its result types first; the second runs `meanwhile` beside it.
+        row = await driver.fetchrow(
+            NEW_SESSION, _session("ses_1", "conv_1", None), meanwhile=lambda: calls.append("announced")
+        )
+
+        def broken() -> None:
+            raise RuntimeError("the caller's own work failed")
+
+        with pytest.raises(RuntimeError, match="own work"):
+            await driver.fetchrow(NEW_SESSION, _session("ses_2", "conv_2", None), meanwhile=broken)
+        # The connection is in a clean state: no transaction left open, the next statement runs.
+        both = await driver.fetchrow(SESSION_OF_USER, {"user_id": "usr_1"})
+    assert calls == ["announced"]
+    assert row is not None
+    assert row["id"] == "ses_1"
+    assert both is not None
+    async with engine.connect() as connection:
+        stored = (await connection.execute(text("SELECT id FROM sessions ORDER BY id"))).scalars().all()
+    assert stored == ["ses_1", "ses_2"]  # the statement the failed work ran beside was not lost

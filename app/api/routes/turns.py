@@ -106,6 +106,14 @@ async def send_message(
         tools=[tool.model_dump(exclude_none=True) for tool in body.tools or []],
     )
     started_at = time.monotonic()
+    # The turn's stream URL (a signed token) and its rendering for `turn.created`, made while the database
+    # writes the turn: they would otherwise add their time to the first token's.
+    announced: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def announce(turn: Turn) -> None:
+        stream_url = _stream_url(request, state, turn)
+        announced[turn.id] = (stream_url, turns_service.render_turn(turn, stream_url=stream_url))
+
     started = await turns_service.start_turn(
         state.sessionmaker,
         settings=settings,
@@ -115,17 +123,20 @@ async def send_message(
         idempotency_key=_idempotency_key(idempotency_key),
         runner_id=state.runner.id,
         server_tools=state.tools.definitions(),
+        while_writing=announce,
     )
     turn = started.turn
-    stream_url = _stream_url(request, state, turn)
     if started.replayed:
-        return await _replay(state, turn, stream=body.stream, stream_url=stream_url)
+        return await _replay(state, turn, stream=body.stream, stream_url=_stream_url(request, state, turn))
+    if turn.id not in announced:
+        announce(turn)
+    stream_url, created_turn = announced[turn.id]
     job = TurnJob(
         turn_id=turn.id,
         session_id=turn.session_id,
         user_id=turn.user_id,
         upstream_body=turn.request,
-        created_turn=turns_service.render_turn(turn, stream_url=stream_url),
+        created_turn=created_turn,
         stream_url=stream_url,
         started_at=started_at,
     )
