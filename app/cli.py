@@ -136,12 +136,14 @@ def _simulator(args: argparse.Namespace) -> int:
 
     settings = Settings()
     configure_logging(settings)
-    uvicorn.run(
-        create_simulator_app(prompts_path=settings.simulator_prompts_file),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-    )
+    app = create_simulator_app(prompts_path=settings.simulator_prompts_file)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None)
+    # As `parley serve` does: the simulator keeps every stored response and conversation, and each full
+    # collection walks them all (112 ms after 6,000 stored 300-token responses, measured), stalling every
+    # stream it is sending; with these thresholds full collections are rarer, and what it loaded to start is
+    # frozen out of them.
+    gc.set_threshold(*settings.gc_thresholds)
+    ParleyServer(config, app).run()
     return 0
 
 

@@ -1,0 +1,137 @@
+"""Phase timers inside a Parley process, for `python -m bench.ttft_phases` (a development probe, not the harness).
+
+Loaded by Python at start when this folder is on PYTHONPATH and PARLEY_PHASE_TIMERS names the file to write.
+Once `app.main` is imported, it wraps the functions on the path to a turn's first token and records
+(label, perf_counter) pairs, written as JSON at exit. It patches library and Parley internals by name: when
+one moves, its phase is missing from the table (the probe says so), nothing else breaks.
+
+Time is measured by function object, never by formatting a statement (`str(statement)` compiles it: an
+earlier probe that did so made the turn's start look 4 ms slower than it was).
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+_OUT = os.environ.get("PARLEY_PHASE_TIMERS")
+_marks: list[tuple[str, float]] = []
+_clock = time.perf_counter
+
+
+def _mark(label: str) -> None:
+    _marks.append((label, _clock()))
+
+
+def _dump() -> None:
+    if _OUT:
+        with open(_OUT, "w") as out:
+            json.dump(_marks, out)
+
+
+def _around_async(owner: Any, name: str, label: str) -> None:
+    target = getattr(owner, name)
+
+    @functools.wraps(target)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        _mark(f"{label}>")
+        try:
+            return await target(*args, **kwargs)
+        finally:
+            _mark(f"{label}<")
+
+    setattr(owner, name, timed)
+
+
+def _after_async(owner: Any, name: str, label: str) -> None:
+    target = getattr(owner, name)
+
+    @functools.wraps(target)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        result = await target(*args, **kwargs)
+        _mark(label)
+        return result
+
+    setattr(owner, name, timed)
+
+
+def _before(owner: Any, name: str, label: str) -> None:
+    target = getattr(owner, name)
+
+    @functools.wraps(target)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        _mark(label)
+        return target(*args, **kwargs)
+
+    setattr(owner, name, timed)
+
+
+def _before_async(owner: Any, name: str, label: str) -> None:
+    target = getattr(owner, name)
+
+    @functools.wraps(target)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        _mark(label)
+        return await target(*args, **kwargs)
+
+    setattr(owner, name, timed)
+
+
+def _install() -> None:
+    import aiohttp.client_reqrep as reqrep
+    from uvicorn.protocols.http import httptools_impl
+
+    import app.api.sse_response as sse_response
+    import app.db.driver as driver
+    import app.services.auth as auth
+    import app.services.turns as turns
+    import app.streaming.runner as runner
+    import app.upstream.sse as upstream_sse
+    from app.observability import request_id
+
+    steps: list[Callable[[], None]] = [
+        lambda: _before(httptools_impl.HttpToolsProtocol, "on_message_begin", "request_begins"),
+        lambda: _before(httptools_impl.HttpToolsProtocol, "on_message_complete", "request_read"),
+        lambda: _before_async(request_id.RequestIdMiddleware, "__call__", "middlewares"),
+        lambda: _around_async(auth.Authenticator, "authenticate", "authenticate"),
+        lambda: _around_async(turns, "start_turn", "start_turn"),
+        lambda: _around_async(driver.DriverConnection, "fetchrow", "statement"),
+        lambda: _before(runner.TurnRunner, "spawn", "spawn"),
+        lambda: _around_async(runner, "open_stream", "open_stream"),
+        lambda: _after_async(reqrep.ClientRequest, "send", "upstream_request_written"),
+        lambda: _after_async(reqrep.ClientResponse, "start", "upstream_headers"),
+        lambda: _before_async(sse_response.EventStreamResponse, "__call__", "response_starts"),
+        lambda: _before(upstream_sse.SSESplitter, "feed", "first_upstream_chunk"),
+    ]
+    for step in steps:
+        try:
+            step()
+        except AttributeError as error:
+            sys.stderr.write(f"phase timers: {error}\n")
+
+
+def _when_app_imported(original: Callable[..., Any]) -> Callable[..., Any]:
+    installed = False
+
+    def hook(*args: Any, **kwargs: Any) -> Any:
+        nonlocal installed
+        module = original(*args, **kwargs)
+        if not installed and hasattr(sys.modules.get("app.main"), "create_app"):
+            installed = True
+            builtins.__import__ = original
+            _install()
+        return module
+
+    return hook
+
+
+if _OUT:
+    atexit.register(_dump)
+    builtins.__import__ = _when_app_imported(builtins.__import__)

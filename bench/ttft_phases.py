@@ -1,0 +1,98 @@
+"""`python -m bench.ttft_phases [--rounds N] [--sessions N]`: where one stream's time to first token goes.
+
+A development probe beside the harness (not part of a run): the simulator and Parley on Postgres started as the
+harness starts them, Parley with phase timers (`bench/phase_timers/sitecustomize.py`), then rounds of 100
+sequential turns, each after a direct series of the same size (added TTFT as the harness computes it). Prints
+the median time between consecutive phases of a turn, inside the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from dataclasses import replace
+from itertools import pairwise
+from pathlib import Path
+
+from bench.plan import QUICK
+from bench.run import REPO, Harness, log
+
+PHASES = (
+    "request_begins",
+    "request_read",
+    "middlewares",
+    "authenticate>",
+    "authenticate<",
+    "start_turn>",
+    "statement>",
+    "statement<",
+    "start_turn<",
+    "spawn",
+    "open_stream>",
+    "upstream_request_written",
+    "upstream_headers",
+    "open_stream<",
+    "response_starts",
+    "first_upstream_chunk",
+)
+
+
+def phase_table(marks: list[tuple[str, float]]) -> list[tuple[str, int, float]]:
+    """(from → to, turns, median ms) for consecutive phases, a turn being the marks from one request_begins to
+    the next; each phase's first mark in the turn counts."""
+    turns: list[dict[str, float]] = []
+    for label, at in marks:
+        if label == "request_begins":
+            turns.append({})
+        if turns:
+            turns[-1].setdefault(label, at)
+    gaps: dict[str, list[float]] = {}
+    for turn in turns:
+        if "first_upstream_chunk" not in turn:
+            continue  # not a streamed turn (session setup, a warm-up that failed)
+        seen = [phase for phase in PHASES if phase in turn]
+        for before, after in pairwise(seen):
+            gaps.setdefault(f"{before} → {after}", []).append((turn[after] - turn[before]) * 1000)
+        gaps.setdefault("inside the server: request_begins → first_upstream_chunk", []).append(
+            (turn["first_upstream_chunk"] - turn["request_begins"]) * 1000
+        )
+    return [(name, len(values), statistics.median(values)) for name, values in gaps.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ttft_phases", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sessions", type=int, default=200, help="sessions to make (4 per user)")
+    args = parser.parse_args()
+    out = REPO / "bench" / "results" / f"phases-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True)
+    marks_path = out / "phases.json"
+    os.environ["PYTHONPATH"] = str(Path(__file__).parent / "phase_timers")
+    os.environ["PARLEY_PHASE_TIMERS"] = str(marks_path)
+    plan = replace(
+        QUICK, ttft_streams=100, memory_streams=args.sessions, paced_levels=(), capacity_levels=(), profile=False
+    )
+    harness = Harness(plan, out)
+    try:
+        harness.start_simulator()
+        target, _ = harness.parley()
+        harness.warmup(target)
+        for round_ in range(args.rounds):
+            result = harness.ttft_single(target)
+            parley, direct = result["ttft_ms"]["p50"], result["direct_just_before"]["ttft_ms"]["p50"]
+            log(f"round {round_ + 1}: TTFT p50 {parley:.2f} ms, direct {direct:.2f}, added {parley - direct:.2f}")
+    finally:
+        os.environ.pop("PYTHONPATH")  # the servers' environment only
+        harness.close()  # Parley exits and writes its marks
+    if not marks_path.exists():
+        log("no phase marks were written (was Parley stopped cleanly?)")
+        return
+    for name, count, median in phase_table(json.loads(marks_path.read_text())):
+        print(f"{median:7.3f} ms  {name}  ({count} turns)")
+
+
+if __name__ == "__main__":
+    main()
