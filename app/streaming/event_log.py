@@ -16,9 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
+from collections.abc import Generator
 from itertools import accumulate, chain, pairwise
 
 from app.streaming.sse import RETRY_MS, encode_frame
+
+# The longest the registry's sweep holds the event loop at a time (see `EventLogRegistry.expire_in_slices`).
+EXPIRY_SLICE_S = 0.002
 
 
 class EventLog:
@@ -171,23 +175,52 @@ class EventLogRegistry:
     def expire(self, now: float | None = None) -> int:
         """Drop the logs closed longer than the window ago and keep the other closed ones compact; returns
         how many were dropped."""
+        expiry = self._expiry(now)
+        while True:
+            try:
+                next(expiry)
+            except StopIteration as done:
+                return int(done.value)
+
+    async def expire_in_slices(self, *, slice_s: float = EXPIRY_SLICE_S, now: float | None = None) -> int:
+        """`expire`, giving the event loop back after every `slice_s` of work. Compacting costs what the logs
+        weigh (a closed 1,024-token log ~0.3 ms), and the sweep after a busy quarter of a minute finds
+        thousands: 2,000 such logs took 0.63 s in one go, a stall of every stream in the process."""
+        expiry = self._expiry(now)
+        clock = time.perf_counter
+        deadline = clock() + slice_s
+        while True:
+            try:
+                next(expiry)
+            except StopIteration as done:
+                return int(done.value)
+            if clock() >= deadline:
+                await asyncio.sleep(0)
+                deadline = clock() + slice_s
+
+    def _expiry(self, now: float | None) -> Generator[None, None, int]:
+        """The work of `expire`, one log at a time (a yield after each). Between two steps anything may
+        happen to the registry: a log reopened (its turn goes on) or created anew is left as it is now."""
         now = time.monotonic() if now is None else now
         closed = sorted(
             (log for log in self._logs.values() if log.closed_at is not None), key=lambda log: log.closed_at or 0.0
         )
-        for log in closed:
-            del self._logs[log.turn_id]
         # A restored log that was only read goes back at the end with its first closing time: it may stay up
         # to one window longer than its own, and never holds newer ones back.
         for log in closed:
+            if log.closed_at is None or self._logs.get(log.turn_id) is not log:
+                continue
+            del self._logs[log.turn_id]
             self._kept[log.turn_id] = log.kept()
+            yield
         expired = []
         for turn_id, kept in self._kept.items():
             if now - kept[1] <= self.retention_s:
                 break
             expired.append(turn_id)
         for turn_id in expired:
-            del self._kept[turn_id]
+            self._kept.pop(turn_id, None)
+            yield
         return len(expired)
 
     def __len__(self) -> int:

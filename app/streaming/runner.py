@@ -239,7 +239,7 @@ class TurnRunner:
                 self.cancel(turn_id)
 
     async def _sweep(self) -> None:
-        self.logs.expire()
+        await self.logs.expire_in_slices()
         # Final writes spooled while the database was down go in before any orphan is looked at.
         await self.store.replay_spool()
         stale_before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.config.orphan_after_s)

@@ -4,6 +4,7 @@ collector nothing to walk (its full collections pause every open stream)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
 from app.streaming.event_log import EventLog, EventLogRegistry
@@ -96,3 +97,38 @@ def test_kept_logs_leave_after_the_window_and_not_before() -> None:
     assert logs.expire(now=new.closed_at + 10.1) == 1
     assert logs.get("turn_new") is None
     assert len(logs) == 0
+
+
+async def test_the_sweep_gives_the_event_loop_back_while_it_compacts_and_leaves_a_reopened_log_alone() -> None:
+    """Compacting costs what the logs weigh; thousands at once were a stall of every stream in the process.
+    Between slices other work runs, and a turn that goes on meanwhile keeps its live log."""
+    logs = EventLogRegistry(retention_s=60)
+    for index in range(300):
+        log = logs.create(f"turn_{index}")
+        _fill(log, 20)
+        log.close()
+    expected = _read_all(log, 0)
+    going_on = logs.get("turn_299")
+    assert going_on is not None
+    ticks = 0
+
+    async def other_streams() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            if ticks == 2:
+                going_on.reopen()  # its tool outputs arrived while the sweep was under way
+            await asyncio.sleep(0)
+
+    beside = asyncio.create_task(other_streams())
+    try:
+        assert await logs.expire_in_slices(slice_s=0.0) == 0
+    finally:
+        beside.cancel()
+    assert ticks > 100  # one slice per log here: the other task ran between them
+    assert logs.get("turn_299") is going_on  # live, not compacted under the turn that goes on
+    assert going_on.append("response.output_text.delta", b"{}") == 21
+    restored = logs.get("turn_0")
+    assert restored is not None
+    assert restored.closed
+    assert _read_all(restored, 0) == expected
