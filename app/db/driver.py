@@ -184,10 +184,11 @@ class DriverConnection:
     async def _as_sqlalchemy_error(self, error: Exception, sql: str, arguments: list[Any]) -> Exception:
         """`error` as `Connection.execute` would raise it, the connection invalidated if it broke."""
         adapted: Any = self._pooled.dbapi_connection
-        try:
-            adapted._handle_exception(error)  # raises the DBAPI-level error SQLAlchemy's adapter maps it to
-        except Exception as translated:
-            error = translated
+        if adapted is not None:
+            try:
+                adapted._handle_exception(error)  # raises the DBAPI-level error SQLAlchemy's adapter maps it to
+            except Exception as translated:
+                error = translated
         dialect = self._dialect
         dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
         invalidated = isinstance(error, dbapi_error) and dialect.is_disconnect(error, adapted, None)  # type: ignore[arg-type]
