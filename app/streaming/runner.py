@@ -419,19 +419,25 @@ class TurnRunner:
     async def _pump(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> None:
         log, job = handle.log, handle.job
         splitter = SSESplitter()
-        append, observe = log.append, state.observe
+        feed, append, observe = splitter.feed, log.append, state.observe
+
+        def relay(chunk: bytes) -> None:
+            # Called from the upstream connection's data callback, as the bytes arrive (`deliver`).
+            if handle.cancel_reason is not None:
+                return  # interrupted: the pump's cancellation is on its way, and nothing more goes in the log
+            for name, data in feed(chunk):
+                append(name, data)
+                try:
+                    new_response = observe(name, data)
+                except (ValueError, TypeError, AttributeError):
+                    logger.warning("upstream.unparseable_event", extra={"turn_id": job.turn_id, "event": name})
+                    continue
+                if new_response is not None:
+                    # Stored now, not at the end, yet without holding up the relay.
+                    self._side_task(handle, self.store.store_response_ids(job.turn_id, list(state.response_ids)))
+
         try:
-            async for chunk in stream.chunks():
-                for name, data in splitter.feed(chunk):
-                    append(name, data)
-                    try:
-                        new_response = observe(name, data)
-                    except (ValueError, TypeError, AttributeError):
-                        logger.warning("upstream.unparseable_event", extra={"turn_id": job.turn_id, "event": name})
-                        continue
-                    if new_response is not None:
-                        # Stored now, not at the end, yet without holding up the relay.
-                        self._side_task(handle, self.store.store_response_ids(job.turn_id, list(state.response_ids)))
+            await stream.deliver(relay)
         except STREAM_READ_ERRORS as error:
             raise (_Stalled() if timed_out(error) else _Cut()) from error
         if state.terminal_event is None and state.error_event is None:

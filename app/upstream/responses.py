@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from openai._response import AsyncAPIResponse
 
 from app.errors import Conflict, InvalidRequest, ParleyError, RateLimited, UpstreamError, UpstreamTimeout
 from app.upstream.errors import provably_not_started, timed_out, transport_error
+from app.upstream.pushed_body import Sink, can_push, push_body
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,12 @@ class UpstreamStream:
     Keeps the HTTP response only, not the SDK's wrapper around it: the wrapper holds the request's options
     (a deep copy of the body, headers), which an open stream would carry for its whole length.
 
-    An unencoded body (every one OpenAI sends) is read from aiohttp's body stream itself, beneath the SDK's
-    transport: a token then costs one aiohttp read, not that read under three async generators (httpx2's
-    `aiter_raw` and `BoundAsyncStream`, the transport's `AiohttpResponseStream` with its error mapping), a
-    chunker and two context managers. The errors the runner sees are the same ones: aiohttp's, which
-    STREAM_READ_ERRORS holds as they are."""
+    An unencoded body (every one OpenAI sends) is taken from aiohttp's body stream itself, beneath the SDK's
+    transport, and pushed from aiohttp's data callback (`app/upstream/pushed_body.py`): a token then costs
+    no read at all, where it cost a read under three async generators (httpx2's `aiter_raw` and
+    `BoundAsyncStream`, the transport's `AiohttpResponseStream` with its error mapping), a chunker and two
+    context managers, and then one aiohttp read. The errors the runner sees are the same ones: aiohttp's,
+    which STREAM_READ_ERRORS holds as they are."""
 
     __slots__ = (
         "_aiohttp_response",
@@ -71,15 +73,34 @@ class UpstreamStream:
     def headers(self) -> Mapping[str, str]:
         return self._http_response.headers
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        if self._content is not None:
-            return self._plain_chunks(self._content)
+    async def deliver(self, sink: Sink) -> None:
+        """Hand the body's bytes to `sink` as they arrive, until the body ends; raises the read's failure (a
+        stall past the read timeout, the connection lost) or what `sink` raised. An unencoded body is pushed
+        from aiohttp's data callback (`push_body`); `sink` must not block."""
+        content = self._content
+        if content is not None and can_push(content):
+            loop = asyncio.get_running_loop()
+            time = loop.time
+            self._take_over_stall_timer(loop)
+
+            def received(chunk: bytes) -> None:
+                self._last_read = time()
+                sink(chunk)
+
+            try:
+                await push_body(content, received)
+            finally:
+                self._stop_stall_timer()
+            return
         http_response = self._http_response
         # The transport hands over the bytes as they came off the wire (aiohttp's decompression is off): only
-        # an encoded body needs httpx2's decoders, and a plain one skips their layer on every read.
+        # an encoded body needs httpx2's decoders.
         if http_response.headers.get("content-encoding", "identity") == "identity":
-            return http_response.aiter_raw()
-        return http_response.aiter_bytes()
+            chunks = http_response.aiter_raw()
+        else:
+            chunks = http_response.aiter_bytes()
+        async for chunk in chunks:
+            sink(chunk)
 
     async def aclose(self) -> None:
         self._stop_stall_timer()
@@ -106,18 +127,6 @@ class UpstreamStream:
                 return aiohttp_response
             stream = getattr(stream, "_stream", None)
         return None
-
-    async def _plain_chunks(self, content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        time = loop.time
-        self._take_over_stall_timer(loop)
-        readany = content.readany
-        try:
-            while chunk := await readany():
-                self._last_read = time()
-                yield chunk
-        finally:
-            self._stop_stall_timer()
 
     def _take_over_stall_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         """The stall bound (the policy's read timeout, aiohttp's `sock_read`) kept by one timer of this

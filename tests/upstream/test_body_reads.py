@@ -1,4 +1,4 @@
-"""Reading a streamed upstream body as the runner does (`open_stream`, `chunks()`, `aclose()`) from a real
+"""Reading a streamed upstream body as the runner does (`open_stream`, `deliver()`, `aclose()`) from a real
 server on loopback: the bytes as sent, the stall bound (a silence longer than the read timeout fails the
 read as a timeout; a slow but steady stream does not), and the connection afterwards (back in the pool when
 the body was read to the end, closed when the turn left it half read)."""
@@ -79,8 +79,7 @@ async def _read(stream: UpstreamStream, arrivals: list[tuple[float, bytes]] | No
     """The body, as the runner reads it; `arrivals` gets each chunk with when it came, even if a read fails."""
     arrivals = [] if arrivals is None else arrivals
     try:
-        async for chunk in stream.chunks():
-            arrivals.append((time.monotonic(), chunk))
+        await stream.deliver(lambda chunk: arrivals.append((time.monotonic(), chunk)))
     finally:
         await stream.aclose()
     return b"".join(chunk for _, chunk in arrivals)
@@ -130,8 +129,7 @@ async def test_a_stream_cancelled_half_read_closes_its_connection(
     first = asyncio.Event()
 
     async def pump() -> None:
-        async for _ in stream.chunks():
-            first.set()
+        await stream.deliver(lambda _chunk: first.set())
 
     # As the runner cancels a turn: the reading task is cancelled while it waits for the next bytes, then
     # the stream is closed.
@@ -146,3 +144,43 @@ async def test_a_stream_cancelled_half_read_closes_its_connection(
     assert await _read(await open_stream(client, BODY, POLICY)) == b"".join(_frame(n) for n in range(3))
     # Not back in the pool with the rest of the first body still on it: the next stream had a new connection.
     assert app.ports[1] != app.ports[0]
+
+
+async def test_bytes_that_came_before_the_reading_began_are_delivered_first_and_in_order(
+    upstream: tuple[Upstream, str], client: openai.AsyncOpenAI
+) -> None:
+    app, _ = upstream
+    app.frames, app.gap_s = 4, 0.0
+    stream = await open_stream(client, BODY, POLICY)
+    await asyncio.sleep(0.3)  # the whole body is in by now, waiting in aiohttp's buffer
+    assert await _read(stream) == b"".join(_frame(n) for n in range(4))
+
+    app.frames, app.gap_s = 6, 0.05
+    stream = await open_stream(client, BODY, POLICY)
+    await asyncio.sleep(0.12)  # some of it in, the rest pushed as it comes
+    assert await _read(stream) == b"".join(_frame(n) for n in range(6))
+
+
+async def test_an_error_in_the_reader_ends_the_body_with_that_error_and_closes_the_connection(
+    upstream: tuple[Upstream, str], client: openai.AsyncOpenAI
+) -> None:
+    app, _ = upstream
+    app.frames, app.gap_s = 5, 0.05
+    stream = await open_stream(client, BODY, POLICY)
+    seen: list[bytes] = []
+
+    def sink(chunk: bytes) -> None:
+        seen.append(chunk)
+        if len(seen) == 2:
+            raise ValueError("the reader failed")
+
+    try:
+        with pytest.raises(ValueError, match="the reader failed"):
+            await asyncio.wait_for(stream.deliver(sink), 5)
+    finally:
+        await stream.aclose()
+    assert len(seen) == 2  # nothing handed over after the failure
+
+    app.frames, app.gap_s = 3, 0.0
+    assert await _read(await open_stream(client, BODY, POLICY)) == b"".join(_frame(n) for n in range(3))
+    assert app.ports[1] != app.ports[0]  # the half-read connection was not put back in the pool
