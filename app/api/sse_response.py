@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
+from types import CoroutineType
+from typing import Any, Protocol
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -28,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from app.api.middleware import SERVER_SEND
 from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.streaming.event_log import LogReader
+from app.streaming.event_log import LogReader, Waiter
 from app.streaming.sse import PING
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class FrameSource(Protocol):
     @property
     def finished(self) -> bool: ...
 
-    def wait(self, waiter: asyncio.Future[None]) -> None: ...
+    def wait(self, waiter: Waiter) -> None: ...
 
     def close(self) -> None: ...
 
@@ -67,7 +68,7 @@ class IteratorFrames:
         self._iterator = iterator
         self._chunks: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: Waiter | None = None
 
     async def _run(self) -> None:
         try:
@@ -101,7 +102,7 @@ class IteratorFrames:
         task.result()  # the iterator's error, if it failed, ends the response with it
         return True
 
-    def wait(self, waiter: asyncio.Future[None]) -> None:
+    def wait(self, waiter: Waiter) -> None:
         self._waiter = waiter
 
     def close(self) -> None:
@@ -135,6 +136,11 @@ class EventStreamResponse(Response):
         # While the stream's task is suspended: the future it waits on for frames, or None when it is in
         # a send, which began at `_send_started` (loop time).
         self._waiter: asyncio.Future[None] | None = None
+        # What the stream registers with its frames while it waits (see `_Parked`), and the body's `send`.
+        self._parked = _Parked(self)
+        self._send: Send | None = None
+        # A send begun from `_send_now` that could not finish at once, for the task to finish (or its error).
+        self._held: Awaitable[None] | None = None
         self._send_started = 0.0
         self._next_ping = 0.0
         self._ping_due = False
@@ -178,6 +184,9 @@ class EventStreamResponse(Response):
                     logger.warning("sse.slow_client_cut", extra={"send_timeout_s": self._send_timeout})
         finally:
             self._over = True
+            held, self._held = self._held, None
+            if held is not None:
+                _discard(held)
             if self._timer is not None:
                 self._timer.cancel()
             if listener is not None:
@@ -191,9 +200,15 @@ class EventStreamResponse(Response):
 
     async def _pump(self, send: Send, loop: asyncio.AbstractEventLoop) -> None:
         frames = self._frames
+        parked = self._parked
         time = loop.time
         create_future = loop.create_future
+        self._send = send
         while True:
+            held = self._held
+            if held is not None:
+                self._held = None
+                await held  # `_send_started` was set when it began
             if self._ping_due:
                 self._ping_due = False
                 self._send_started = time()
@@ -206,12 +221,42 @@ class EventStreamResponse(Response):
                 break
             else:
                 waiter = create_future()
-                frames.wait(waiter)
+                parked.future = waiter
+                frames.wait(parked)
                 self._waiter = waiter
                 await waiter
                 self._waiter = None
         self._send_started = time()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _send_now(self) -> bool:
+        """New frames while the stream's task waits: send them from here, in the caller's callback (the
+        upstream's data, the log's append), instead of waking the task to send them, a task step per event
+        saved. True when sent and waiting again; False when the task has to act: the stream's end, a ping
+        due, a send that could not finish at once (the client's buffers are full: it goes on in the task,
+        which the slow-client cut then watches), or an error, which the task raises. Never raises: an error
+        here would land in the upstream's relay."""
+        if self._over or self._cut_reason is not None or self._ping_due or self._send is None:
+            return False
+        try:
+            chunk = self._frames.take()
+            if chunk is None:
+                return False  # the end, or nothing new: the task looks
+            self._send_started = self._loop.time() if self._loop is not None else 0.0
+            sending = self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if type(sending) is not CoroutineType:
+                self._held = sending  # not a coroutine (no server's send is one of these): the task awaits it
+                return False
+            # Driven by hand, as a task would drive it: with room in the socket's buffers it returns at once.
+            try:
+                blocked_on = sending.send(None)
+            except StopIteration:
+                self._frames.wait(self._parked)
+                return True
+            self._held = _Resumed(sending, blocked_on)
+        except Exception as error:
+            self._held = _raise(error)
+        return False
 
     def _tick(self) -> None:
         """The stream's one timer: a ping when one is due, and the cut-off for a send that does not end."""
@@ -247,6 +292,69 @@ class EventStreamResponse(Response):
             return
         self._cut_reason = reason
         self._task.cancel()
+
+
+class _Parked:
+    """What a waiting stream registers with its frames: new frames are sent at once (`_send_now`) where the
+    connection takes them, and wake the stream's task (`future`) otherwise. Done once that future is: a
+    woken task is on its way and sends what there is itself."""
+
+    __slots__ = ("future", "response")
+
+    def __init__(self, response: EventStreamResponse) -> None:
+        self.response = response
+        self.future: asyncio.Future[None] | None = None
+
+    def done(self) -> bool:
+        future = self.future
+        return future is None or future.done()
+
+    def set_result(self, result: None, /) -> None:
+        if not self.response._send_now():
+            future = self.future
+            if future is not None and not future.done():
+                future.set_result(None)
+
+
+class _Resumed:
+    """A coroutine that was stepped by hand and suspended on `blocked_on`, awaitable from where it stopped.
+    Hand-written because asyncio can only start a coroutine, not take over one already running; this is
+    what `yield from` does, with the first value already yielded."""
+
+    __slots__ = ("_blocked_on", "_coroutine")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], blocked_on: Any) -> None:
+        self._coroutine = coroutine
+        self._blocked_on = blocked_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, value = self._coroutine, self._blocked_on
+        while True:
+            try:
+                sent = yield value
+            except BaseException as error:
+                try:
+                    value = coroutine.throw(error)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = coroutine.send(sent)
+                except StopIteration:
+                    return
+
+    def close(self) -> None:
+        self._coroutine.close()
+
+
+async def _raise(error: Exception) -> None:
+    raise error
+
+
+def _discard(held: Awaitable[None]) -> None:
+    """A send the stream ended before finishing: closed, not left for the collector to warn about."""
+    if isinstance(held, CoroutineType | _Resumed):
+        held.close()
 
 
 def event_stream_response(

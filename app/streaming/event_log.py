@@ -18,11 +18,21 @@ import time
 from array import array
 from collections.abc import Generator
 from itertools import accumulate, chain, pairwise
+from typing import Protocol
 
 from app.streaming.sse import RETRY_MS, encode_frame
 
 # The longest the registry's sweep holds the event loop at a time (see `EventLogRegistry.expire_in_slices`).
 EXPIRY_SLICE_S = 0.002
+
+
+class Waiter(Protocol):
+    """What a reader waits on for the next frame: resolved by the next append or the close. A future, or an
+    object that acts on the new frames right away (the SSE response's `_Parked`)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: None, /) -> None: ...
 
 
 class EventLog:
@@ -34,8 +44,8 @@ class EventLog:
         # `turn.requires_action` in another process, or after its first log expired).
         self.base = base
         self._frames: list[bytes] = []
-        # Futures of the readers waiting for the next frame; resolved and dropped by the next append.
-        self._waiters: list[asyncio.Future[None]] = []
+        # The readers waiting for the next frame; resolved and dropped by the next append.
+        self._waiters: list[Waiter] = []
         self.closed_at: float | None = None
 
     def __len__(self) -> int:
@@ -66,12 +76,13 @@ class EventLog:
         self.closed_at = None
 
     def _wake(self) -> None:
-        # No per-event cost with nobody behind: readers register a future only when they have caught up.
+        # No per-event cost with nobody behind: readers register a waiter only when they have caught up. A
+        # fresh list first: a waiter acting on the frame at once registers again for the next one.
         waiters = self._waiters
+        self._waiters = []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        waiters.clear()
 
     def reader(self, after: int = 0) -> LogReader:
         """A place in this log just after event id `after`, for a consumer that does its own waiting."""
@@ -110,7 +121,7 @@ class LogReader:
     def __init__(self, log: EventLog, after: int) -> None:
         self._log = log
         self._position = max(after - log.base, 0)
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: Waiter | None = None
 
     def take(self) -> bytes | None:
         """Every frame not taken yet as one chunk (the stored bytes themselves when there is one), or None."""
@@ -127,7 +138,7 @@ class LogReader:
         """Everything taken and the log closed: the stream is over."""
         return self._log.closed_at is not None and self._position >= len(self._log._frames)
 
-    def wait(self, waiter: asyncio.Future[None]) -> None:
+    def wait(self, waiter: Waiter) -> None:
         """Resolve `waiter` at the next append or close (unless something else resolved it first)."""
         self.close()
         self._waiter = waiter

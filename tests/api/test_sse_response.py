@@ -40,10 +40,16 @@ class Client:
         self.gone = asyncio.Event()
         self.bodies_changed = asyncio.Event()
         self.stalled = False  # a client that stopped reading: sends wait for buffers that never drain
+        self.reading = asyncio.Event()  # a client slow for a while: sends wait until it reads again
+        self.reading.set()
+        self.fails_with: Exception | None = None
 
     async def send(self, message: Message) -> None:
         if self.stalled:
             await asyncio.Event().wait()
+        await self.reading.wait()
+        if self.fails_with is not None:
+            raise self.fails_with
         self.messages.append(message)
         self.bodies_changed.set()
 
@@ -213,3 +219,42 @@ async def test_a_request_cancelled_mid_stream_sends_nothing_more() -> None:
     assert len(client.messages) == sent
     assert not log._waiters
     assert metrics.registry.get_sample_value("parley_open_streams") == 0
+
+
+async def test_a_live_frame_goes_out_from_the_append_itself_and_a_slow_client_gets_every_frame_once() -> None:
+    log, client = EventLog("turn_1"), Client()
+    running = asyncio.create_task(
+        _run(event_stream_response(log.reader(0), _settings(ping_s=15.0), Metrics(process=False)), client)
+    )
+    log.append("turn.created", b"{}")
+    await client.until(lambda bodies: bodies)
+    await asyncio.sleep(0.01)  # the stream waits for the next frame
+    log.append("response.output_text.delta", b'{"delta":"a"}')
+    assert client.bodies[-1] == log._frames[-1]  # sent before the appending code went on
+
+    client.reading.clear()  # the client's buffers are full for a while
+    for n in range(5):
+        log.append("response.output_text.delta", b'{"delta":"%d"}' % n)
+    await asyncio.sleep(0.05)
+    client.reading.set()
+    log.append("turn.completed", b"{}")
+    log.close()
+    await running
+    assert b"".join(client.bodies) == b"".join(log._frames)  # in order, none lost, none twice
+    assert client.completed
+
+
+async def test_a_failed_send_of_a_live_frame_ends_the_stream_not_the_turn() -> None:
+    log, client = EventLog("turn_1"), Client()
+    running = asyncio.create_task(
+        _run(event_stream_response(log.reader(0), _settings(ping_s=15.0), Metrics(process=False)), client)
+    )
+    log.append("turn.created", b"{}")
+    await client.until(lambda bodies: bodies)
+    await asyncio.sleep(0.01)
+    client.fails_with = ConnectionResetError("the connection broke")
+    log.append("response.output_text.delta", b"{}")  # the turn's append goes on as if nothing happened
+    with pytest.raises(ConnectionResetError):
+        await running
+    assert not log._waiters
+    log.append("turn.completed", b"{}")
