@@ -40,9 +40,9 @@ class _PushedBody(aiohttp.StreamReader):
         return False
 
     def end_http_chunk_receiving(self) -> None:
-        # The chunk boundaries serve `readchunk()` alone, and left unread they would pause the socket.
-        if id(self) not in _SINKS:
-            super().end_http_chunk_receiving()
+        # Not recorded: the chunk boundaries serve `readchunk()` alone, which no one calls on a body being
+        # pushed, and left unread they would pause the socket.
+        return
 
 
 def can_push(body: object) -> bool:
