@@ -57,9 +57,7 @@ async def push_body(body: aiohttp.StreamReader, sink: Sink) -> None:
 
     `sink` runs inside aiohttp's data callback: it must not block, and an error it raises ends the body."""
     assert can_push(body)
-    buffered = body.read_nowait(-1)  # what came with the head, or before this; raises a failure already set
-    if buffered:
-        sink(buffered)
+    _hand_over_buffered(body, sink)
     if body.is_eof():
         return
     key = id(body)
@@ -70,3 +68,12 @@ async def push_body(body: aiohttp.StreamReader, sink: Sink) -> None:
     finally:
         _SINKS.pop(key, None)
         body.__class__ = aiohttp.StreamReader
+
+
+def _hand_over_buffered(body: aiohttp.StreamReader, sink: Sink) -> None:
+    """What came with the head, or before the push began (raises a failure already set). A function of its
+    own so that those bytes go with its frame, not with `push_body`'s, which lasts as long as the stream (a
+    few KiB per open stream: the upstream's first events)."""
+    buffered = body.read_nowait(-1)
+    if buffered:
+        sink(buffered)
