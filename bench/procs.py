@@ -120,6 +120,27 @@ def machine_jiffies() -> tuple[int, int]:
     return busy, busy + idle + iowait
 
 
+def core_jiffies(cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) clock ticks of the cores in `cpus` since boot, from /proc/stat's per-core lines."""
+    busy = total = 0
+    for line in Path("/proc/stat").read_text().splitlines()[1:]:
+        name, *values = line.split()
+        if not name.startswith("cpu"):
+            break
+        if int(name[3:]) in cpus:
+            user, nice, system, idle, iowait, irq, softirq, steal = ([int(v) for v in values] + [0] * 8)[:8]
+            core_busy = user + nice + system + irq + softirq + steal
+            busy += core_busy
+            total += core_busy + idle + iowait
+    return busy, total
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the ticks between two `core_jiffies` readings that were busy."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
     total = after[1] - before[1]
     return (after[0] - before[0]) / total * (os.cpu_count() or 1) if total > 0 else 0.0

@@ -151,6 +151,7 @@ def paced_verdict(
         "delivered": share,
         "errors": result["errors"],
         "server_cpu_share": result["cpu"]["server_share"],
+        "server_core_busy": result["cpu"].get("server_core_busy"),
         "floor_delay_p99_ms": floor["delay_ms"].get("p99"),
         "floor_delivered": floor_share,
         "rig_limited": rig_limited,
@@ -426,14 +427,17 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     add(
         "Milliseconds. TTFT from opening the connection to the first `response.output_text.delta`; gap = time "
         "between consecutive deltas of a stream; delay = lateness behind the stream's own token schedule "
-        "(see bench/stats.py). “added” = this peer's percentile minus direct's at the same level."
+        "(see bench/stats.py). “added” = this peer's percentile minus direct's at the same level. Server CPU is "
+        "the server process's own share of its core; server core busy is everything that ran on that core (the "
+        "kernel's socket work for it, Postgres's backends): near 1.0 the server is short of CPU."
     )
     add("")
     add(
         "| streams | peer | ok / started | TTFT p50 | TTFT p99 | gap p50 | gap p99 | delay p50 | delay p99 "
-        "| +TTFT p99 | +gap p99 | +delay p99 | server CPU | server µs/event | driver core | other load |"
+        "| +TTFT p99 | +gap p99 | +delay p99 | server CPU | server core busy | server µs/event | driver core "
+        "| other load |"
     )
-    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for level in paced_levels(results):
         for peer in peers:
             result = _scenario(results, peer, f"paced_{level}")
@@ -453,6 +457,7 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
                 _fmt(_added(results, peer, f"paced_{level}", "gap_ms", "p99")),
                 _fmt(_added(results, peer, f"paced_{level}", "delay_ms", "p99")),
                 _fmt(result["cpu"].get("server_share"), 2),
+                _fmt(result["cpu"].get("server_core_busy"), 2),
                 _fmt(result["cpu"].get("server_us_per_event"), 0),
                 _fmt(result["cpu"].get("driver_core_share"), 2),
                 _fmt(result["cpu"].get("foreign_cores"), 2),
@@ -467,16 +472,17 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
             add(f"Capacity: {capacity['streams']} streams; the ladder stopped at {limit['streams']}: {limit['why']}.")
             add("")
         add(
-            "| streams | pass | +gap p99 | +delay p99 | events delivered | errors | Parley CPU "
+            "| streams | pass | +gap p99 | +delay p99 | events delivered | errors | Parley CPU | its core busy "
             "| direct delay p99 | direct delivered | rig-limited |"
         )
-        add("|---|---|---|---|---|---|---|---|---|---|")
+        add("|---|---|---|---|---|---|---|---|---|---|---|")
         for level in capacity["levels"]:
             add(
                 f"| {level['streams']} | {'yes' if level['pass'] else 'no'} | {_fmt(level.get('added_gap_p99_ms'))} "
                 f"| {_fmt(level.get('added_delay_p99_ms'))} | {_fmt((level.get('delivered') or 0) * 100, 0)}% "
                 f"| {level.get('errors') or '-'} "
-                f"| {_fmt(level.get('server_cpu_share'), 2)} | {_fmt(level.get('floor_delay_p99_ms'))} "
+                f"| {_fmt(level.get('server_cpu_share'), 2)} | {_fmt(level.get('server_core_busy'), 2)} "
+                f"| {_fmt(level.get('floor_delay_p99_ms'))} "
                 f"| {_fmt((level.get('floor_delivered') or 0) * 100, 0)}% "
                 f"| {'yes' if level.get('rig_limited') else 'no'} |"
             )

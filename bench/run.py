@@ -294,6 +294,7 @@ class Harness:
         postgres = procs.ProcessGroupCpu("postgres")
         before = (procs.cpu_seconds(server_pids), procs.cpu_seconds(sim_pids))
         machine_before = procs.machine_jiffies()
+        server_core_before = procs.core_jiffies(self.server_cpus)
         harness_before = time.process_time()
         started = time.monotonic()
         process = subprocess.Popen(
@@ -313,6 +314,7 @@ class Harness:
             raise RuntimeError(f"loadgen failed ({process.returncode}): {stderr[-2000:]}")
         after = (procs.cpu_seconds(server_pids), procs.cpu_seconds(sim_pids))
         machine_cores = procs.busy_cores(machine_before, procs.machine_jiffies())
+        server_core = procs.busy_share(server_core_before, procs.core_jiffies(self.server_cpus))
         postgres_s = postgres.elapsed()
         harness_s = time.process_time() - harness_before
         result: dict[str, Any] = json.loads(result_path.read_text())
@@ -328,6 +330,10 @@ class Harness:
             # The core shared by the simulator and the load generator: near 1.0 means the rig, not the peer,
             # may be the limit.
             "driver_core_share": (sim_s + result["loadgen_cpu_s"]) / elapsed,
+            # Everything on the server's core: the server, the kernel's work for its sockets (softirq, not
+            # charged to any process) and whatever else ran there (Postgres's backends are not pinned). Near
+            # 1.0, the server is short of CPU though its own share may read ~0.65.
+            "server_core_busy": server_core,
             "machine_busy_cores": machine_cores,
             # Whatever else ran on the machine meanwhile (other users' test suites, the kernel): the numbers
             # of a run with much of it are not to be trusted.
