@@ -112,12 +112,16 @@ def socket_count(pids: Sequence[int]) -> int:
     return count
 
 
-def machine_jiffies() -> tuple[int, int]:
-    """(busy, total) clock ticks of all cores since boot, from /proc/stat (iowait counts as idle)."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+def _busy_and_total(values: list[str]) -> tuple[int, int]:
+    """(busy, total) clock ticks from one /proc/stat cpu line's numbers (iowait counts as idle)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = ([int(value) for value in values] + [0] * 8)[:8]
     busy = user + nice + system + irq + softirq + steal
     return busy, busy + idle + iowait
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot, from /proc/stat."""
+    return _busy_and_total(Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:])
 
 
 def core_jiffies(cpus: set[int]) -> tuple[int, int]:
@@ -128,10 +132,9 @@ def core_jiffies(cpus: set[int]) -> tuple[int, int]:
         if not name.startswith("cpu"):
             break
         if int(name[3:]) in cpus:
-            user, nice, system, idle, iowait, irq, softirq, steal = ([int(v) for v in values] + [0] * 8)[:8]
-            core_busy = user + nice + system + irq + softirq + steal
+            core_busy, core_total = _busy_and_total(values)
             busy += core_busy
-            total += core_busy + idle + iowait
+            total += core_total
     return busy, total
 
 
@@ -142,8 +145,8 @@ def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
 
 
 def busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
-    total = after[1] - before[1]
-    return (after[0] - before[0]) / total * (os.cpu_count() or 1) if total > 0 else 0.0
+    """Cores busy on average between two `machine_jiffies` readings."""
+    return busy_share(before, after) * (os.cpu_count() or 1)
 
 
 class ProcessGroupCpu:

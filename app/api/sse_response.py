@@ -242,18 +242,20 @@ class EventStreamResponse(Response):
             chunk = self._frames.take()
             if chunk is None:
                 return False  # the end, or nothing new: the task looks
-            self._send_started = self._loop.time() if self._loop is not None else 0.0
             sending = self._send({"type": "http.response.body", "body": chunk, "more_body": True})
             if type(sending) is not CoroutineType:
-                self._held = sending  # not a coroutine (no server's send is one of these): the task awaits it
-                return False
-            # Driven by hand, as a task would drive it: with room in the socket's buffers it returns at once.
-            try:
-                blocked_on = sending.send(None)
-            except StopIteration:
-                self._frames.wait(self._parked)
-                return True
-            self._held = _Resumed(sending, blocked_on)
+                held: Awaitable[None] = sending  # not a coroutine (no server's send is): the task awaits it
+            else:
+                # Driven by hand, as a task would drive it: with room in the socket's buffers it returns at once.
+                try:
+                    blocked_on = sending.send(None)
+                except StopIteration:
+                    self._frames.wait(self._parked)
+                    return True
+                held = _Resumed(sending, blocked_on)
+            # Timed for the slow-client cut only when the task has to finish it; one that ended here never is.
+            self._send_started = self._loop.time() if self._loop is not None else 0.0
+            self._held = held
         except Exception as error:
             self._held = _raise(error)
         return False

@@ -221,14 +221,21 @@ async def test_a_request_cancelled_mid_stream_sends_nothing_more() -> None:
     assert metrics.registry.get_sample_value("parley_open_streams") == 0
 
 
-async def test_a_live_frame_goes_out_from_the_append_itself_and_a_slow_client_gets_every_frame_once() -> None:
-    log, client = EventLog("turn_1"), Client()
+async def _waiting_stream(client: Client) -> tuple[EventLog, asyncio.Task[None]]:
+    """A stream that sent `turn.created` and now waits for the next frame."""
+    log = EventLog("turn_1")
     running = asyncio.create_task(
         _run(event_stream_response(log.reader(0), _settings(ping_s=15.0), Metrics(process=False)), client)
     )
     log.append("turn.created", b"{}")
     await client.until(lambda bodies: bodies)
-    await asyncio.sleep(0.01)  # the stream waits for the next frame
+    await asyncio.sleep(0.01)
+    return log, running
+
+
+async def test_a_live_frame_goes_out_from_the_append_itself_and_a_slow_client_gets_every_frame_once() -> None:
+    client = Client()
+    log, running = await _waiting_stream(client)
     log.append("response.output_text.delta", b'{"delta":"a"}')
     assert client.bodies[-1] == log._frames[-1]  # sent before the appending code went on
 
@@ -245,13 +252,8 @@ async def test_a_live_frame_goes_out_from_the_append_itself_and_a_slow_client_ge
 
 
 async def test_a_failed_send_of_a_live_frame_ends_the_stream_not_the_turn() -> None:
-    log, client = EventLog("turn_1"), Client()
-    running = asyncio.create_task(
-        _run(event_stream_response(log.reader(0), _settings(ping_s=15.0), Metrics(process=False)), client)
-    )
-    log.append("turn.created", b"{}")
-    await client.until(lambda bodies: bodies)
-    await asyncio.sleep(0.01)
+    client = Client()
+    log, running = await _waiting_stream(client)
     client.fails_with = ConnectionResetError("the connection broke")
     log.append("response.output_text.delta", b"{}")  # the turn's append goes on as if nothing happened
     with pytest.raises(ConnectionResetError):
