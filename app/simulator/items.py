@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any
 
 from app.simulator.errors import SimulatorError, invalid_type, invalid_value, missing_parameter
@@ -173,25 +173,29 @@ def count_item_tokens(items: Iterable[JsonObject]) -> int:
     return total
 
 
-def check_tool_outputs_have_calls(context: list[JsonObject]) -> None:
-    """The real service refuses a function_call_output whose call it cannot find in the context."""
-    call_ids = {item.get("call_id") for item in context if item.get("type") == "function_call"}
-    for item in context:
-        if item.get("type") == "function_call_output" and item.get("call_id") not in call_ids:
+def check_tool_outputs_have_calls(items: list[JsonObject], *, earlier_call_ids: Container[str] = ()) -> None:
+    """The real service refuses a function_call_output whose call it cannot find in the context: among `items`,
+    or the calls before them (`earlier_call_ids`)."""
+    call_ids = {item.get("call_id") for item in items if item.get("type") == "function_call"}
+    for item in items:
+        if item.get("type") != "function_call_output":
+            continue
+        call_id = item.get("call_id")
+        if call_id not in call_ids and call_id not in earlier_call_ids:
             raise SimulatorError(
                 400,
-                f"No tool call found for function call output with call_id {item.get('call_id')}.",
+                f"No tool call found for function call output with call_id {call_id}.",
                 param="input",
             )
 
 
-def check_no_duplicate_ids(existing: list[JsonObject], new: list[JsonObject]) -> None:
+def check_no_duplicate_ids(existing_ids: Container[str], new: list[JsonObject]) -> None:
     """Re-sending items a conversation already holds is refused (a classic tool-loop bug)."""
-    seen = {item.get("id") for item in existing}
+    seen: set[str] = set()
     for item in new:
         if item.get("type") == "item_reference":
             continue
-        if item["id"] in seen:
+        if item["id"] in seen or item["id"] in existing_ids:
             raise SimulatorError(
                 400,
                 f"Duplicate item found with id {item['id']}. Remove duplicate items from your input and try again.",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Container
 
+import orjson
+
+from app.simulator.conversation_items import EMPTY_PREFIX, ConversationItems, ItemsPrefix
 from app.simulator.create_params import CreateParams
 from app.simulator.errors import SimulatorError, conversation_locked, conversation_not_found, missing_parameter
 from app.simulator.faults import GenerationFault
@@ -33,18 +36,23 @@ from app.simulator.runner import (
     PlannedMessage,
     PlannedReasoning,
 )
-from app.simulator.state import CachedPrefix, ResponseRecord, SimulatorState, StoredConversation
+from app.simulator.state import CachedPrefix, ResponseContext, ResponseRecord, SimulatorState, StoredConversation
 
 
-def start_response(state: SimulatorState, params: CreateParams, fault: GenerationFault | None) -> ResponseRecord:
-    """Resolve prompt, conversation and history, lock the conversation, and store the response."""
+def start_response(
+    state: SimulatorState, params: CreateParams, fault: GenerationFault | None
+) -> tuple[ResponseRecord, Generation]:
+    """Resolve prompt, conversation and history, lock the conversation, and store the response: its record,
+    and the generation that produces it."""
     prompt = state.prompts.resolve(params.prompt) if params.prompt is not None else None
     model = params.model or (prompt.model if prompt else None)
     if model is None:
         raise missing_parameter("model")
 
     conversation: StoredConversation | None = None
-    history: list[JsonObject] = []
+    history = EMPTY_PREFIX
+    history_tokens = 0
+    earlier_call_ids: Container[str] = ()
     cached_prefix: CachedPrefix | None = None
     if params.conversation_id is not None:
         conversation = state.conversations.get(params.conversation_id)
@@ -52,7 +60,11 @@ def start_response(state: SimulatorState, params: CreateParams, fault: Generatio
             raise conversation_not_found(params.conversation_id, param="conversation")
         if conversation.locked_by is not None:
             raise conversation_locked()
-        history = list(conversation.items)
+        check_no_duplicate_ids(conversation.items, params.input_items)
+        # What the conversation holds, from its aggregates: no pass over its items.
+        history = conversation.items.prefix()
+        history_tokens = conversation.items.tokens
+        earlier_call_ids = conversation.items.call_ids
         cached_prefix = conversation.cached_prefix
     elif params.previous_response_id is not None:
         previous = state.responses.get(params.previous_response_id)
@@ -63,15 +75,16 @@ def start_response(state: SimulatorState, params: CreateParams, fault: Generatio
                 param="previous_response_id",
                 code="previous_response_not_found",
             )
-        history = previous.context_items + previous.response["output"]
+        earlier = ConversationItems([*previous.context.items(), *previous.output()])
+        history = earlier.prefix()
+        history_tokens = earlier.tokens
+        earlier_call_ids = earlier.call_ids
         cached_prefix = CachedPrefix(previous.instructions_key, previous.input_tokens)
-    check_tool_outputs_have_calls(history + params.input_items)
-    if conversation is not None:
-        check_no_duplicate_ids(conversation.items, params.input_items)
+    check_tool_outputs_have_calls(params.input_items, earlier_call_ids=earlier_call_ids)
 
     instructions_text, instructions_echo = _instructions(params.instructions, prompt)
     instructions_key = stable_hash(instructions_text)
-    prefix_tokens = count_tokens(instructions_text) + count_item_tokens(history)
+    prefix_tokens = count_tokens(instructions_text) + history_tokens
     input_tokens = prefix_tokens + count_item_tokens(params.input_items)
     cached_tokens = 0
     if cached_prefix is not None and cached_prefix.instructions_key == instructions_key:
@@ -79,21 +92,23 @@ def start_response(state: SimulatorState, params: CreateParams, fault: Generatio
 
     config = state.config
     response = initial_response(params=params, model=model, instructions=instructions_echo, prompt=prompt)
-    new_items = [copy.deepcopy(item) for item in params.input_items if item.get("type") != "item_reference"]
+    new_items = [item for item in params.input_items if item.get("type") != "item_reference"]
 
     def on_finish(status: str) -> None:
-        if conversation is None:
-            return
-        if conversation.locked_by == response["id"]:
-            conversation.locked_by = None
-        if status in ("completed", "incomplete"):
-            conversation.items.extend(new_items)
-            conversation.items.extend(copy.deepcopy(response["output"]))
-            conversation.cached_prefix = CachedPrefix(instructions_key, input_tokens)
+        if conversation is not None:
+            if conversation.locked_by == response["id"]:
+                conversation.locked_by = None
+            if status in ("completed", "incomplete"):
+                # Kept as JSON: later changes to the live objects do not reach the conversation's copy.
+                conversation.items.extend(new_items)
+                conversation.items.extend(response["output"])
+                conversation.cached_prefix = CachedPrefix(instructions_key, input_tokens)
+        # The final Response object is complete here (the terminal event only wraps it).
+        record.settle()
 
     generation = Generation(
         response=response,
-        plan=_plan(params, model=model, history=history, output_tokens=config.output_tokens),
+        plan=_plan(params, model=model, history=history, conversation=conversation, output_tokens=config.output_tokens),
         pacing=Pacing(config.tokens_per_second, config.first_token_delay_ms / 1000),
         fault=fault,
         input_tokens=input_tokens,
@@ -103,9 +118,8 @@ def start_response(state: SimulatorState, params: CreateParams, fault: Generatio
         on_finish=on_finish,
     )
     record = ResponseRecord(
-        response=response,
         generation=generation,
-        context_items=history + params.input_items,
+        context=ResponseContext(history, orjson.dumps(params.input_items)),
         input_tokens=input_tokens,
         instructions_key=instructions_key,
     )
@@ -113,7 +127,7 @@ def start_response(state: SimulatorState, params: CreateParams, fault: Generatio
         conversation.locked_by = record.id
     if params.store:
         state.responses[record.id] = record
-    return record
+    return record, generation
 
 
 def _instructions(instructions: str | None, prompt: ResolvedPrompt | None) -> tuple[str, str | list[JsonObject] | None]:
@@ -131,9 +145,20 @@ def _instructions(instructions: str | None, prompt: ResolvedPrompt | None) -> tu
 
 
 def _plan(
-    params: CreateParams, *, model: str, history: list[JsonObject], output_tokens: int | None
+    params: CreateParams,
+    *,
+    model: str,
+    history: ItemsPrefix,
+    conversation: StoredConversation | None,
+    output_tokens: int | None,
 ) -> list[PlannedItem]:
-    user_text = newest_user_text(params.input_items) or newest_user_text(history) or ""
+    user_text = newest_user_text(params.input_items)
+    if user_text is None:
+        # A turn of tool outputs only: the question is further back.
+        user_text = (
+            conversation.items.newest_user_text() if conversation is not None else newest_user_text(history.decoded())
+        )
+    user_text = user_text or ""
     tool_outputs = [
         output_text(item.get("output")) for item in params.input_items if item.get("type") == "function_call_output"
     ]

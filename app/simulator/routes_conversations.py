@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from app.simulator.deps import JsonBodyDep, StateDep
 from app.simulator.errors import (
+    SimulatorError,
     conversation_not_found,
     integer_out_of_range,
     invalid_type,
@@ -61,15 +62,12 @@ async def list_items(conversation_id: str, request: Request, state: StateDep) ->
     if order not in ("asc", "desc"):
         raise invalid_value("order", order, ["asc", "desc"])
     limit = _limit(query.get("limit"))
-    items = conversation.items if order == "asc" else conversation.items[::-1]
     after = query.get("after")
-    if after is not None:
-        position = next((i for i, item in enumerate(items) if item.get("id") == after), None)
-        if position is None:
-            raise not_found(f"Item with id '{after}' not found.", param="after")
-        items = items[position + 1 :]
-    page = items[:limit]
-    return json_response(_list(page, has_more=len(items) > limit))
+    found = conversation.items.page(newest_first=order == "desc", after=after, limit=limit)
+    if found is None:
+        raise not_found(f"Item with id '{after}' not found.", param="after")
+    page, has_more = found
+    return json_response(_list(page, has_more=has_more))
 
 
 @router.post("/{conversation_id}/items")
@@ -92,7 +90,8 @@ async def get_item(conversation_id: str, item_id: str, state: StateDep) -> Respo
 @router.delete("/{conversation_id}/items/{item_id}")
 async def delete_item(conversation_id: str, item_id: str, state: StateDep) -> Response:
     conversation = _conversation(state, conversation_id)
-    conversation.items.remove(_item(conversation, item_id))
+    if not conversation.items.remove(item_id):
+        raise _item_not_found(item_id)
     return json_response(conversation.to_json())
 
 
@@ -104,10 +103,14 @@ def _conversation(state: SimulatorState, conversation_id: str) -> StoredConversa
 
 
 def _item(conversation: StoredConversation, item_id: str) -> JsonObject:
-    item = conversation.find_item(item_id)
+    item = conversation.items.find(item_id)
     if item is None:
-        raise not_found(f"Item with id '{item_id}' not found.")
+        raise _item_not_found(item_id)
     return item
+
+
+def _item_not_found(item_id: str) -> SimulatorError:
+    return not_found(f"Item with id '{item_id}' not found.")
 
 
 def _limit(raw: str | None) -> int:

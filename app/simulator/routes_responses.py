@@ -19,6 +19,7 @@ from app.simulator.faults import (
 )
 from app.simulator.json_types import json_response
 from app.simulator.planning import start_response
+from app.simulator.runner import Generation
 from app.simulator.state import EventLog, ResponseRecord, SimulatorState
 from app.simulator.streaming import (
     SSE_CONTENT_TYPE,
@@ -45,8 +46,7 @@ async def create_response(request: Request, state: StateDep) -> Response:
     if isinstance(fault, ReplayFault):
         return Response(fault.sse.encode(), media_type=SSE_CONTENT_TYPE.decode())
     params = parse_create_params(parse_json_object(await request.body()))
-    record = start_response(state, params, fault)
-    generation = record.generation
+    record, generation = start_response(state, params, fault)
     if params.background:
         record.log = EventLog()
         record.task = state.spawn(pump_into_log(generation.batches(), record.log))
@@ -57,12 +57,11 @@ async def create_response(request: Request, state: StateDep) -> Response:
         return json_response(generation.snapshot())
     if params.stream:
         return GenerationStream(generation, spawn=state.spawn)
-    return await _run_to_end(state, record)
+    return await _run_to_end(state, generation)
 
 
-async def _run_to_end(state: SimulatorState, record: ResponseRecord) -> Response:
+async def _run_to_end(state: SimulatorState, generation: Generation) -> Response:
     """A non-streamed call: the whole generation, then the final Response (or the error it failed with)."""
-    generation = record.generation
     batches = generation.batches()
     async for _ in batches:
         if generation.cut_at is not None:
@@ -81,7 +80,7 @@ async def get_response(response_id: str, request: Request, state: StateDep) -> R
     record = _record(state, response_id)
     query = request.query_params
     if query.get("stream", "false").lower() != "true":
-        return json_response(record.generation.snapshot())
+        return json_response(record.snapshot())
     if record.log is None:
         raise SimulatorError(
             400,
@@ -102,7 +101,7 @@ async def cancel_response(response_id: str, state: StateDep) -> Response:
     if not record.background:
         raise SimulatorError(400, "Only responses created with background=true can be cancelled.", param=None)
     _stop(record)
-    return json_response(record.generation.snapshot())
+    return json_response(record.snapshot())
 
 
 @router.delete("/{response_id}")
@@ -115,11 +114,12 @@ async def delete_response(response_id: str, state: StateDep) -> Response:
 
 def _stop(record: ResponseRecord) -> None:
     """Cancelling is idempotent: a finished response is returned as it ended."""
-    if record.generation.finished:
+    generation = record.generation
+    if generation is None or generation.finished:
         return
     if record.task is not None:
         record.task.cancel()
-    record.generation.abandon()
+    generation.abandon()
     if record.log is not None:
         record.log.close()
 

@@ -7,11 +7,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from urllib.parse import parse_qsl
 
 import orjson
 
+from app.simulator.conversation_items import ConversationItems, ItemsPrefix
 from app.simulator.faults import Fault
 from app.simulator.ids import new_id
 from app.simulator.json_types import JsonObject
@@ -37,8 +38,9 @@ class SimulatorConfig:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedRequest:
+class RecordedRequest(NamedTuple):
+    """A tuple of strings and bytes: the collector stops tracking it, where the process keeps every one."""
+
     method: str
     path: str
     query_string: bytes
@@ -67,15 +69,12 @@ class StoredConversation:
     id: str
     created_at: int
     metadata: dict[str, str]
-    items: list[JsonObject] = field(default_factory=list)
+    items: ConversationItems = field(default_factory=ConversationItems)
     locked_by: str | None = None
     cached_prefix: CachedPrefix | None = None
 
     def to_json(self) -> JsonObject:
         return {"id": self.id, "object": "conversation", "created_at": self.created_at, "metadata": self.metadata}
-
-    def find_item(self, item_id: str) -> JsonObject | None:
-        return next((item for item in self.items if item.get("id") == item_id), None)
 
 
 class EventLog:
@@ -113,25 +112,71 @@ class EventLog:
                 await self._changed.wait()
 
 
-@dataclass(slots=True)
 class ResponseRecord:
-    """One response: its live Response object and how it is being produced."""
+    """One stored response: live while it is produced, then settled into what stays for the process's life.
 
-    response: JsonObject
-    generation: Generation
-    context_items: list[JsonObject]
-    input_tokens: int
-    instructions_key: int
-    log: EventLog | None = None
-    task: asyncio.Task[None] | None = None
+    A finished response keeps its final Response object as JSON (decoded when asked for) and its history as
+    a prefix of its conversation's items: a few objects, not the ~35 tracked ones (the generation with its
+    plan, the Response's nested dicts, a copy of the history) that every full collection walked, and that
+    made the simulator's collections grow with every response it had served.
+    """
+
+    __slots__ = (
+        "_final",
+        "background",
+        "context",
+        "generation",
+        "id",
+        "input_tokens",
+        "instructions_key",
+        "log",
+        "task",
+    )
+
+    def __init__(
+        self, *, generation: Generation, context: ResponseContext, input_tokens: int, instructions_key: int
+    ) -> None:
+        response = generation.response
+        self.id = str(response["id"])
+        self.background = bool(response["background"])
+        self.generation: Generation | None = generation
+        self.context = context
+        self.input_tokens = input_tokens
+        self.instructions_key = instructions_key
+        self.log: EventLog | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._final = b""
 
     @property
-    def id(self) -> str:
-        return str(self.response["id"])
+    def finished(self) -> bool:
+        return self.generation is None or self.generation.finished
 
-    @property
-    def background(self) -> bool:
-        return bool(self.response["background"])
+    def settle(self) -> None:
+        """Drop the generation, keeping its final Response; called once it has finished."""
+        generation = self.generation
+        if generation is not None and generation.finished:
+            self._final = orjson.dumps(generation.snapshot())
+            self.generation = None
+
+    def snapshot(self) -> JsonObject:
+        """The Response as it stands (a new object each time once it is settled)."""
+        if self.generation is not None:
+            return self.generation.snapshot()
+        return cast(JsonObject, orjson.loads(self._final))
+
+    def output(self) -> list[JsonObject]:
+        return cast(list[JsonObject], self.snapshot()["output"])
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseContext:
+    """The items a response was given: the history before its input, and its input (as JSON)."""
+
+    history: ItemsPrefix
+    input: bytes
+
+    def items(self) -> list[JsonObject]:
+        return [*self.history.decoded(), *orjson.loads(self.input)]
 
 
 class SimulatorState:
@@ -149,7 +194,7 @@ class SimulatorState:
 
     def create_conversation(self, metadata: dict[str, str], items: list[JsonObject]) -> StoredConversation:
         conversation = StoredConversation(
-            id=new_id("conv"), created_at=int(time.time()), metadata=metadata, items=items
+            id=new_id("conv"), created_at=int(time.time()), metadata=metadata, items=ConversationItems(items)
         )
         self.conversations[conversation.id] = conversation
         return conversation

@@ -10,6 +10,8 @@ import pytest
 from openai.types.responses import Response, ResponseFunctionToolCall
 
 from app.simulator import DEMO_PROMPT_ID
+from app.simulator.generation import count_tokens
+from app.simulator.items import count_item_tokens
 from tests.simulator.conftest import AUTH, Simulator
 from tests.simulator.sse import assert_contiguous, validate_with_sdk
 
@@ -318,3 +320,62 @@ async def test_every_response_parses_as_the_sdk_response(sdk: openai.AsyncOpenAI
     assert response.reasoning.effort == "low"
     assert [item.type for item in response.output] == ["reasoning", "message"]
     assert await asyncio.wait_for(sdk.responses.retrieve(response.id), 10) == response
+
+
+async def test_a_deleted_item_leaves_the_next_turns_context(sdk: openai.AsyncOpenAI) -> None:
+    conversation = await sdk.conversations.create(
+        items=[
+            {"role": "user", "content": "A long aside that the user later removes from the conversation."},
+            {"type": "function_call", "call_id": "call_gone", "name": "get_weather", "arguments": "{}"},
+        ]
+    )
+    before = await sdk.responses.create(
+        model="gpt-4.1-mini", instructions=INSTRUCTIONS, input="Question", conversation=conversation.id
+    )
+    items = [item async for item in sdk.conversations.items.list(conversation.id, order="asc")]
+    for item in items[:2]:
+        await sdk.conversations.items.delete(item.id, conversation_id=conversation.id)
+
+    after = await sdk.responses.create(
+        model="gpt-4.1-mini", instructions=INSTRUCTIONS, input="Question", conversation=conversation.id
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk.responses.create(
+            model="gpt-4.1-mini",
+            input=[{"type": "function_call_output", "call_id": "call_gone", "output": "sunny"}],
+            conversation=conversation.id,
+        )
+
+    assert before.usage is not None
+    assert after.usage is not None
+    # The second turn reads the first's question and answer, not the deleted aside and call.
+    assert after.usage.input_tokens == before.usage.input_tokens - _tokens(items[0]) - _tokens(items[1]) + (
+        _tokens(items[2]) + _tokens(items[3])
+    )
+    assert "call_gone" in caught.value.message
+
+
+async def test_a_response_keeps_its_history_when_the_conversation_changes(sdk: openai.AsyncOpenAI) -> None:
+    conversation = await sdk.conversations.create(items=[{"role": "user", "content": "Kept in the history"}])
+    first = await sdk.responses.create(
+        model="gpt-4.1-mini", instructions=INSTRUCTIONS, input="First", conversation=conversation.id, store=True
+    )
+    kept = [item async for item in sdk.conversations.items.list(conversation.id, order="asc")]
+    await sdk.conversations.items.delete(kept[0].id, conversation_id=conversation.id)
+
+    # previous_response_id reads what `first` was given then, whatever the conversation holds now.
+    chained = await sdk.responses.create(
+        model="gpt-4.1-mini", instructions=INSTRUCTIONS, input="Next", previous_response_id=first.id
+    )
+
+    assert first.usage is not None
+    assert chained.usage is not None
+    assert chained.usage.input_tokens_details.cached_tokens == first.usage.input_tokens
+    assert chained.usage.input_tokens == (first.usage.input_tokens + _tokens(kept[2]) + count_tokens("Next")), (
+        "the chained turn reads the deleted item, the first turn's input and output, and its own input"
+    )
+    assert await sdk.responses.retrieve(first.id) == first
+
+
+def _tokens(item: object) -> int:
+    return count_item_tokens([item.model_dump()])  # type: ignore[attr-defined]
