@@ -1,9 +1,10 @@
-"""`python -m bench.ttft_phases [--rounds N] [--sessions N]`: where one stream's time to first token goes.
+"""`python -m bench.ttft_phases [--rounds N] [--sessions N] [--paced N]`: where a stream's time to first token goes.
 
 A development probe beside the harness (not part of a run): the simulator and Parley on Postgres started as the
 harness starts them, Parley with phase timers (`bench/phase_timers/sitecustomize.py`), then rounds of 100
-sequential turns, each after a direct series of the same size (added TTFT as the harness computes it). Prints
-the median time between consecutive phases of a turn, inside the server.
+sequential turns, each after a direct series of the same size (added TTFT as the harness computes it); or, with
+`--paced N`, rounds of the harness's paced level of N streams (each after direct's), where turns start while
+others stream. Prints the median time between consecutive phases of a turn, inside the server.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
-from bench.plan import QUICK
+from bench.plan import FULL, QUICK
 from bench.run import REPO, Harness, log
 
 PHASES = (
@@ -40,15 +41,18 @@ PHASES = (
 )
 
 
-def phase_table(marks: list[tuple[str, float]]) -> list[tuple[str, int, float]]:
-    """(from → to, turns, median ms) for consecutive phases, a turn being the marks from one request_begins to
-    the next; each phase's first mark in the turn counts."""
+def phase_table(marks: list[tuple[str, float, int | None]]) -> list[tuple[str, int, float]]:
+    """(from → to, turns, median ms) for consecutive phases, a turn being the marks of one key (the client's
+    port) from its request_begins to the next; each phase's first mark in the turn counts."""
     turns: list[dict[str, float]] = []
-    for label, at in marks:
+    current: dict[int | None, dict[str, float]] = {}
+    for label, at, key in marks:
         if label == "request_begins":
-            turns.append({})
-        if turns:
-            turns[-1].setdefault(label, at)
+            current[key] = {}
+            turns.append(current[key])
+        turn = current.get(key)
+        if turn is not None:
+            turn.setdefault(label, at)
     gaps: dict[str, list[float]] = {}
     for turn in turns:
         if "first_upstream_chunk" not in turn:
@@ -66,23 +70,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ttft_phases", description=__doc__.split("\n\n")[1])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sessions", type=int, default=200, help="sessions to make (4 per user)")
+    parser.add_argument("--paced", type=int, help="rounds of this many paced streams instead of sequential turns")
     args = parser.parse_args()
     out = REPO / "bench" / "results" / f"phases-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)
     marks_path = out / "phases.json"
     os.environ["PYTHONPATH"] = str(Path(__file__).parent / "phase_timers")
     os.environ["PARLEY_PHASE_TIMERS"] = str(marks_path)
-    plan = replace(
-        QUICK, ttft_streams=100, memory_streams=args.sessions, paced_levels=(), capacity_levels=(), profile=False
-    )
+    sessions = max(args.sessions, 2 * (args.paced or 0))
+    plan = replace(QUICK, ttft_streams=100, memory_streams=sessions, paced_levels=(), capacity_levels=(), profile=False)
+    if args.paced:
+        plan = replace(plan, paced_stream_s=FULL.paced_stream_s, paced_window_s=FULL.paced_window_s)
     harness = Harness(plan, out)
     try:
         harness.start_simulator()
         target, _ = harness.parley()
         harness.warmup(target)
         for round_ in range(args.rounds):
-            result = harness.ttft_single(target)
-            parley, direct = result["ttft_ms"]["p50"], result["direct_just_before"]["ttft_ms"]["p50"]
+            if args.paced:
+                direct = harness.paced(harness.direct(), args.paced)["ttft_ms"]["p50"]
+                parley = harness.paced(target, args.paced)["ttft_ms"]["p50"]
+            else:
+                result = harness.ttft_single(target)
+                parley, direct = result["ttft_ms"]["p50"], result["direct_just_before"]["ttft_ms"]["p50"]
             log(f"round {round_ + 1}: TTFT p50 {parley:.2f} ms, direct {direct:.2f}, added {parley - direct:.2f}")
     finally:
         os.environ.pop("PYTHONPATH")  # the servers' environment only
@@ -90,7 +100,7 @@ def main() -> None:
     if not marks_path.exists():
         log("no phase marks were written (was Parley stopped cleanly?)")
         return
-    for name, count, median in phase_table(json.loads(marks_path.read_text())):
+    for name, count, median in phase_table([(label, at, key) for label, at, key in json.loads(marks_path.read_text())]):
         print(f"{median:7.3f} ms  {name}  ({count} turns)")
 
 

@@ -7,12 +7,17 @@ one moves, its phase is missing from the table (the probe says so), nothing else
 
 Time is measured by function object, never by formatting a statement (`str(statement)` compiles it: an
 earlier probe that did so made the turn's start look 4 ms slower than it was).
+
+Each mark carries the client's port, the key of the turn it belongs to when turns overlap: read from the
+server protocol for the request's first marks, then from a context variable set in the request's task, which
+the runner's task inherits; the upstream body's first bytes arrive in a data callback, keyed by their splitter.
 """
 
 from __future__ import annotations
 
 import atexit
 import builtins
+import contextvars
 import functools
 import json
 import os
@@ -22,12 +27,14 @@ from collections.abc import Callable
 from typing import Any
 
 _OUT = os.environ.get("PARLEY_PHASE_TIMERS")
-_marks: list[tuple[str, float]] = []
+_marks: list[tuple[str, float, int | None]] = []
 _clock = time.perf_counter
+_key: contextvars.ContextVar[int | None] = contextvars.ContextVar("phase_key", default=None)
+_splitter_keys: dict[int, int | None] = {}
 
 
-def _mark(label: str) -> None:
-    _marks.append((label, _clock()))
+def _mark(label: str, key: int | None = None) -> None:
+    _marks.append((label, _clock(), key if key is not None else _key.get()))
 
 
 def _dump() -> None:
@@ -84,6 +91,51 @@ def _before_async(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, timed)
 
 
+def _before_keyed_by_client(owner: Any, name: str, label: str) -> None:
+    """A server protocol callback: the key is the client's port."""
+    target = getattr(owner, name)
+
+    @functools.wraps(target)
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        client = getattr(self, "client", None)
+        _mark(label, client[1] if client else None)
+        return target(self, *args, **kwargs)
+
+    setattr(owner, name, timed)
+
+
+def _keying_middleware(owner: Any, name: str, label: str) -> None:
+    """The first step in the request's task: the key goes into its context."""
+    target = getattr(owner, name)
+
+    @functools.wraps(target)
+    async def timed(self: Any, scope: Any, *args: Any, **kwargs: Any) -> Any:
+        client = scope.get("client")
+        if client:
+            _key.set(client[1])
+        _mark(label)
+        return await target(self, scope, *args, **kwargs)
+
+    setattr(owner, name, timed)
+
+
+def _keyed_splitter(owner: Any) -> None:
+    """The splitter is made in the runner's task; its `feed` runs in a data callback, outside it."""
+    init, feed = owner.__init__, owner.feed
+
+    @functools.wraps(init)
+    def keyed_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        _splitter_keys[id(self)] = _key.get()
+
+    @functools.wraps(feed)
+    def timed_feed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _mark("first_upstream_chunk", _splitter_keys.get(id(self)))
+        return feed(self, *args, **kwargs)
+
+    owner.__init__, owner.feed = keyed_init, timed_feed
+
+
 def _install() -> None:
     import aiohttp.client_reqrep as reqrep
     from uvicorn.protocols.http import httptools_impl
@@ -97,9 +149,9 @@ def _install() -> None:
     from app.observability import request_id
 
     steps: list[Callable[[], None]] = [
-        lambda: _before(httptools_impl.HttpToolsProtocol, "on_message_begin", "request_begins"),
-        lambda: _before(httptools_impl.HttpToolsProtocol, "on_message_complete", "request_read"),
-        lambda: _before_async(request_id.RequestIdMiddleware, "__call__", "middlewares"),
+        lambda: _before_keyed_by_client(httptools_impl.HttpToolsProtocol, "on_message_begin", "request_begins"),
+        lambda: _before_keyed_by_client(httptools_impl.HttpToolsProtocol, "on_message_complete", "request_read"),
+        lambda: _keying_middleware(request_id.RequestIdMiddleware, "__call__", "middlewares"),
         lambda: _around_async(auth.Authenticator, "authenticate", "authenticate"),
         lambda: _around_async(turns, "start_turn", "start_turn"),
         lambda: _around_async(driver.DriverConnection, "fetchrow", "statement"),
@@ -108,7 +160,7 @@ def _install() -> None:
         lambda: _after_async(reqrep.ClientRequest, "send", "upstream_request_written"),
         lambda: _after_async(reqrep.ClientResponse, "start", "upstream_headers"),
         lambda: _before_async(sse_response.EventStreamResponse, "__call__", "response_starts"),
-        lambda: _before(upstream_sse.SSESplitter, "feed", "first_upstream_chunk"),
+        lambda: _keyed_splitter(upstream_sse.SSESplitter),
     ]
     for step in steps:
         try:
