@@ -10,10 +10,12 @@ import socket
 import sys
 from collections.abc import Iterator, Sequence
 from types import FrameType
+from typing import cast
 
 import uvicorn
 from fastapi import FastAPI
 
+from app.batch_accept import accepts_one_per_iteration, take_over_listening
 from app.observability.logging import configure_logging
 from app.settings import Settings
 
@@ -38,6 +40,24 @@ class ParleyServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        loop = asyncio.get_running_loop()
+        if accepts_one_per_iteration(loop) and self.config.ssl is None and not self.should_exit:
+            # A new connection is otherwise accepted one per loop iteration (see app/batch_accept.py).
+            config = self.config
+
+            def create_protocol() -> asyncio.Protocol:
+                # What uvicorn's own `startup` hands the loop's server.
+                return config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=self.server_state, app_state=self.lifespan.state
+                )
+
+            acceptors = [
+                acceptor
+                for server in self.servers
+                for acceptor in take_over_listening(loop, server, create_protocol, batch=config.backlog)
+            ]
+            # uvicorn types these as asyncio's servers; its shutdown asks `close` and `wait_closed` of them.
+            self.servers = cast("list[asyncio.base_events.Server]", acceptors)
         # What the process loaded to start (modules, the app, price data, the SDK's resources) lives as long as
         # it does: frozen, the cyclic garbage collector stops walking it at every full collection (2-3.5% of the
         # CPU of a busy relay, measured with py-spy).

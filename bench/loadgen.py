@@ -79,6 +79,8 @@ class LoadSpec:
 class StreamRecord:
     slot: int
     started: float  # perf_counter when the connection was opened
+    connected: float = 0.0  # when the connection was made (the request is written then)
+    first_byte: float = 0.0  # when the response's first bytes arrived
     status: int = 0
     events: int = 0  # every SSE event
     relayed: int = 0  # events from the upstream (not the relay's own `turn.*` events, not "[DONE]")
@@ -117,12 +119,15 @@ class StreamProtocol(asyncio.Protocol):
         self._last_newline = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.record.connected = time.perf_counter()
         self.transport = cast(asyncio.Transport, transport)
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
         record = self.record
+        if not record.first_byte:
+            record.first_byte = now
         counters = self.counters
         counters.bytes += len(data)
         if self.trivial:
@@ -296,6 +301,9 @@ def summarize_run(
     window = spec.window
     low, high = (start + window[0], start + window[1]) if window else (start, end)
     ttfts: list[float] = []
+    # TTFT's first two parts: opening the connection, and the request's wait for the response's first bytes.
+    connects: list[float] = []
+    first_bytes: list[float] = []
     gap_values: list[float] = []
     delay_values: list[float] = []
     for record in ok:
@@ -303,6 +311,8 @@ def summarize_run(
             continue
         if low <= record.deltas[0] <= high:
             ttfts.append(record.deltas[0] - record.started)
+            connects.append(record.connected - record.started)
+            first_bytes.append(record.first_byte - record.connected)
         if spec.tokens_per_second > 0:
             arrivals = record.deltas
             delays = delivery_delays(arrivals, spec.tokens_per_second)
@@ -338,6 +348,8 @@ def summarize_run(
         "events_per_stream": summarize(r.relayed for r in ok),
         "deltas_per_stream": summarize(len(r.deltas) for r in ok),
         "ttft_ms": summarize(ttfts, scale=1000),
+        "connect_ms": summarize(connects, scale=1000),
+        "first_byte_ms": summarize(first_bytes, scale=1000),
         "gap_ms": summarize(gap_values, scale=1000),
         "delay_ms": summarize(delay_values, scale=1000),
         "stream_s": summarize(r.ended - r.started for r in ok),

@@ -22,6 +22,7 @@ from bench.plan import FULL, QUICK
 from bench.run import REPO, Harness, log
 
 PHASES = (
+    "accepted",
     "request_begins",
     "request_read",
     "middlewares",
@@ -43,14 +44,15 @@ PHASES = (
 
 def phase_table(marks: list[tuple[str, float, int | None]]) -> list[tuple[str, int, float]]:
     """(from → to, turns, median ms) for consecutive phases, a turn being the marks of one key (the client's
-    port) from its request_begins to the next; each phase's first mark in the turn counts."""
+    port) from its connection's accept (or its request_begins) to the next; each phase's first mark counts."""
     turns: list[dict[str, float]] = []
     current: dict[int | None, dict[str, float]] = {}
     for label, at, key in marks:
-        if label == "request_begins":
-            current[key] = {}
-            turns.append(current[key])
         turn = current.get(key)
+        # A turn starts at its connection's accept (when the server marks it), else at its request's first byte.
+        if label == "accepted" or (label == "request_begins" and (turn is None or "request_begins" in turn)):
+            turn = current[key] = {}
+            turns.append(turn)
         if turn is not None:
             turn.setdefault(label, at)
     gaps: dict[str, list[float]] = {}
@@ -63,6 +65,10 @@ def phase_table(marks: list[tuple[str, float, int | None]]) -> list[tuple[str, i
         gaps.setdefault("inside the server: request_begins → first_upstream_chunk", []).append(
             (turn["first_upstream_chunk"] - turn["request_begins"]) * 1000
         )
+        if "accepted" in turn:
+            gaps.setdefault("from the accept: accepted → first_upstream_chunk", []).append(
+                (turn["first_upstream_chunk"] - turn["accepted"]) * 1000
+            )
     return [(name, len(values), statistics.median(values)) for name, values in gaps.items()]
 
 

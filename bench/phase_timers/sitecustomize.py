@@ -104,6 +104,22 @@ def _before_keyed_by_client(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, timed)
 
 
+def _accepted(owner: Any, name: str, label: str) -> None:
+    """The listening socket's acceptor: the key is the accepted connection's peer port."""
+    target = getattr(owner, name)
+
+    @functools.wraps(target)
+    def timed(self: Any, connection: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            key = connection.getpeername()[1]
+        except OSError:
+            key = None
+        _mark(label, key)
+        return target(self, connection, *args, **kwargs)
+
+    setattr(owner, name, timed)
+
+
 def _keying_middleware(owner: Any, name: str, label: str) -> None:
     """The first step in the request's task: the key goes into its context."""
     target = getattr(owner, name)
@@ -141,6 +157,7 @@ def _install() -> None:
     from uvicorn.protocols.http import httptools_impl
 
     import app.api.sse_response as sse_response
+    import app.batch_accept as batch_accept
     import app.db.driver as driver
     import app.services.auth as auth
     import app.services.turns as turns
@@ -149,6 +166,7 @@ def _install() -> None:
     from app.observability import request_id
 
     steps: list[Callable[[], None]] = [
+        lambda: _accepted(batch_accept.BatchAcceptor, "_hand_over", "accepted"),
         lambda: _before_keyed_by_client(httptools_impl.HttpToolsProtocol, "on_message_begin", "request_begins"),
         lambda: _before_keyed_by_client(httptools_impl.HttpToolsProtocol, "on_message_complete", "request_read"),
         lambda: _keying_middleware(request_id.RequestIdMiddleware, "__call__", "middlewares"),
