@@ -49,9 +49,6 @@ class ConversationItems:
         """The items' token count, as `count_item_tokens` counts them."""
         self.extend(items)
 
-    def __len__(self) -> int:
-        return len(self._encoded)
-
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._by_id
 

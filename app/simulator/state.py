@@ -147,10 +147,6 @@ class ResponseRecord:
         self.task: asyncio.Task[None] | None = None
         self._final = b""
 
-    @property
-    def finished(self) -> bool:
-        return self.generation is None or self.generation.finished
-
     def settle(self) -> None:
         """Drop the generation, keeping its final Response; called once it has finished."""
         generation = self.generation
