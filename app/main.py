@@ -83,11 +83,12 @@ def runner_config(settings: Settings) -> RunnerConfig:
 class ParleyAPI(FastAPI):
     """FastAPI with the request id outside everything, Starlette's ServerErrorMiddleware included (which
     `add_middleware` cannot reach): so an unhandled error's 500 carries X-Request-ID and its log line the id.
-    Outside that, the server's `send` for the event streams' body messages (`ServerSendMiddleware`)."""
+    Inside that, the server's `send` for the event streams' body messages and the rest of each stream
+    (`ServerSendMiddleware`), which so keep the request id too."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return ServerSendMiddleware(
-            RequestIdMiddleware(super().build_middleware_stack(), exclude_prefixes=(SIMULATOR_MOUNT,))
+        return RequestIdMiddleware(
+            ServerSendMiddleware(super().build_middleware_stack()), exclude_prefixes=(SIMULATOR_MOUNT,)
         )
 
 

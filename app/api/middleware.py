@@ -15,6 +15,9 @@ _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 # The scope key under which `ServerSendMiddleware` leaves the `send` it was given.
 SERVER_SEND = "parley.server_send"
+# The scope key under which an event-stream response leaves the rest of its stream (a coroutine) for
+# `ServerSendMiddleware` to run once the stack below it has returned. Present (as None) when it will.
+DETACHED_STREAM = "parley.detached_stream"
 
 # Middleware that leave body messages alone, by module and class name (a renamed or moved one is unknown, and
 # unknown means not safe). Read in their source: each passes `send` through as it is, or wraps it only to
@@ -54,27 +57,45 @@ def _body_blind_down_to_router(app: ASGIApp) -> bool:
 
 
 class ServerSendMiddleware:
-    """The outermost layer: leaves the `send` it is given in the scope under SERVER_SEND, so that the
-    event-stream response can send its body messages, one per streamed event, straight there instead of
+    """Near the outside of the stack: leaves the `send` it is given in the scope under SERVER_SEND, so that
+    the event-stream response can send its body messages, one per streamed event, straight there instead of
     through every `send` wrapper in between: five calls per event (six with CORS), three or four of them
     coroutines, each of which only ever acts on the response start.
+
+    And runs the rest of such a stream itself (DETACHED_STREAM), once everything below it has returned: a
+    stream lasts seconds to minutes, and suspended inside the stack it held ~20 coroutines of middleware,
+    routing and FastAPI's wrappers, with their closures and exit stacks, ~100 objects of ~280 per open
+    stream for the collector to walk at every full collection, which pauses every stream in the process.
 
     Only when every middleware in between is known to leave body messages alone (`_BODY_BLIND_MIDDLEWARE`),
     decided once from the stack itself: a middleware added later that reads or rewrites bodies turns the
     shortcut off rather than being skipped without a word. The response start still goes through all of
-    them (X-Request-ID, nosniff, no-store, CORS). What wraps the whole app is not skipped, as it is outside:
-    uvicorn's proxy headers, and FastAPI's own telemetry, which does watch for the last body message when
-    tracing is configured. The mounted apps (the playground's files, the embedded simulator) have middleware
-    of their own that this does not check, and never send an event stream."""
+    them (X-Request-ID, nosniff, no-store, CORS). What wraps this is not skipped, as it is outside: the
+    request id (whose context the stream's log lines keep), uvicorn's proxy headers, and FastAPI's own
+    telemetry, which does watch for the last body message when tracing is configured. The mounted apps (the
+    playground's files, the embedded simulator) have middleware of their own that this does not check, and
+    never send an event stream."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.enabled = _body_blind_down_to_router(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.enabled and scope["type"] == "http":
-            scope[SERVER_SEND] = send
-        await self.app(scope, receive, send)
+        if not self.enabled or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[SERVER_SEND] = send
+        scope[DETACHED_STREAM] = None
+        try:
+            await self.app(scope, receive, send)
+        except BaseException:
+            rest = scope.pop(DETACHED_STREAM, None)
+            if rest is not None:
+                rest.close()  # never started: it holds nothing yet
+            raise
+        rest = scope.pop(DETACHED_STREAM, None)
+        if rest is not None:
+            await rest
 
 
 class BodyTooLarge(HTTPException):

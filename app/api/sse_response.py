@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from app.api.middleware import SERVER_SEND
+from app.api.middleware import DETACHED_STREAM, SERVER_SEND
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.streaming.event_log import LogReader, Waiter
@@ -155,6 +155,21 @@ class EventStreamResponse(Response):
             await send(start)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
+        try:
+            # The start through every middleware, which add their headers to it.
+            await send(start)
+        except BaseException:
+            self._frames.close()
+            raise
+        # The body messages straight to the server when the stack allows it, and the stream run from outside
+        # the stack once it has returned (see `ServerSendMiddleware`).
+        body_send = scope.get(SERVER_SEND, send)
+        if DETACHED_STREAM in scope:
+            scope[DETACHED_STREAM] = self._stream(body_send, receive)
+            return
+        await self._stream(body_send, receive)
+
+    async def _stream(self, send: Send, receive: Receive) -> None:
         loop = asyncio.get_running_loop()
         request_task = asyncio.current_task()
         assert request_task is not None
@@ -163,15 +178,12 @@ class EventStreamResponse(Response):
         self._metrics.stream_opened()
         try:
             try:
-                # The start through every middleware, which add their headers to it; the body messages
-                # straight to the server when the stack allows it (see `ServerSendMiddleware`).
-                await send(start)
                 self._next_ping = loop.time() + self._ping_interval
                 # The body in a task of its own, so that each event wakes that task alone: the request's
-                # task would resume through every frame above this response (about 25: server, middleware,
-                # routing) and suspend back through them, per event. A cancel of the request's task
-                # reaches the body's through this await.
-                self._task = loop.create_task(self._pump(scope.get(SERVER_SEND, send), loop))
+                # task would resume through every frame above this (a few when the stream runs detached,
+                # about 25 when not: server, middleware, routing) and suspend back through them, per event. A
+                # cancel of the request's task reaches the body's through this await.
+                self._task = loop.create_task(self._pump(send, loop))
                 self._timer = loop.call_at(self._next_ping, self._tick)
                 listener = loop.create_task(self._listen(receive))
                 await self._task

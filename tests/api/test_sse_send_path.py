@@ -4,14 +4,20 @@ reads bodies, and through all of them when one does."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections import Counter
+from types import CoroutineType
+
 import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.middleware import ServerSendMiddleware
 from app.main import create_app
+from app.observability.request_id import RequestIdMiddleware
 from tests.conftest import create_api_user, make_settings, run_parley
 from tests.servers import free_port, serve
-from tests.turns.helpers import new_session, send
+from tests.turns.helpers import Simulator, new_session, open_stream, send
 
 ORIGIN = "https://app.example"
 
@@ -79,5 +85,52 @@ def test_parleys_own_middleware_let_event_bodies_go_straight_to_the_server() -> 
     # cost more CPU, nothing breaks): this says when, so that the new one can be read and listed.
     app = create_app(make_settings("sqlite+aiosqlite:///unused.db", cors_origins=[ORIGIN]))
     stack = app.build_middleware_stack()
-    assert isinstance(stack, ServerSendMiddleware)
-    assert stack.enabled
+    assert isinstance(stack, RequestIdMiddleware)
+    assert isinstance(stack.app, ServerSendMiddleware)
+    assert stack.app.enabled
+
+
+def _request_stack_frames(path_prefix: str) -> Counter[str]:
+    """Suspended coroutines handling requests under `path_prefix` (those with the request's scope), by name."""
+    gc.collect()
+    frames: Counter[str] = Counter()
+    for thing in gc.get_objects():
+        if isinstance(thing, CoroutineType) and thing.cr_frame is not None:
+            scope = thing.cr_frame.f_locals.get("scope")
+            if isinstance(scope, dict) and str(scope.get("path", "")).startswith(path_prefix):
+                frames[thing.cr_code.co_qualname] += 1
+    return frames
+
+
+async def test_an_open_stream_keeps_no_middleware_or_routing_frames_below_the_outer_layers(
+    database_url: str, backend: str
+) -> None:
+    # A stream lasts minutes, and suspended inside the stack each one held ~20 coroutines (middleware, routing,
+    # FastAPI's wrappers) and their closures: objects that every full collection walks, pausing every stream.
+    # Now only the server's outer layers wait while the stream is sent: the stack below has returned.
+    streams = 8
+    with run_parley(database_url, backend) as running:
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
+            await Simulator(client, running.simulator_url).configure(tokens_per_second=2, output_tokens=12)
+            person = await create_api_user(client)
+            sessions = [await new_session(client, person) for _ in range(streams)]
+            readers = []  # each stream's reader kept: a dropped one closes its stream
+            async with contextlib.AsyncExitStack() as open_streams:
+                for session_id in sessions:
+                    stream, source = await open_streams.enter_async_context(
+                        open_stream(
+                            client,
+                            "POST",
+                            f"/v1/sessions/{session_id}/messages",
+                            json={"input": "Hello!"},
+                            headers=person.headers,
+                        )
+                    )
+                    assert stream.status == 200
+                    readers.append(source.aiter_sse())
+                    first = await anext(readers[-1])
+                    assert first.event == "turn.created"
+                frames = _request_stack_frames("/v1/sessions/")
+    assert frames["ServerSendMiddleware.__call__"] == streams  # every stream still open
+    # Per stream: uvicorn's proxy headers, FastAPI's and Starlette's entry, the request id, the server send.
+    assert frames.total() <= 5 * streams, frames
