@@ -17,8 +17,10 @@ IDLE_BEFORE_PING_S = 2.0
 
 
 def build_engine(
-    database_url: str, *, pool_size: int = 10, pool_timeout: float = 10.0, echo: bool = False
+    database_url: str, *, pool_size: int = 20, pool_timeout: float = 10.0, echo: bool = False
 ) -> AsyncEngine:
+    """`pool_size` is the most connections open at once, each kept once made: no overflow connections, which
+    open under a burst and close as soon as they are returned (a connect and a close per checkout then)."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(database_url, echo=echo)
@@ -26,7 +28,7 @@ def build_engine(
         database_url,
         echo=echo,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
         pool_timeout=pool_timeout,
         json_serializer=_json_text,
     )
