@@ -20,6 +20,7 @@ from app.observability.metrics import Metrics
 from app.observability.request_id import RequestIdMiddleware
 from app.services.auth import Authenticator
 from app.services.pricing import Pricer
+from app.services.revocations import RevocationListener
 from app.services.spool import Spool
 from app.services.stream_tokens import StreamTokens
 from app.services.tools import ToolBox
@@ -121,12 +122,15 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=app_metrics,
             tools=tools,
         )
+        authenticator = Authenticator(settings, sessionmaker)
+        # Postgres tells every replica of a revoke as it commits: cached keys can be trusted for longer.
+        revocations = None if settings.is_sqlite else RevocationListener(engine, authenticator, app_metrics)
         app.state.parley = AppState(
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
             upstream=upstream,
-            authenticator=Authenticator(settings, sessionmaker),
+            authenticator=authenticator,
             upstream_base_url=base_url,
             head_revision=head_revision(settings.migrations_dir),
             runner=runner,
@@ -145,9 +149,13 @@ def create_app(settings: Settings) -> FastAPI:
         else:
             logger.info("parley.upstream: %s", base_url)
         await runner.start()
+        if revocations is not None:
+            revocations.start()
         try:
             yield
         finally:
+            if revocations is not None:
+                await revocations.stop()
             await runner.shutdown(settings.shutdown_grace_s)
             await upstream.close()
             await engine.dispose()

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # How long a replica trusts a credential it has looked up without asking the database again. A revoke
     # applies at once on the replica that handled it and within this many seconds on the others; 0: no cache.
     auth_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
+    # The same while the replica hears every revoke as it is made (Postgres LISTEN/NOTIFY): then a revoke
+    # applies at once everywhere, and only a connection lost unnoticed (checked every 10 s) bounds it by this.
+    auth_cache_notified_ttl_s: float = Field(default=60.0, ge=0, le=3600)
 
     # The cost ledger, budgets and limits.
     spool_dir: Path = Path("var") / "spool"

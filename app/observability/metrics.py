@@ -132,6 +132,12 @@ class Metrics:
             ["resource"],
             registry=registry,
         )
+        self.revocations_listening = Gauge(
+            "parley_auth_revocations_listening",
+            "1 while this replica hears API-key revokes as they are made (Postgres LISTEN) and trusts its key "
+            "cache for PARLEY_AUTH_CACHE_NOTIFIED_TTL_S; 0 while it cannot (PARLEY_AUTH_CACHE_TTL_S then).",
+            registry=registry,
+        )
         if spool_depth is not None:
             registry.register(_SpoolDepthCollector(spool_depth))
         if process:

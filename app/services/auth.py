@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cachetools import TTLCache
+from cachetools import LRUCache
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.engine import engine_of
@@ -43,11 +44,14 @@ class Authenticator:
         self._jwks = (
             jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=600, timeout=5) if settings.jwks_url else None
         )
-        # Who an API key hash or a JWT subject is, for a few seconds: every request authenticates, and a
-        # lookup costs a pool checkout and a round trip before the first token. Only successes are cached.
-        self._known: TTLCache[str, Principal] | None = (
-            TTLCache(AUTH_CACHE_ENTRIES, settings.auth_cache_ttl_s) if settings.auth_cache_ttl_s > 0 else None
+        # Who an API key hash or a JWT subject is, and since when (monotonic): every request authenticates,
+        # and a lookup costs a pool checkout and a round trip before the first token. Only successes are
+        # cached. Trusted for `auth_cache_ttl_s`, or `auth_cache_notified_ttl_s` while this replica hears
+        # every revoke as it is made (`app.services.revocations`).
+        self._known: LRUCache[str, tuple[Principal, float]] | None = (
+            LRUCache(AUTH_CACHE_ENTRIES) if settings.auth_cache_ttl_s > 0 else None
         )
+        self._ttl_s = settings.auth_cache_ttl_s
 
     async def authenticate(self, credential: str | None) -> Principal:
         if not credential or len(credential) > MAX_CREDENTIAL_LENGTH:
@@ -70,21 +74,47 @@ class Authenticator:
             raise PermissionDenied("Admin routes need the admin token.", code="admin_only")
 
     def forget_key(self, key_hash: str) -> None:
-        """A revoked key stops working on this replica at once (others: within the cache's TTL)."""
+        """A revoked key stops working on this replica at once (others: when they hear of it, or within the
+        cache's TTL)."""
         if self._known is not None:
             self._known.pop(key_hash, None)
 
+    def revocations_heard(self, heard: bool) -> None:
+        """Whether every revoke now reaches this replica as it is made: then cached keys are trusted for
+        longer. Starting to hear them, forget everything: a revoke may have been missed before."""
+        if heard and self._known is not None:
+            self._known.clear()
+        settings = self._settings
+        self._ttl_s = (
+            max(settings.auth_cache_notified_ttl_s, settings.auth_cache_ttl_s) if heard else settings.auth_cache_ttl_s
+        )
+
+    def _recall(self, cache_key: str) -> Principal | None:
+        if self._known is None:
+            return None
+        known = self._known.get(cache_key)
+        if known is None:
+            return None
+        principal, since = known
+        if time.monotonic() - since > self._ttl_s:
+            self._known.pop(cache_key, None)
+            return None
+        return principal
+
+    def _remember(self, cache_key: str, principal: Principal) -> None:
+        if self._known is not None:
+            self._known[cache_key] = (principal, time.monotonic())
+
     async def _from_api_key(self, credential: str) -> Principal:
         key_hash = hash_key(credential)
-        if self._known is not None and (known := self._known.get(key_hash)) is not None:
+        if (known := self._recall(key_hash)) is not None:
             return known
         # Its own statement: the request's database session stays untouched until needed.
         owner = await users_repo.find_key_owner(engine_of(self._sessionmaker), key_hash)
         if owner is None:
             raise AuthenticationFailed("Invalid API key.", code="invalid_api_key")
         principal = Principal(user_id=owner.user_id, name=owner.name, via="api_key")
-        if self._known is not None:
-            self._known[key_hash] = principal
+        self._remember(key_hash, principal)
         return principal
 
     async def _from_jwt(self, token: str) -> Principal:
@@ -95,13 +125,12 @@ class Authenticator:
         # Users are never deleted, so the subject's user id can be remembered; the token itself is verified
         # on every request.
         cache_key = f"sub:{subject}"
-        if self._known is not None and (known := self._known.get(cache_key)) is not None:
+        if (known := self._recall(cache_key)) is not None:
             return known
         async with self._sessionmaker() as db, db.begin():
             user = await users_repo.get_or_create_user(db, name=subject)
         principal = Principal(user_id=user.id, name=user.name, via="jwt")
-        if self._known is not None:
-            self._known[cache_key] = principal
+        self._remember(cache_key, principal)
         return principal
 
     async def _verify_jwt(self, token: str) -> dict[str, Any]:

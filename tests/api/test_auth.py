@@ -7,17 +7,21 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.conftest import ADMIN_TOKEN, ApiUser, RunningParley, create_api_user, run_parley
+from tests.observability.scrape import scrape_until
 from tests.servers import serve
 
 JWT_SECRET = "jwt-test-secret-" + "x" * 32
@@ -116,6 +120,74 @@ async def test_a_key_revoked_on_one_replica_is_refused_by_another_once_its_cache
             assert (await client.get("/v1/sessions", headers=user.headers)).status_code == 401
             await asyncio.sleep(0.6)
             assert (await replica.get("/v1/sessions", headers=user.headers)).status_code == 401
+
+
+async def _revoke_all_keys(client: httpx.AsyncClient, parley: RunningParley, user: ApiUser) -> None:
+    keys = (await client.get(f"/v1/admin/users/{user.id}/keys", headers=parley.admin_headers)).json()["data"]
+    for key in keys:
+        revoked = await client.post(f"/v1/admin/keys/{key['id']}/revoke", headers=parley.admin_headers)
+        assert revoked.status_code == 200
+
+
+async def _listening_is(replica: httpx.AsyncClient, value: float) -> None:
+    await scrape_until(replica, lambda scraped: scraped.value("parley_auth_revocations_listening") == value)
+
+
+@asynccontextmanager
+async def _key_cached_on_a_listening_replica(
+    client: httpx.AsyncClient, database_url: str, backend: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, ApiUser]]:
+    """Another replica that trusts its key cache for five minutes, with a new user's key cached there."""
+    if backend != "postgres":
+        pytest.skip("LISTEN/NOTIFY is Postgres's; on SQLite the short cache bounds a revoke (the test above)")
+    user = await create_api_user(client)
+    with run_parley(database_url, backend, auth_cache_ttl_s=300, auth_cache_notified_ttl_s=300) as other:
+        async with httpx.AsyncClient(base_url=other.base_url, timeout=30) as replica:
+            await _listening_is(replica, 1)  # it forgets every key when it starts listening
+            assert (await replica.get("/v1/sessions", headers=user.headers)).status_code == 200  # now cached there
+            yield replica, user
+
+
+async def _refused_within(replica: httpx.AsyncClient, user: ApiUser, seconds: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while (await replica.get("/v1/sessions", headers=user.headers)).status_code != 401:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_on_postgres_every_replica_hears_a_revoke_at_once_however_long_it_caches_keys(
+    client: httpx.AsyncClient, parley: RunningParley, database_url: str, backend: str
+) -> None:
+    """Replicas listening for revokes may cache a key for minutes: the revoke reaches them as it commits."""
+    async with _key_cached_on_a_listening_replica(client, database_url, backend) as (replica, user):
+        await _revoke_all_keys(client, parley, user)
+        assert await _refused_within(replica, user, 5.0)
+
+
+async def test_a_replica_that_lost_its_revocations_connection_forgets_its_cached_keys(
+    client: httpx.AsyncClient, parley: RunningParley, database_url: str, backend: str
+) -> None:
+    """A revoke made while a replica was not listening is not missed: listening again, it looks keys up anew."""
+    async with _key_cached_on_a_listening_replica(client, database_url, backend) as (replica, user):
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                # Every replica's listening connection to this database goes; its revokes are sent to no one.
+                ended = await connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :database AND pid <> pg_backend_pid() AND query LIKE 'LISTEN%'"
+                    ),
+                    {"database": make_url(database_url).database},
+                )
+                assert ended.all()
+                await _revoke_all_keys(client, parley, user)
+                await _listening_is(replica, 0)
+        finally:
+            await engine.dispose()
+        assert await _refused_within(replica, user, 10.0)
 
 
 async def test_a_user_may_hold_several_keys_for_one_identity(client: httpx.AsyncClient, parley: RunningParley) -> None:

@@ -49,8 +49,10 @@ def test_kept_logs_add_nothing_for_the_collector_to_walk() -> None:
     del log
     logs.expire()
     gc.collect()
-    # As objects each log would be three (the log, its frames, its waiters): 6,000 here.
-    assert len(gc.get_objects()) - before < 100
+    # As objects each log would be three (the log, its frames, its waiters): 6,000 here; a kept log the
+    # collector still tracked, one or two (2,000-4,000). The margin is for other tests' servers, whose threads
+    # go on making objects meanwhile in a full run.
+    assert len(gc.get_objects()) - before < 1_000
     assert len(logs) == 2_000
     last = logs.get("turn_1999")
     assert last is not None

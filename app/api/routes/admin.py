@@ -24,6 +24,7 @@ from app.repositories import turns as turns_repo
 from app.repositories import users as users_repo
 from app.services import api_keys
 from app.services.limits import budget_of, month_of
+from app.services.revocations import announce_revoked
 from app.state import AppState
 
 router = APIRouter(
@@ -93,11 +94,13 @@ async def list_keys(user_id: UserId, db: DbDep, page: ListDep) -> ListResponse[A
 
 @router.post("/keys/{key_id}/revoke", responses=errors(404))
 async def revoke_key(key_id: KeyId, db: DbDep, state: StateDep) -> ApiKeyRead:
-    """Revoke a key at once; requests with it answer 401 from then on (on other replicas, within
+    """Revoke a key at once; requests with it answer 401 from then on, on every replica (on Postgres, told
+    to the others as the revoke commits; a replica that cannot hear it stops trusting its cache within
     PARLEY_AUTH_CACHE_TTL_S). Revoking twice is harmless."""
     key = await users_repo.revoke_api_key(db, key_id=key_id, at=utcnow())
     if key is None:
         raise NotFound(f"No API key with id '{key_id}'.", param="key_id")
+    await announce_revoked(db, key.key_hash)
     state.authenticator.forget_key(key.key_hash)
     return ApiKeyRead.of(key)
 

@@ -1,0 +1,97 @@
+"""API-key revocations told to every replica at once, over Postgres LISTEN/NOTIFY.
+
+Each replica remembers a verified key for a while (`Authenticator`), because looking it up costs a database
+round trip before every turn's first token, and a user's turns are usually further apart than a few
+seconds. A revoke is sent on the `parley_key_revoked` channel in the revoking transaction (Postgres delivers
+it at commit), and every replica listening forgets the key at once; while it listens, a replica may trust
+its cache for `PARLEY_AUTH_CACHE_NOTIFIED_TTL_S`, otherwise for `PARLEY_AUTH_CACHE_TTL_S` only. A replica
+that was not listening (just started, its connection lost) forgets every key when it starts listening
+again, as it may have missed revokes meanwhile.
+
+On its own connection, not a pooled one: LISTEN holds a connection for the process's life, and the pool's
+connections are reset and shared. SQLite (one process, the embedded default) has nothing to listen to: the
+replica that handles a revoke forgets the key itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from app.observability.metrics import Metrics
+from app.services.auth import Authenticator
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "parley_key_revoked"
+# How often an idle listening connection is checked: a connection lost without the socket closing (a
+# network partition) is noticed within this, and a cache entry is never trusted past the notified TTL.
+PING_INTERVAL_S = 10.0
+RETRY_S = 2.0
+
+
+async def announce_revoked(db: AsyncSession, key_hash: str) -> None:
+    """Tell every listening replica, when this transaction commits (Postgres only)."""
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(select(func.pg_notify(CHANNEL, key_hash)))
+
+
+class RevocationListener:
+    """Listens on CHANNEL for the process's life, reconnecting when the connection is lost."""
+
+    def __init__(self, engine: AsyncEngine, authenticator: Authenticator, metrics: Metrics) -> None:
+        # The same host, credentials and options as the pool's connections.
+        args, kwargs = engine.sync_engine.dialect.create_connect_args(engine.sync_engine.url)
+        self._connect_args: tuple[list[Any], dict[str, Any]] = (list(args), dict(kwargs))
+        self._authenticator = authenticator
+        self._metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="auth-revocations")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                logger.warning("auth.revocations_unheard: %s", type(error).__name__)
+            await asyncio.sleep(RETRY_S)
+
+    async def _listen(self) -> None:
+        """One connection's life: listen until it is lost."""
+        args, kwargs = self._connect_args
+        connection = await asyncpg.connect(*args, timeout=5, **kwargs)
+        lost = asyncio.Event()
+        try:
+            connection.add_termination_listener(lambda _connection: lost.set())
+            await connection.add_listener(CHANNEL, self._on_revoked)
+            self._authenticator.revocations_heard(True)
+            self._metrics.revocations_listening.set(1)
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), PING_INTERVAL_S)
+                if not lost.is_set():
+                    await connection.fetchval("SELECT 1", timeout=5)
+        finally:
+            self._metrics.revocations_listening.set(0)
+            self._authenticator.revocations_heard(False)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(connection.close(timeout=2))
+
+    def _on_revoked(self, _connection: Any, _pid: int, _channel: str, key_hash: str) -> None:
+        self._authenticator.forget_key(key_hash)
