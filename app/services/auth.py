@@ -52,6 +52,9 @@ class Authenticator:
             LRUCache(AUTH_CACHE_ENTRIES) if settings.auth_cache_ttl_s > 0 else None
         )
         self._ttl_s = settings.auth_cache_ttl_s
+        # Bumped by every forget: a lookup that read the database before a revoke landed does not cache its
+        # (then stale) answer when it returns after the revoke was heard.
+        self._forgets = 0
 
     async def authenticate(self, credential: str | None) -> Principal:
         if not credential or len(credential) > MAX_CREDENTIAL_LENGTH:
@@ -76,6 +79,7 @@ class Authenticator:
     def forget_key(self, key_hash: str) -> None:
         """A revoked key stops working on this replica at once (others: when they hear of it, or within the
         cache's TTL)."""
+        self._forgets += 1
         if self._known is not None:
             self._known.pop(key_hash, None)
 
@@ -83,6 +87,7 @@ class Authenticator:
         """Whether every revoke now reaches this replica as it is made: then cached keys are trusted for
         longer. Starting to hear them, forget everything: a revoke may have been missed before."""
         if heard and self._known is not None:
+            self._forgets += 1
             self._known.clear()
         settings = self._settings
         self._ttl_s = (
@@ -101,20 +106,22 @@ class Authenticator:
             return None
         return principal
 
-    def _remember(self, cache_key: str, principal: Principal) -> None:
-        if self._known is not None:
+    def _remember(self, cache_key: str, principal: Principal, forgets_before: int) -> None:
+        """Cache what a lookup found, unless something was forgotten while it ran (`forgets_before`)."""
+        if self._known is not None and self._forgets == forgets_before:
             self._known[cache_key] = (principal, time.monotonic())
 
     async def _from_api_key(self, credential: str) -> Principal:
         key_hash = hash_key(credential)
         if (known := self._recall(key_hash)) is not None:
             return known
+        forgets_before = self._forgets
         # Its own statement: the request's database session stays untouched until needed.
         owner = await users_repo.find_key_owner(engine_of(self._sessionmaker), key_hash)
         if owner is None:
             raise AuthenticationFailed("Invalid API key.", code="invalid_api_key")
         principal = Principal(user_id=owner.user_id, name=owner.name, via="api_key")
-        self._remember(key_hash, principal)
+        self._remember(key_hash, principal, forgets_before)
         return principal
 
     async def _from_jwt(self, token: str) -> Principal:
@@ -127,10 +134,11 @@ class Authenticator:
         cache_key = f"sub:{subject}"
         if (known := self._recall(cache_key)) is not None:
             return known
+        forgets_before = self._forgets
         async with self._sessionmaker() as db, db.begin():
             user = await users_repo.get_or_create_user(db, name=subject)
         principal = Principal(user_id=user.id, name=user.name, via="jwt")
-        self._remember(cache_key, principal)
+        self._remember(cache_key, principal, forgets_before)
         return principal
 
     async def _verify_jwt(self, token: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,14 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from app.db.engine import build_engine, build_sessionmaker
+from app.errors import AuthenticationFailed
+from app.repositories import users as users_repo
+from app.services import api_keys
+from app.services.auth import Authenticator
+from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN, ApiUser, RunningParley, create_api_user, run_parley
+from tests.databases import sqlite_database
 from tests.observability.scrape import scrape_until
 from tests.servers import serve
 
@@ -332,3 +340,39 @@ async def test_jwts_are_refused_where_none_are_configured(client: httpx.AsyncCli
 async def test_api_keys_still_work_beside_jwts(jwt_client: httpx.AsyncClient) -> None:
     user: ApiUser = await create_api_user(jwt_client)
     assert (await jwt_client.get("/v1/sessions", headers=user.headers)).status_code == 200
+
+
+async def test_a_lookup_under_way_when_its_key_is_revoked_does_not_cache_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup read the key as valid, the revoke landed (and was heard) before it returned: the next request
+    looks the key up again rather than trusting a cached answer for the cache's whole lifetime."""
+    async with sqlite_database(tmp_path) as url:
+        engine = build_engine(url)
+        try:
+            sessionmaker = build_sessionmaker(engine)
+            async with sessionmaker() as db, db.begin():
+                issued = await api_keys.issue_key_for_name(db, user_name=f"racer-{uuid.uuid4().hex[:6]}")
+            settings = Settings(_env_file=None, database_url=url, auth_cache_ttl_s=300)  # type: ignore[call-arg]
+            authenticator = Authenticator(settings, sessionmaker)
+            read, release = asyncio.Event(), asyncio.Event()
+            real_lookup = users_repo.find_key_owner
+
+            async def slow_lookup(*args: Any) -> Any:
+                owner = await real_lookup(*args)
+                read.set()
+                await release.wait()
+                return owner
+
+            monkeypatch.setattr(users_repo, "find_key_owner", slow_lookup)
+            first = asyncio.create_task(authenticator.authenticate(issued.secret))
+            await read.wait()
+            async with sessionmaker() as db, db.begin():
+                await users_repo.revoke_api_key(db, key_id=issued.record.id, at=dt.datetime.now(dt.UTC))
+            authenticator.forget_key(issued.record.key_hash)
+            release.set()
+            assert (await first).user_id == issued.user.id  # it was valid when read
+            with pytest.raises(AuthenticationFailed):
+                await authenticator.authenticate(issued.secret)
+        finally:
+            await engine.dispose()
