@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Dialect
@@ -117,9 +117,10 @@ class CompiledFor:
 
 
 class DriverConnection:
-    """A pooled connection's driver connection, running `DriverStatement`s: each in its own transaction (the
-    connection is checked out outside any: asyncpg then runs a statement in autocommit), or together inside
-    `transaction()`."""
+    """A pooled connection's driver connection, running `DriverStatement`s, each in its own transaction (the
+    connection is checked out outside any: asyncpg then runs a statement in autocommit). Every statement on a
+    turn's path is one statement on purpose: a transaction of several costs a round trip for each, and BEGIN
+    and COMMIT two more."""
 
     __slots__ = ("_dialect", "_pooled")
 
@@ -160,27 +161,6 @@ class DriverConnection:
             raise
         return None if record is None else compiled.row(record)
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        """BEGIN, then COMMIT if the block ends normally, else ROLLBACK (the block's error goes on)."""
-        driver: Any = self._pooled.driver_connection
-        transaction = driver.transaction()
-        await self._run("BEGIN", transaction.start)
-        try:
-            yield
-        except BaseException:
-            # A connection that cannot roll back is dropped on its way back to the pool (`driver_connection`).
-            with contextlib.suppress(Exception):
-                await transaction.rollback()
-            raise
-        await self._run("COMMIT", transaction.commit)
-
-    async def _run(self, sql: str, step: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await step()
-        except Exception as error:
-            raise await self._as_sqlalchemy_error(error, sql, []) from error
-
     async def _as_sqlalchemy_error(self, error: Exception, sql: str, arguments: list[Any]) -> Exception:
         """`error` as `Connection.execute` would raise it, the connection invalidated if it broke."""
         adapted: Any = self._pooled.dbapi_connection
@@ -217,10 +197,5 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[DriverConnecti
     try:
         yield DriverConnection(pooled, engine.dialect)
     finally:
-        driver: Any = pooled.driver_connection
-        if driver is not None and not driver.is_closed() and driver.is_in_transaction():
-            # Left inside a transaction (cancelled in BEGIN, COMMIT or a rollback that failed): SQLAlchemy's
-            # reset on return knows nothing of the driver's own transactions, so the connection goes.
-            await greenlet_spawn(pooled.invalidate)
         # Returning it may close it (an invalidated connection), which awaits the driver: in a greenlet.
         await greenlet_spawn(pooled.close)

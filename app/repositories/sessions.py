@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.driver import CompiledFor, DriverConnection
 from app.db.models import ChatSession, Message, User
 from app.repositories.pagination import Order, Page, paginate
 
@@ -52,7 +51,6 @@ _SESSION_FOR_TURN = (
     )
 )
 _SESSION_FOR_TURN_LOCKED = _SESSION_FOR_TURN.with_for_update(of=User)
-_SESSION_FOR_TURN_LOCKED_ON_DRIVER = CompiledFor(_SESSION_FOR_TURN_LOCKED)
 
 
 async def get_owned_session_for_turn(
@@ -64,16 +62,6 @@ async def get_owned_session_for_turn(
     statement = _SESSION_FOR_TURN_LOCKED if lock_user else _SESSION_FOR_TURN
     row = (await db.execute(statement, {"session_key": session_id, "user_key": user_id})).first()
     return SessionForTurn(*row) if row is not None else None
-
-
-async def lock_owner_of_session_for_turn(
-    connection: DriverConnection, *, user_id: str, session_id: str
-) -> SessionForTurn | None:
-    """Postgres, inside a transaction: `get_owned_session_for_turn` with `lock_user`, on the driver's connection."""
-    row = await connection.fetchrow(
-        _SESSION_FOR_TURN_LOCKED_ON_DRIVER, {"session_key": session_id, "user_key": user_id}
-    )
-    return SessionForTurn(*row.values()) if row is not None else None
 
 
 async def list_owned_sessions(

@@ -10,12 +10,15 @@ from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     Integer,
     String,
     Table,
     and_,
     any_,
     bindparam,
+    column,
     delete,
     func,
     insert,
@@ -286,7 +289,14 @@ def _start_plain_turn_in_one_statement() -> Any:
     would have built. Constraints (one open turn per session, one turn per Idempotency-Key) are checked at the
     statement's end as for separate statements. The statement returns the session whether or not it inserted.
     """
-    found = (
+    found = _found_session()
+    plain = and_(_overrides_nothing(found), found.c.monthly_budget_usd.is_(None))
+    return select(*found.c, *_guarded_start(_turn_values_in(found), found, plain))
+
+
+def _found_session() -> Any:
+    """A start statement's CTE reading the session (the user's own, not deleted) and its owner's budget."""
+    return (
         select(
             SESSIONS.c.id,
             SESSIONS.c.conversation_id,
@@ -302,14 +312,17 @@ def _start_plain_turn_in_one_statement() -> Any:
         )
         .cte("found_session")
     )
-    # A prompt cleared by PATCH is stored as JSON null, one never set as SQL NULL.
-    plain = and_(
-        func.coalesce(found.c.prompt, _JSON_NULL) == _JSON_NULL,
-        func.coalesce(found.c.model, "") == "",
-        found.c.monthly_budget_usd.is_(None),
-    )
 
-    turn_values = [
+
+def _overrides_nothing(found: Any) -> ColumnElement[bool]:
+    """The session has no prompt or model of its own: a body built for a plain session is its body."""
+    # A prompt cleared by PATCH is stored as JSON null, one never set as SQL NULL.
+    return and_(func.coalesce(found.c.prompt, _JSON_NULL) == _JSON_NULL, func.coalesce(found.c.model, "") == "")
+
+
+def _turn_values_in(found: Any) -> list[Any]:
+    """The new turn's values, its upstream body's `conversation` set from the session the statement read."""
+    return [
         _typed_parameter(TURNS, column, "turn")
         if column != "request"
         else bindparam("turn_request", type_=JSONB).op("||", return_type=JSONB)(
@@ -317,14 +330,6 @@ def _start_plain_turn_in_one_statement() -> Any:
         )
         for column in _TURN_START_COLUMNS
     ]
-    return select(
-        found.c.id,
-        found.c.conversation_id,
-        found.c.prompt,
-        found.c.model,
-        found.c.monthly_budget_usd,
-        *_guarded_start(turn_values, found, plain),
-    )
 
 
 START_PLAIN_TURN_ON_DRIVER = CompiledFor(_start_plain_turn_in_one_statement())
@@ -681,34 +686,64 @@ def _limit_counts_of(row: Any) -> LimitCounts:
 
 @dataclass(frozen=True, slots=True)
 class CountedStart:
-    """What `start_counted_turn` counted, and whether the turn started (it did not when a limit was reached)."""
+    """What `start_counted_turn` found: the session (None: not the user's, or deleted), what the limits
+    counted, whether the body it was given fits the session, and whether the turn started (it did not when the
+    body did not fit or a limit was reached)."""
 
-    counts: LimitCounts
+    session: SessionForTurn | None
+    counts: LimitCounts | None
+    body_fits: bool
     started: bool
 
 
+def _locked_limit_counts() -> Any:
+    """The owner's row locked, then `LIMIT_COUNTS` counted with a snapshot taken after the lock: the migration
+    bb2100c2b941's function. Being VOLATILE it takes a snapshot for each statement it runs, so under READ
+    COMMITTED its counts include every turn the owner's other starts committed, on any replica, while this one
+    waited for the lock (in the calling statement's own snapshot they would not)."""
+    function = func.parley_locked_limit_counts(
+        bindparam("user_key", type_=USERS.c.id.type),
+        bindparam("since", type_=TURNS.c.created_at.type),
+        bindparam("month", type_=SPEND.c.month.type),
+        bindparam("in_flight_statuses", list(TURN_IN_FLIGHT_STATUSES), type_=ARRAY(String)),
+    )
+    counted = function.table_valued(
+        column("in_flight", BigInteger),
+        column("recent", BigInteger),
+        column("oldest_recent", TURNS.c.created_at.type),
+        column("month_spend", SPEND.c.cost_usd.type),
+    )
+    return select(counted).cte("counts")
+
+
 def _start_counted_turn_in_one_statement() -> Any:
-    """Postgres: the limit counts and, when every one is under its limit, the turn, its user message and the
-    session's counters, in one statement. Run after the owner's row was locked by an earlier statement of the
-    transaction: under READ COMMITTED this statement's snapshot then includes every turn the owner's other
-    starts committed, on any replica (in the statement that takes the lock it would not). The limits are
-    parameters (0, or NULL for the budget: none), the same comparisons as `services.limits.limit_error`."""
-    counts = LIMIT_COUNTS.cte("counts")
+    """Postgres, in autocommit: read the session, lock its owner's row and count what the limits compare
+    (`_locked_limit_counts`), and, when the body fits the session and every count is under its limit, insert
+    the turn, its user message and the session's counters: one statement, one round trip before the first
+    token (it was four: BEGIN, the lock, the guarded insert, COMMIT). The lock is held until the statement
+    commits, so concurrent starts of one user are counted one after the other.
+
+    The body fits when it was built from this session (`body_for_session`) or, built for a plain session, the
+    session has no prompt or model of its own (as in `_start_plain_turn_in_one_statement`). The limits are
+    parameters (0: none) and the budget the owner's own or else `default_budget` (NULL: none), compared as
+    `services.limits.limit_error` compares them."""
+    found = _found_session()
+    counts = _locked_limit_counts()
     max_in_flight = bindparam("max_in_flight", type_=Integer)
     max_recent = bindparam("max_recent", type_=Integer)
-    budget = bindparam("budget", type_=SPEND.c.cost_usd.type)
+    budget = func.coalesce(found.c.monthly_budget_usd, bindparam("default_budget", type_=SPEND.c.cost_usd.type))
     under_limits = and_(
         or_(max_in_flight == 0, counts.c.in_flight < max_in_flight),
         or_(max_recent == 0, counts.c.recent < max_recent),
         or_(budget.is_(None), func.coalesce(counts.c.month_spend, 0) < budget),
     )
-    turn_values = [_typed_parameter(TURNS, column, "turn") for column in _TURN_START_COLUMNS]
+    body_fits = or_(bindparam("body_for_session", type_=Boolean), _overrides_nothing(found))
+    source = found.join(counts, true())
     return select(
-        counts.c.in_flight,
-        counts.c.recent,
-        counts.c.oldest_recent,
-        counts.c.month_spend,
-        *_guarded_start(turn_values, counts, under_limits),
+        *found.c,
+        *counts.c,
+        body_fits.label("body_fits"),
+        *_guarded_start(_turn_values_in(found), source, and_(body_fits, under_limits)),
     )
 
 
@@ -720,27 +755,33 @@ async def start_counted_turn(
     turn: Turn,
     *,
     user_message: dict[str, Any],
+    body_for_session: bool,
     since: dt.datetime,
     month: str,
     max_in_flight: int,
     max_recent: int,
-    budget: Decimal | None,
+    default_budget: Decimal | None,
     meanwhile: Meanwhile = None,
 ) -> CountedStart:
-    """The owner's limit counts and, under the limits, `turn` with its user message: see
-    `_start_counted_turn_in_one_statement`. Postgres only, in the transaction that locked the owner's row."""
+    """`turn` and its user message under the owner's limits: see `_start_counted_turn_in_one_statement`.
+    Postgres only, in autocommit. `turn.request` gets its `conversation` from the session either way."""
     parameters = _guarded_start_parameters(
         turn,
         user_message,
+        session_key=turn.session_id,
+        body_for_session=body_for_session,
         since=since,
         month=month,
         max_in_flight=max_in_flight,
         max_recent=max_recent,
-        budget=budget,
+        default_budget=default_budget,
     )
     row = await connection.fetchrow(START_COUNTED_TURN_ON_DRIVER, parameters, meanwhile=meanwhile)
-    assert row is not None
-    return CountedStart(counts=_limit_counts_of(list(row.values())), started=bool(row["started"]))
+    if row is None:
+        return CountedStart(session=None, counts=None, body_fits=False, started=False)
+    session = SessionForTurn(row["id"], row["conversation_id"], row["prompt"], row["model"], row["monthly_budget_usd"])
+    counts = _limit_counts_of([row["in_flight"], row["recent"], row["oldest_recent"], row["month_spend"]])
+    return CountedStart(session=session, counts=counts, body_fits=bool(row["body_fits"]), started=bool(row["started"]))
 
 
 def _as_utc(value: dt.datetime | str | None) -> dt.datetime | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -169,13 +168,13 @@ async def start_turn(
     turn in flight per session is the partial unique index's job; losing that race (or a duplicate
     Idempotency-Key's) lands in `_after_conflict`.
 
-    On Postgres the statements run on the driver's connection (`app.db.driver`). With nothing to count they
-    run in autocommit: one statement for a plain session, two for one with a prompt or model of its own (see
-    `run_in_autocommit`); without a lock a transaction would isolate nothing that the insert's constraints do
-    not check. When a limit counts (the default), or the owner turns out to have a budget of their own: BEGIN,
-    the session read that locks its owner, one statement that counts and inserts guarded by the limits
-    (`run_counted`), COMMIT. A start the limits stop is answered afterwards (`_after_conflict`). On SQLite,
-    one transaction of several statements (`run`).
+    On Postgres the statements run on the driver's connection (`app.db.driver`), each in autocommit: one
+    statement for a plain session (no prompt or model of its own), two for one with its own, the second with
+    the body built from the session the first read. With nothing to count (`run_in_autocommit`) the insert's
+    constraints are all the isolation needed. When a limit counts (the default), or the owner turns out to
+    have a budget of their own, the statement locks the owner's row and counts after the lock (`run_counted`;
+    the lock lasts until it commits). A start the limits stop is answered afterwards (`_after_conflict`). On
+    SQLite, one transaction of several statements (`run`).
 
     `while_writing` is the caller's own work for the new turn (what it sends before the first token), run on
     Postgres while the statement that writes the turn runs in the database instead of after it: every turn
@@ -196,12 +195,10 @@ async def start_turn(
         if engine.dialect.name != "postgresql":
             async with sessionmaker() as db, db.begin():
                 return await start.run(db, lock_user=limits_apply(settings))
-        if not limits_apply(settings):
-            with contextlib.suppress(_NeedsTransaction):
-                async with driver_connection(engine) as connection:
-                    return await start.run_in_autocommit(connection)
-        async with driver_connection(engine) as connection, connection.transaction():
-            return await start.run_counted(connection)
+        async with driver_connection(engine) as connection:
+            if limits_apply(settings):
+                return await start.run_counted(connection)
+            return await start.run_in_autocommit(connection)
     except (IntegrityError, _Refused) as refusal:
         # Lost a race (a concurrent duplicate of this request, or another turn of the session), or a limit.
         return await _after_conflict(
@@ -212,10 +209,6 @@ async def start_turn(
             fingerprint=start.fingerprint,
             limited=refusal.limited(settings, now=start.now) if isinstance(refusal, _Refused) else None,
         )
-
-
-class _NeedsTransaction(Exception):
-    """The start has to count the owner's spend under a lock: nothing was written."""
 
 
 class _Refused(Exception):
@@ -274,43 +267,46 @@ class _TurnStart:
         return await self._insert(await db.connection(), session)
 
     async def run_counted(self, connection: DriverConnection) -> StartedTurn:
-        """Postgres, in a transaction: the session with its owner's row locked, then the limit counts and the
-        inserts as one statement guarded by the limits (in a later statement than the lock, so its snapshot
-        sees every turn the owner's other starts committed, on any replica). Raises `_Refused` when a limit
-        stopped it; a used Idempotency-Key or a busy session fails the insert (IntegrityError)."""
-        session = await sessions_repo.lock_owner_of_session_for_turn(
-            connection, user_id=self.principal.user_id, session_id=self.session_id
-        )
-        if session is None:
+        """Postgres, in autocommit: the limits counted under the owner's lock and the inserts guarded by them,
+        one statement (`turns_repo.start_counted_turn`). A session with a prompt or model of its own takes a
+        second, with the body built from the session the first read. Raises `_Refused` when a limit stopped
+        it; a used Idempotency-Key or a busy session fails the insert (IntegrityError)."""
+        turn, start = await self._counted(connection, self._plain_session(), body_for_session=False)
+        if start.session is not None and not start.body_fits:
+            turn, start = await self._counted(connection, start.session, body_for_session=True)
+        if start.session is None:
             raise self._not_found()
+        if not start.started:
+            assert start.counts is not None
+            raise _Refused(start.counts, budget_of(start.session.owner_budget_usd, self.settings))
+        turn.request["conversation"] = start.session.conversation_id
+        return StartedTurn(turn, replayed=False)
+
+    async def _counted(
+        self, connection: DriverConnection, session: SessionForTurn, *, body_for_session: bool
+    ) -> tuple[Turn, turns_repo.CountedStart]:
         settings = self.settings
-        budget = budget_of(session.owner_budget_usd, settings)
         turn, user_message = self._new_turn(session)
         start = await turns_repo.start_counted_turn(
             connection,
             turn,
             user_message=user_message,
+            body_for_session=body_for_session,
             since=self.now - WINDOW,
             month=month_of(self.now),
             max_in_flight=settings.rate_limit_concurrent_turns,
             max_recent=settings.rate_limit_turns_per_minute,
-            budget=budget,
+            default_budget=settings.default_monthly_budget_usd,
             meanwhile=self._meanwhile(turn),
         )
-        if not start.started:
-            raise _Refused(start.counts, budget)
-        return StartedTurn(turn, replayed=False)
+        return turn, start
 
     async def run_in_autocommit(self, connection: DriverConnection) -> StartedTurn:
         """Each statement its own transaction, when no limit counts. A plain session (no prompt or model of its
         own, an owner without a budget) starts in one statement; another one in two, the second with the body
-        built from the session the first read. Raises `_NeedsTransaction`, having written nothing, for an owner
-        with a budget of their own."""
-        # The body for a session that overrides nothing; the statement fills in the conversation.
-        plain_session = SessionForTurn(
-            id=self.session_id, conversation_id="", prompt=None, model=None, owner_budget_usd=None
-        )
-        turn, user_message = self._new_turn(plain_session)
+        built from the session the first read. An owner with a budget of their own has it counted under their
+        lock (`run_counted`): the first statement wrote nothing."""
+        turn, user_message = self._new_turn(self._plain_session())
         plain = await turns_repo.start_plain_turn(
             connection, turn, user_message=user_message, meanwhile=self._meanwhile(turn)
         )
@@ -320,12 +316,17 @@ class _TurnStart:
             turn.request["conversation"] = plain.session.conversation_id
             return StartedTurn(turn, replayed=False)
         if plain.session.owner_budget_usd is not None:
-            raise _NeedsTransaction
+            return await self.run_counted(connection)
         turn, user_message = self._new_turn(plain.session)
         await turns_repo.insert_started_turn_on_driver(
             connection, turn, user_message=user_message, meanwhile=self._meanwhile(turn)
         )
         return StartedTurn(turn, replayed=False)
+
+    def _plain_session(self) -> SessionForTurn:
+        """The session as a body built before reading it assumes: no prompt or model of its own (a start
+        statement fills in the conversation, and inserts only if the session is so)."""
+        return SessionForTurn(id=self.session_id, conversation_id="", prompt=None, model=None, owner_budget_usd=None)
 
     async def _session(self, db: AsyncSession, *, lock_user: bool) -> SessionForTurn:
         session = await sessions_repo.get_owned_session_for_turn(
