@@ -16,6 +16,7 @@ from app.api.middleware import RequestGuardMiddleware, SecurityHeadersMiddleware
 from app.api.routes import admin, health, metrics, sessions, turns, usage, web
 from app.db.engine import build_engine, build_sessionmaker
 from app.db.migrate import head_revision, upgrade
+from app.observability.loop_lag import LoopLagWatch
 from app.observability.metrics import Metrics
 from app.observability.request_id import RequestIdMiddleware
 from app.services.auth import Authenticator
@@ -151,9 +152,12 @@ def create_app(settings: Settings) -> FastAPI:
         await runner.start()
         if revocations is not None:
             revocations.start()
+        loop_lag = LoopLagWatch(app_metrics)
+        loop_lag.start()
         try:
             yield
         finally:
+            await loop_lag.stop()
             if revocations is not None:
                 await revocations.stop()
             await runner.shutdown(settings.shutdown_grace_s)

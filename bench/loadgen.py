@@ -24,6 +24,9 @@ from bench.sse import HTTPError, HTTPResponseParser, SSEParser
 from bench.stats import delivery_delays, gaps, summarize
 
 DELTA = "response.output_text.delta"
+# The load generator's own loop is checked this often: a sleep that wakes late means every socket read of
+# that moment waited as long, and the lag measured is the rig's, not the peer's.
+LAG_PROBE_S = 0.005
 TERMINAL_EVENTS = frozenset(
     {
         "response.completed",
@@ -260,6 +263,17 @@ async def run(spec: LoadSpec) -> dict[str, Any]:
             if record.error is not None:
                 await asyncio.sleep(0.05)  # a failing peer must not turn this into a hot loop
 
+    # (when, how late) of each wake-up of a sleep of LAG_PROBE_S.
+    lateness: list[tuple[float, float]] = []
+
+    async def watch_own_lag() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(LAG_PROBE_S)
+            now = time.perf_counter()
+            lateness.append((now, now - before - LAG_PROBE_S))
+
+    watcher = asyncio.ensure_future(watch_own_lag())
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     tasks = [asyncio.ensure_future(slot(index)) for index in range(spec.concurrency)]
     _, pending = await asyncio.wait(tasks, timeout=max(hard_deadline - time.perf_counter(), 0.1))
@@ -273,10 +287,14 @@ async def run(spec: LoadSpec) -> dict[str, Any]:
             protocol.transport.abort()
     if pending:
         await asyncio.wait(pending, timeout=5)
+    watcher.cancel()
     end = time.perf_counter()
     usage_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
-    return summarize_run(spec, records, counters, start=start, end=end, cpu_s=cpu_s, timed_out=timed_out)
+    result = summarize_run(spec, records, counters, start=start, end=end, cpu_s=cpu_s, timed_out=timed_out)
+    low, high = (start + spec.window[0], start + spec.window[1]) if spec.window else (start, end)
+    result["own_loop_lag_ms"] = summarize((late for at, late in lateness if low <= at <= high), scale=1000)
+    return result
 
 
 def summarize_run(

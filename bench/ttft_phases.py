@@ -94,8 +94,15 @@ def main() -> None:
         harness.warmup(target)
         for round_ in range(args.rounds):
             if args.paced:
-                direct = harness.paced(harness.direct(), args.paced)["ttft_ms"]["p50"]
-                parley = harness.paced(target, args.paced)["ttft_ms"]["p50"]
+                direct_result = harness.paced(harness.direct(), args.paced)
+                parley_result = harness.paced(target, args.paced)
+                direct, parley = direct_result["ttft_ms"]["p50"], parley_result["ttft_ms"]["p50"]
+                for name, result in (("direct", direct_result), ("parley", parley_result)):
+                    lag = result.get("own_loop_lag_ms") or {}
+                    log(
+                        f"  against {name}: first byte p50 {result['first_byte_ms'].get('p50', 0):.1f} ms; the load "
+                        f"generator's own loop late p50 {lag.get('p50', 0):.1f} / p99 {lag.get('p99', 0):.1f} ms"
+                    )
             else:
                 result = harness.ttft_single(target)
                 parley, direct = result["ttft_ms"]["p50"], result["direct_just_before"]["ttft_ms"]["p50"]
@@ -106,8 +113,25 @@ def main() -> None:
     if not marks_path.exists():
         log("no phase marks were written (was Parley stopped cleanly?)")
         return
-    for name, count, median in phase_table([(label, at, key) for label, at, key in json.loads(marks_path.read_text())]):
+    marks = json.loads(marks_path.read_text())
+    for name, count, median in phase_table([(label, at, key) for label, at, key in marks if label != "loop_late"]):
         print(f"{median:7.3f} ms  {name}  ({count} turns)")
+    print_loop_lateness([(at, key) for label, at, key in marks if label == "loop_late"])
+
+
+def print_loop_lateness(samples: list[tuple[float, int]]) -> None:
+    """How late Parley's loop woke a 5-ms sleep, second by second where it was ever 20 ms late."""
+    by_second: dict[int, list[float]] = {}
+    for at, late_us in samples:
+        by_second.setdefault(int(at), []).append(late_us / 1000)
+    if not by_second:
+        return
+    first = min(by_second)
+    print("Parley's loop, a 5-ms sleep woke late by (ms): second, wake-ups, p50, max")
+    for second in sorted(by_second):
+        values = sorted(by_second[second])
+        if values[-1] >= 20:
+            print(f"  {second - first:4d}  {len(values):4d}  {values[len(values) // 2]:6.1f}  {values[-1]:6.1f}")
 
 
 if __name__ == "__main__":

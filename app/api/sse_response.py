@@ -19,14 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable
 from types import CoroutineType
-from typing import Any, Protocol
+from typing import Protocol
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.api.middleware import DETACHED_STREAM, SERVER_SEND
+from app.coroutines import Resumed
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.streaming.event_log import LogReader, Waiter
@@ -264,7 +265,7 @@ class EventStreamResponse(Response):
                 except StopIteration:
                     self._frames.wait(self._parked)
                     return True
-                held = _Resumed(sending, blocked_on)
+                held = Resumed(sending, blocked_on)
             # Timed for the slow-client cut only when the task has to finish it; one that ended here never is.
             self._send_started = self._loop.time() if self._loop is not None else 0.0
             self._held = held
@@ -330,44 +331,13 @@ class _Parked:
                 future.set_result(None)
 
 
-class _Resumed:
-    """A coroutine that was stepped by hand and suspended on `blocked_on`, awaitable from where it stopped.
-    Hand-written because asyncio can only start a coroutine, not take over one already running; this is
-    what `yield from` does, with the first value already yielded."""
-
-    __slots__ = ("_blocked_on", "_coroutine")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, None], blocked_on: Any) -> None:
-        self._coroutine = coroutine
-        self._blocked_on = blocked_on
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coroutine, value = self._coroutine, self._blocked_on
-        while True:
-            try:
-                sent = yield value
-            except BaseException as error:
-                try:
-                    value = coroutine.throw(error)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    value = coroutine.send(sent)
-                except StopIteration:
-                    return
-
-    def close(self) -> None:
-        self._coroutine.close()
-
-
 async def _raise(error: Exception) -> None:
     raise error
 
 
 def _discard(held: Awaitable[None]) -> None:
     """A send the stream ended before finishing: closed, not left for the collector to warn about."""
-    if isinstance(held, CoroutineType | _Resumed):
+    if isinstance(held, CoroutineType | Resumed):
         held.close()
 
 

@@ -16,7 +16,6 @@ handlers see no difference. No library runs a SQLAlchemy statement on a driver c
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -27,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.util import greenlet_spawn
+
+from app import coroutines
 
 _Processor = Callable[[Any], Any] | None
 # Work of the caller's to run while a statement runs in the database (see `DriverConnection.fetchrow`).
@@ -138,12 +139,13 @@ class DriverConnection:
         driver: Any = self._pooled.driver_connection
         try:
             if meanwhile is not None and compiled.results_resolved:
-                sending = asyncio.ensure_future(driver.fetchrow(compiled.sql, *arguments))
+                # Stepped by hand: its first step writes the statement to the socket, then the caller's work runs
+                # while the database runs the statement, and no loop pass is waited for in between.
+                sending = coroutines.start(driver.fetchrow(compiled.sql, *arguments))
                 try:
-                    await asyncio.sleep(0)  # the task's first step sends the statement, then waits for its answer
                     meanwhile()
                 finally:
-                    record = await sending
+                    record = await sending if isinstance(sending, coroutines.Resumed) else sending
             elif compiled.results_resolved:
                 record = await driver.fetchrow(compiled.sql, *arguments)
             else:

@@ -28,6 +28,8 @@ UNKNOWN = "unknown"
 
 # Reasoning models may think for a minute before their first token; the stall timeout is 180 s.
 TTFT_BUCKETS_S = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0)
+# From the timer's own resolution (1 ms) to a loop that is seconds behind.
+LOOP_LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 DURATION_BUCKETS_S = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 # Responses API usage: (metric label, group, field). cached_input is part of input, reasoning of output.
@@ -136,6 +138,13 @@ class Metrics:
             "parley_auth_revocations_listening",
             "1 while this replica hears API-key revokes as they are made (Postgres LISTEN) and trusts its key "
             "cache for PARLEY_AUTH_CACHE_NOTIFIED_TTL_S; 0 while it cannot (PARLEY_AUTH_CACHE_TTL_S then).",
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "parley_event_loop_lag_seconds",
+            "How late the event loop woke a timer (ten a second): every request and turn start waits about as "
+            "long at each step; tens of milliseconds mean the replica is near its capacity.",
+            buckets=LOOP_LAG_BUCKETS_S,
             registry=registry,
         )
         if spool_depth is not None:

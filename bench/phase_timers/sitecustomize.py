@@ -152,6 +152,29 @@ def _keyed_splitter(owner: Any) -> None:
     owner.__init__, owner.feed = keyed_init, timed_feed
 
 
+def _watch_the_loop(owner: Any) -> None:
+    """From the acceptor's start on, a 5-ms sleep in a task of its own, marked `loop_late` with how late it
+    woke (µs, as the mark's key): a task step of any request waits about as long."""
+    target = owner.__init__
+
+    @functools.wraps(target)
+    def init(self: Any, loop: Any, *args: Any, **kwargs: Any) -> None:
+        target(self, loop, *args, **kwargs)
+
+        async def watch() -> None:
+            import asyncio
+
+            while True:
+                before = _clock()
+                await asyncio.sleep(0.005)
+                now = _clock()
+                _marks.append(("loop_late", now, round((now - before - 0.005) * 1e6)))
+
+        self._phase_watch = loop.create_task(watch())
+
+    owner.__init__ = init
+
+
 def _install() -> None:
     import aiohttp.client_reqrep as reqrep
     from uvicorn.protocols.http import httptools_impl
@@ -167,6 +190,7 @@ def _install() -> None:
 
     steps: list[Callable[[], None]] = [
         lambda: _accepted(batch_accept.BatchAcceptor, "_hand_over", "accepted"),
+        lambda: _watch_the_loop(batch_accept.BatchAcceptor),
         lambda: _before_keyed_by_client(httptools_impl.HttpToolsProtocol, "on_message_begin", "request_begins"),
         lambda: _before_keyed_by_client(httptools_impl.HttpToolsProtocol, "on_message_complete", "request_read"),
         lambda: _keying_middleware(request_id.RequestIdMiddleware, "__call__", "middlewares"),

@@ -3,6 +3,7 @@ stored and read back, and the same errors, so a duplicate is still a 409 and a d
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -139,10 +140,15 @@ async def test_work_meanwhile_runs_once_and_a_failure_in_it_still_lets_the_state
             await driver.fetchrow(NEW_SESSION, _session("ses_2", "conv_2", None), meanwhile=broken)
         # The connection is in a clean state: no transaction left open, the next statement runs.
         both = await driver.fetchrow(SESSION_OF_USER, {"user_id": "usr_1"})
+        # The work runs in the caller's step, the statement sent: not after a pass of a busy loop.
+        order: list[str] = []
+        asyncio.get_running_loop().call_soon(order.append, "a loop pass")
+        await driver.fetchrow(NEW_SESSION, _session("ses_3", "conv_3", None), meanwhile=lambda: order.append("work"))
+    assert order == ["work", "a loop pass"]
     assert calls == ["announced"]
     assert row is not None
     assert row["id"] == "ses_1"
     assert both is not None
     async with engine.connect() as connection:
         stored = (await connection.execute(text("SELECT id FROM sessions ORDER BY id"))).scalars().all()
-    assert stored == ["ses_1", "ses_2"]  # the statement the failed work ran beside was not lost
+    assert stored == ["ses_1", "ses_2", "ses_3"]  # the statement the failed work ran beside was not lost

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from prometheus_client import generate_latest
 
+from app.observability.loop_lag import LoopLagWatch
 from app.observability.metrics import MAX_LABEL_VALUES, Metrics
 from app.services.spool import Spool
 from tests.observability.scrape import Scrape
@@ -81,3 +84,22 @@ def test_rate_limit_gauges_keep_the_latest_values() -> None:
     scraped = _scrape(metrics)
     assert scraped.value("parley_upstream_ratelimit_remaining", resource="requests") == 9
     assert scraped.value("parley_upstream_ratelimit_remaining", resource="tokens") == 5000
+
+
+async def test_a_stalled_event_loop_shows_in_the_loop_lag() -> None:
+    metrics = Metrics(process=False)
+    watch = LoopLagWatch(metrics, interval_s=0.01)
+    watch.start()
+    try:
+        await asyncio.sleep(0.1)  # on time: the wake-ups so far came within a few milliseconds
+        on_time = _scrape(metrics).value("parley_event_loop_lag_seconds_bucket", le="0.025")
+        time.sleep(0.3)
+        await asyncio.sleep(0.05)
+    finally:
+        await watch.stop()
+    scraped = _scrape(metrics)
+    assert on_time >= 3
+    assert scraped.value("parley_event_loop_lag_seconds_bucket", le="0.1") < scraped.value(
+        "parley_event_loop_lag_seconds_count"
+    )  # one wake-up came more than 0.1 s late
+    assert scraped.value("parley_event_loop_lag_seconds_sum") >= 0.25
