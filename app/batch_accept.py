@@ -17,6 +17,9 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
+
+from app import coroutines
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +73,19 @@ class BatchAcceptor:
     def _hand_over(self, connection: socket.socket) -> None:
         connection.setblocking(False)
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        task = self._loop.create_task(self._loop.connect_accepted_socket(self._protocol_factory, connection))
-        self._connecting.add(task)
-        task.add_done_callback(self._connected)
+        # The transport set up here, stepped by hand: the protocol's `connection_made` (and the reading of the
+        # request) then comes at the loop's next pass. From a task's first step it came a pass later, and a
+        # pass of a busy relay is tens of milliseconds (see app/coroutines.py).
+        try:
+            setting_up = coroutines.start(self._loop.connect_accepted_socket(self._protocol_factory, connection))
+        except Exception as error:
+            logger.warning("server.accept_failed", extra={"error": type(error).__name__})
+            connection.close()
+            return
+        if isinstance(setting_up, coroutines.Resumed):
+            task = self._loop.create_task(_finish(setting_up))
+            self._connecting.add(task)
+            task.add_done_callback(self._connected)
 
     def _connected(self, task: asyncio.Task[object]) -> None:
         self._connecting.discard(task)
@@ -92,6 +105,10 @@ class BatchAcceptor:
 
     async def wait_closed(self) -> None:
         return None
+
+
+async def _finish(setting_up: coroutines.Resumed[Any]) -> None:
+    await setting_up
 
 
 def take_over_listening(

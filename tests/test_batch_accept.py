@@ -128,3 +128,22 @@ def test_the_loops_server_is_taken_over_and_closing_stops_accepting() -> None:
             await exchange(port, b"late")
 
     run_in("uvloop", main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_an_accepted_connection_is_set_up_at_the_loops_next_pass(loop_name: str) -> None:
+    # A busy relay's passes are tens of milliseconds: each one a new connection waits for is its client's.
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        listener = listening_socket()
+        client = socket.create_connection(listener.getsockname())
+        acceptor = BatchAcceptor(loop, listener, Echo, batch=64)
+        try:
+            assert acceptor.accept_waiting() == 1
+            await asyncio.sleep(0)  # one pass
+            assert len(Echo.made) == 1
+        finally:
+            client.close()
+            acceptor.close()
+
+    run_in(loop_name, main)
