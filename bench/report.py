@@ -64,6 +64,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "added_ttft_single_limits_ms": {
             q: _added_to(results, "parley", "ttft_single_limits", "ttft_single", "ttft_ms", q) for q in ("p50", "p99")
         },
+        "added_ttft_single_late_ms": {
+            q: _added_to(results, "parley", "ttft_single_late", "ttft_single", "ttft_ms", q) for q in ("p50", "p99")
+        },
         "paced": {},
         "turns_per_s": {p: (_scenario(results, p, "turns") or {}).get("turns_per_s") for p in peers},
         "kib_per_stream": {p: kib_per_stream(_scenario(results, p, "memory")) for p in peers},
@@ -329,6 +332,12 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
             if floor
         },
     )
+    late_ttft = summary.get("added_ttft_single_late_ms") or {}
+    if late_ttft.get("p50") is not None:
+        line(
+            "added TTFT p50 / p99, one stream at a time, measured last, rate limits off: the baseline of the next row",
+            {"parley": f"{_fmt(late_ttft['p50'], 2)} / {_fmt(late_ttft.get('p99'), 2)}"},
+        )
     limits_ttft = summary.get("added_ttft_single_limits_ms") or {}
     if limits_ttft.get("p50") is not None:
         line(

@@ -857,27 +857,50 @@ class Harness:
         row (the runs above have them off): the same Parley restarted with them counting but never refusing
         (the default 4 turns in flight per user, which the sessions' spread keeps to; a per-minute limit too
         high to reach), for what counting costs before the first token and per turn."""
-        assert self.parley_launch is not None
-        argv, env, port = self.parley_launch
-        self.stop(target.server)
-        limits = {
-            "PARLEY_RATE_LIMIT_TURNS_PER_MINUTE": "1000000",
-            "PARLEY_RATE_LIMIT_CONCURRENT_TURNS": str(SESSIONS_PER_USER),
-        }
-        server = self.start("parley-limits", argv, port=port, cpus=self.server_cpus, env={**env, **limits})
+        # Its one-stream series is compared with one of limits off taken the same way, a fresh restart after
+        # every other scenario: the capacity ladder's writes leave the machine slower for minutes (every phase
+        # of a turn, the simulator's answer too, 15-25% on session 11's EPYC), which an early baseline hides.
+        late = self.restart_parley(target, "parley-late")
         try:
-            procs.wait_healthy(server, "/readyz", timeout=90)
-            counted = Target("parley", port, server, target.requests)
+            self.scenario(peer, "warmup", lambda: self.warmup(late))
+            peer["scenarios"].pop("warmup", None)
+            self.scenario(peer, "ttft_single_late", lambda: self.ttft_single(late))
+        finally:
+            self.stop(late.server)
+        counted = self.restart_parley_with_limits(late)
+        try:
             self.scenario(peer, "warmup", lambda: self.warmup(counted))
             peer["scenarios"].pop("warmup", None)
             self.scenario(peer, "ttft_single_limits", lambda: self.ttft_single(counted))
             self.scenario(peer, "turns_limits", lambda: self.turns(counted, self.parley_database))
             peer["notes"].append(
-                "Parley (limits): restarted with rate limits counting (4 turns in flight per user, 1,000,000 a "
+                "Parley (limits): restarted after everything else with rate limits off (the one-stream row "
+                "'measured last'), then with rate limits counting (4 turns in flight per user, 1,000,000 a "
                 "minute) for the TTFT and turns rows marked 'limits counting'"
             )
         finally:
+            self.stop(counted.server)
+
+    def restart_parley_with_limits(self, target: Target) -> Target:
+        """`target`'s Parley stopped and started again with rate limits counting but never refusing."""
+        limits = {
+            "PARLEY_RATE_LIMIT_TURNS_PER_MINUTE": "1000000",
+            "PARLEY_RATE_LIMIT_CONCURRENT_TURNS": str(SESSIONS_PER_USER),
+        }
+        return self.restart_parley(target, "parley-limits", limits)
+
+    def restart_parley(self, target: Target, label: str, extra_env: dict[str, str] | None = None) -> Target:
+        """`target`'s Parley stopped (if it runs) and started again, as it was launched plus `extra_env`."""
+        assert self.parley_launch is not None
+        argv, env, port = self.parley_launch
+        self.stop(target.server)
+        server = self.start(label, argv, port=port, cpus=self.server_cpus, env={**env, **(extra_env or {})})
+        try:
+            procs.wait_healthy(server, "/readyz", timeout=90)
+        except BaseException:
             self.stop(server)
+            raise
+        return Target("parley", port, server, target.requests)
 
     def direct_paced(self, streams: int) -> dict[str, Any] | None:
         direct = self.results["peers"].get("direct")

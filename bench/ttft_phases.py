@@ -77,6 +77,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sessions", type=int, default=200, help="sessions to make (4 per user)")
     parser.add_argument("--paced", type=int, help="rounds of this many paced streams instead of sequential turns")
+    parser.add_argument(
+        "--after-turns", action="store_true", help="run the turns scenario first, as a full run does before these rows"
+    )
+    parser.add_argument(
+        "--limits", action="store_true", help="Parley with rate limits counting, as the full run's 'limits' rows"
+    )
     args = parser.parse_args()
     out = REPO / "bench" / "results" / f"phases-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)
@@ -90,7 +96,12 @@ def main() -> None:
     harness = Harness(plan, out)
     try:
         harness.start_simulator()
-        target, _ = harness.parley()
+        target, database = harness.parley()
+        if args.after_turns:
+            harness.warmup(target)
+            harness.turns(target, database)
+        if args.limits:
+            target = harness.restart_parley_with_limits(target)
         harness.warmup(target)
         for round_ in range(args.rounds):
             if args.paced:
