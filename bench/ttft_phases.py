@@ -125,9 +125,24 @@ def main() -> None:
         log("no phase marks were written (was Parley stopped cleanly?)")
         return
     marks = json.loads(marks_path.read_text())
-    for name, count, median in phase_table([(label, at, key) for label, at, key in marks if label != "loop_late"]):
+    probes = ("loop_late", "gc")
+    for name, count, median in phase_table([(label, at, key) for label, at, key in marks if label not in probes]):
         print(f"{median:7.3f} ms  {name}  ({count} turns)")
     print_loop_lateness([(at, key) for label, at, key in marks if label == "loop_late"])
+    print_collections([key for label, _, key in marks if label == "gc"])
+
+
+def print_collections(keys: list[int]) -> None:
+    """The garbage collector's runs in Parley over the probe, by generation: how many, median and longest."""
+    by_generation: dict[int, list[float]] = {}
+    for key in keys:
+        by_generation.setdefault(key % 10, []).append(key // 10 / 1000)
+    for generation, lengths in sorted(by_generation.items()):
+        lengths.sort()
+        print(
+            f"collections of generation {generation}: {len(lengths)}, median {lengths[len(lengths) // 2]:.2f} ms, "
+            f"longest {lengths[-1]:.1f} ms, {sum(lengths):.0f} ms in all"
+        )
 
 
 def print_loop_lateness(samples: list[tuple[float, int]]) -> None:
