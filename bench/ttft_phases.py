@@ -101,8 +101,11 @@ def main() -> None:
             harness.warmup(target)
             harness.turns(target, database)
         if args.limits:
+            # As the full run takes its limits rows: a restart, then every database connection warmed.
             target = harness.restart_parley_with_limits(target)
-        harness.warmup(target)
+            harness.warm_every_connection(target)
+        else:
+            harness.warmup(target)
         for round_ in range(args.rounds):
             if args.paced:
                 direct_result = harness.paced(harness.direct(), args.paced)
