@@ -4,103 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
-import socket
 import sys
-from collections.abc import Iterator, Sequence
-from types import FrameType
-from typing import cast
+from collections.abc import Sequence
 
-import uvicorn
-from fastapi import FastAPI
-
-from app.batch_accept import accepts_one_per_iteration, take_over_listening
 from app.observability.logging import configure_logging
+from app.server.process import serve_parley, serve_simulator
 from app.settings import Settings
-
-LOOPBACK_FOR_WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}  # noqa: S104
-
-
-class ParleyServer(uvicorn.Server):
-    """uvicorn waits for open connections before it runs the lifespan's shutdown, and turn streams stay
-    open until their turn ends: so the runner starts draining at the signal itself."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
-        super().__init__(config)
-        self._app = app
-        self._drain: asyncio.Task[None] | None = None
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            yield
-            # The shutdown finished gracefully: exit 0 instead of uvicorn re-raising the signal at itself.
-            self._captured_signals.clear()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        loop = asyncio.get_running_loop()
-        if accepts_one_per_iteration(loop) and self.config.ssl is None and not self.should_exit:
-            # A new connection is otherwise accepted one per loop iteration (see app/batch_accept.py).
-            config = self.config
-
-            def create_protocol() -> asyncio.Protocol:
-                # What uvicorn's own `startup` hands the loop's server.
-                return config.http_protocol_class(  # type: ignore[call-arg]
-                    config=config, server_state=self.server_state, app_state=self.lifespan.state
-                )
-
-            acceptors = [
-                acceptor
-                for server in self.servers
-                for acceptor in take_over_listening(loop, server, create_protocol, batch=config.backlog)
-            ]
-            # uvicorn types these as asyncio's servers; its shutdown asks `close` and `wait_closed` of them.
-            self.servers = cast("list[asyncio.base_events.Server]", acceptors)
-        # What the process loaded to start (modules, the app, price data, the SDK's resources) lives as long as
-        # it does: frozen, the cyclic garbage collector stops walking it at every full collection (2-3.5% of the
-        # CPU of a busy relay, measured with py-spy).
-        gc.freeze()
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        state = getattr(self._app.state, "parley", None)
-        if state is not None and not self.should_exit:
-            state.runner.begin_shutdown()
-            loop = asyncio.get_event_loop()
-
-            def start_draining() -> None:
-                self._drain = loop.create_task(state.runner.drain(state.settings.shutdown_grace_s))
-
-            # Signal handlers run between bytecodes; call_soon_threadsafe also wakes the loop.
-            loop.call_soon_threadsafe(start_draining)
-        super().handle_exit(sig, frame)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from app.main import SIMULATOR_MOUNT, create_app
-
-    settings = Settings()
-    if settings.uses_simulator and not settings.openai_base_url:
-        # The simulator is mounted on this same server; Parley reaches it over loopback (while browsers reach
-        # Parley at whatever address they used, so this is not the public base URL).
-        host = LOOPBACK_FOR_WILDCARD.get(args.host, args.host)
-        settings = settings.model_copy(update={"openai_base_url": f"http://{host}:{args.port}{SIMULATOR_MOUNT}/v1"})
-    configure_logging(settings)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        proxy_headers=True,
-        # Room for the runner's grace period, the terminal events and the final writes.
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s + 5),
-    )
-    # Set here, not in create_app: only a serving process has the streams whose objects a full collection walks
-    # (tests build many apps in one process).
-    gc.set_threshold(*settings.gc_thresholds)
-    ParleyServer(config, app).run()
+    serve_parley(args.host, args.port)
     return 0
 
 
@@ -152,18 +65,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _simulator(args: argparse.Namespace) -> int:
-    from app.simulator import create_simulator_app
-
-    settings = Settings()
-    configure_logging(settings)
-    app = create_simulator_app(prompts_path=settings.simulator_prompts_file)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None)
-    # As `parley serve` does: the simulator keeps every stored response and conversation, and each full
-    # collection walks them all (112 ms after 6,000 stored 300-token responses, measured), stalling every
-    # stream it is sending; with these thresholds full collections are rarer, and what it loaded to start is
-    # frozen out of them.
-    gc.set_threshold(*settings.gc_thresholds)
-    ParleyServer(config, app).run()
+    serve_simulator(args.host, args.port)
     return 0
 
 

@@ -12,26 +12,27 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from app.api.error_handlers import install_error_handlers
-from app.api.middleware import RequestGuardMiddleware, SecurityHeadersMiddleware, ServerSendMiddleware
 from app.api.routes import admin, health, metrics, sessions, turns, usage, web
 from app.db.engine import build_engine, build_sessionmaker
 from app.db.migrate import head_revision, upgrade
 from app.observability.loop_lag import LoopLagWatch
 from app.observability.metrics import Metrics
 from app.observability.request_id import RequestIdMiddleware
+from app.server.middleware import RequestGuardMiddleware, SecurityHeadersMiddleware
 from app.services.auth import Authenticator
 from app.services.pricing import Pricer
 from app.services.revocations import RevocationListener
+from app.services.server_tools import ServerTools
 from app.services.spool import Spool
 from app.services.stream_tokens import StreamTokens
-from app.services.tools import ToolBox
+from app.services.turn_service import TurnService
 from app.services.turn_store import SqlTurnStore
 from app.settings import Settings
 from app.state import AppState
 from app.streaming.event_log import EventLogRegistry
-from app.streaming.runner import RunnerConfig, TurnRunner
+from app.streaming.turn_runner import RunnerConfig, TurnRunner
 from app.upstream.client import build_openai_client
-from app.upstream.responses import StreamPolicy
+from app.upstream.response_stream import StreamPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +85,10 @@ def runner_config(settings: Settings) -> RunnerConfig:
 
 class ParleyAPI(FastAPI):
     """FastAPI with the request id outside everything, Starlette's ServerErrorMiddleware included (which
-    `add_middleware` cannot reach): so an unhandled error's 500 carries X-Request-ID and its log line the id.
-    Inside that, the server's `send` for the event streams' body messages and the rest of each stream
-    (`ServerSendMiddleware`), which so keep the request id too."""
+    `add_middleware` cannot reach): so an unhandled error's 500 carries X-Request-ID and its log line the id."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestIdMiddleware(
-            ServerSendMiddleware(super().build_middleware_stack()), exclude_prefixes=(SIMULATOR_MOUNT,)
-        )
+        return RequestIdMiddleware(super().build_middleware_stack(), exclude_prefixes=(SIMULATOR_MOUNT,))
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -114,7 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
         pricer = Pricer(settings.pricing_file)
         pricer.warm()
         app_metrics = Metrics(spool_depth=lambda: spool.depth)
-        tools = ToolBox(settings.tools)
+        tools = ServerTools(settings.tools)
         runner = TurnRunner(
             upstream=upstream,
             store=SqlTurnStore(sessionmaker, pricer=pricer, spool=spool),
@@ -126,6 +123,16 @@ def create_app(settings: Settings) -> FastAPI:
         authenticator = Authenticator(settings, sessionmaker)
         # Postgres tells every replica of a revoke as it commits: cached keys can be trusted for longer.
         revocations = None if settings.is_sqlite else RevocationListener(engine, authenticator, app_metrics)
+        stream_tokens = StreamTokens(settings)
+        turns = TurnService(
+            settings=settings,
+            sessionmaker=sessionmaker,
+            runner=runner,
+            logs=logs,
+            stream_tokens=stream_tokens,
+            server_tools=tools,
+            upstream=upstream,
+        )
         app.state.parley = AppState(
             settings=settings,
             engine=engine,
@@ -136,9 +143,10 @@ def create_app(settings: Settings) -> FastAPI:
             head_revision=head_revision(settings.migrations_dir),
             runner=runner,
             logs=logs,
-            stream_tokens=StreamTokens(settings),
+            stream_tokens=stream_tokens,
             tools=tools,
             metrics=app_metrics,
+            turns=turns,
         )
         if settings.uses_simulator:
             logger.warning(

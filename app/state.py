@@ -9,11 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.observability.metrics import Metrics
 from app.services.auth import Authenticator
+from app.services.server_tools import ServerTools
 from app.services.stream_tokens import StreamTokens
-from app.services.tools import ToolBox
+from app.services.turn_service import TurnService
 from app.settings import Settings
 from app.streaming.event_log import EventLogRegistry
-from app.streaming.runner import TurnRunner
+from app.streaming.turn_runner import TurnRunner
 
 
 @dataclass(slots=True)
@@ -28,5 +29,6 @@ class AppState:
     runner: TurnRunner
     logs: EventLogRegistry
     stream_tokens: StreamTokens
-    tools: ToolBox
+    tools: ServerTools
     metrics: Metrics
+    turns: TurnService

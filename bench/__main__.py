@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"done in {results['wall_s']:.0f} s: {out / 'results.md'}")
     for row in results.get("summary", {}).get("targets", []):
         met = {True: "met", False: "MISSED", None: "n/a"}[row["met"]]
-        log(f"  {row['target']}: {row['measured']} (goal {row['goal']}) {met}")
+        measured = report._fmt(row["measured"], 2)
+        log(f"  {row['target']}: {measured} {row['unit']} (goal {row['goal']}) {met}")
     return 0
 
 

@@ -527,8 +527,8 @@ class Harness:
     def warm_every_connection(self, target: Target) -> None:
         """Turns on as many connections at once as the turns scenario, several each: a restarted Parley's
         database connections are new backends, which plan each statement afresh for its first five runs
-        (and compile the limits function at its first), ~1 ms of Postgres CPU per turn more in session 11's
-        turns scenario than the same process measured again; the early rows' connections are long warm."""
+        (and compile the limits function at its first), ~1 ms of Postgres CPU per turn more in the turns
+        scenario than the same process measured again (b55d09b); the early rows' connections are long warm."""
         self.configure(tokens=20)
         self.load(target, "warmup-pool", concurrency=self.plan.turns_concurrency, streams_per_slot=8, timeout_s=120)
 
@@ -867,8 +867,8 @@ class Harness:
         high to reach), for what counting costs before the first token and per turn."""
         # Its one-stream series is compared with one of limits off taken the same way (a fresh restart, its
         # connections warmed), not with the early row, whose process has just served the memory scenario's
-        # 1,000 streams on long-warm connections: in session 11 that comparison, not the counting, was most of
-        # the gap between the two rows.
+        # 1,000 streams on long-warm connections: measured that way, the comparison, not the counting, was most
+        # of the gap between the two rows (b55d09b).
         late = self.restart_parley(target, "parley-late")
         try:
             self.scenario(peer, "warmup", lambda: self.warm_every_connection(late))

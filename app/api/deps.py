@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import ValidationFailed
 from app.services.auth import Authenticator, Principal
+from app.services.turn_service import TurnService
 from app.settings import Settings
 from app.state import AppState
 
@@ -32,6 +33,13 @@ async def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def get_turn_service(state: StateDep) -> TurnService:
+    return state.turns
+
+
+TurnsDep = Annotated[TurnService, Depends(get_turn_service)]
 
 
 async def get_settings(state: StateDep) -> Settings:

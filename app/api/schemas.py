@@ -9,6 +9,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
 from app.db.models import ApiKey, ChatSession, Message, User
+from app.services.users import Budget
 
 T = TypeVar("T")
 
@@ -175,6 +176,15 @@ class BudgetRead(BaseModel):
     monthly_budget_usd: MoneyStr | None = Field(description="The budget in force; null: unlimited.")
     month: str
     spent_usd: MoneyStr
+
+    @classmethod
+    def of(cls, budget: Budget) -> BudgetRead:
+        return cls(
+            user_id=budget.user_id,
+            monthly_budget_usd=budget.monthly_budget_usd,
+            month=budget.month,
+            spent_usd=budget.spent_usd,
+        )
 
 
 class ApiKeyCreate(StrictModel):

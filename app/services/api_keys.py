@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ApiKey, User
 from app.errors import NotFound
-from app.repositories import users as users_repo
+from app.repositories import user_repository as users_repo
 
 KEY_PREFIX = "pk_"
 

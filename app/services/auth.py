@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.engine import engine_of
 from app.errors import AuthenticationFailed, PermissionDenied
-from app.repositories import users as users_repo
+from app.repositories import user_repository as users_repo
 from app.services.api_keys import hash_key, looks_like_api_key
 from app.settings import Settings
 

@@ -10,8 +10,8 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import PaymentRequired, RateLimited
-from app.repositories import turns as turns_repo
-from app.repositories import users as users_repo
+from app.repositories import turn_repository as turns_repo
+from app.repositories import user_repository as users_repo
 from app.settings import Settings
 
 WINDOW = dt.timedelta(minutes=1)
@@ -40,8 +40,8 @@ async def check_turn_allowed(
 ) -> None:
     """Raise 429 or 402 before anything goes upstream. The counts come from one query, made after the user's
     row is locked (by the caller when `limits_apply`, here otherwise), so that concurrent turn starts of one
-    user, on any replica, are counted one after the other. (On Postgres a turn's start counts and inserts in
-    one statement instead: `repositories.turns.start_counted_turn`.)"""
+    user, on any replica, are counted one after the other: under READ COMMITTED the count's snapshot is taken
+    after the lock, and includes what the lock's previous holder committed."""
     budget = budget_of(user_budget, settings)
     if not limits_apply(settings):
         if budget is None:
@@ -56,7 +56,7 @@ async def check_turn_allowed(
 def limit_error(
     counts: turns_repo.LimitCounts, *, settings: Settings, budget: Decimal | None, now: dt.datetime
 ) -> RateLimited | PaymentRequired | None:
-    """The error for the first limit `counts` reach, if any (the comparisons of the counted start's guard)."""
+    """The error for the first limit `counts` reach, if any: the one definition of the limit rule."""
     if settings.rate_limit_concurrent_turns and counts.in_flight >= settings.rate_limit_concurrent_turns:
         return RateLimited(
             f"You have {counts.in_flight} turns in progress, the most allowed at once; wait for one to finish.",

@@ -8,8 +8,8 @@ its cache for `PARLEY_AUTH_CACHE_NOTIFIED_TTL_S`, otherwise for `PARLEY_AUTH_CAC
 that was not listening (just started, its connection lost) forgets every key when it starts listening
 again, as it may have missed revokes meanwhile.
 
-On its own connection, not a pooled one: LISTEN holds a connection for the process's life, and the pool's
-connections are reset and shared. SQLite (one process, the embedded default) has nothing to listen to: the
+On a connection of its own (an engine without a pool, so never shared or reset), reached through SQLAlchemy's
+`AsyncConnection.get_raw_connection()`: LISTEN is the driver's (asyncpg), with no SQLAlchemy construct. SQLite (one process, the embedded default) has nothing to listen to: the
 replica that handles a revoke forgets the key itself.
 """
 
@@ -20,35 +20,29 @@ import contextlib
 import logging
 from typing import Any
 
-import asyncpg
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from app.observability.metrics import Metrics
+from app.repositories.user_repository import KEY_REVOKED_CHANNEL
 from app.services.auth import Authenticator
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "parley_key_revoked"
+CHANNEL = KEY_REVOKED_CHANNEL
 # How often an idle listening connection is checked: a connection lost without the socket closing (a
 # network partition) is noticed within this, and a cache entry is never trusted past the notified TTL.
 PING_INTERVAL_S = 10.0
 RETRY_S = 2.0
 
 
-async def announce_revoked(db: AsyncSession, key_hash: str) -> None:
-    """Tell every listening replica, when this transaction commits (Postgres only)."""
-    if db.get_bind().dialect.name == "postgresql":
-        await db.execute(select(func.pg_notify(CHANNEL, key_hash)))
-
-
 class RevocationListener:
     """Listens on CHANNEL for the process's life, reconnecting when the connection is lost."""
 
     def __init__(self, engine: AsyncEngine, authenticator: Authenticator, metrics: Metrics) -> None:
-        # The same host, credentials and options as the pool's connections.
-        args, kwargs = engine.sync_engine.dialect.create_connect_args(engine.sync_engine.url)
-        self._connect_args: tuple[list[Any], dict[str, Any]] = (list(args), dict(kwargs))
+        # The same database, credentials and options as the pool's connections, one connection at a time.
+        self._engine = create_async_engine(engine.url, poolclass=NullPool)
         self._authenticator = authenticator
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
@@ -61,6 +55,7 @@ class RevocationListener:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._engine.dispose()
 
     async def _run(self) -> None:
         while True:
@@ -74,24 +69,22 @@ class RevocationListener:
 
     async def _listen(self) -> None:
         """One connection's life: listen until it is lost."""
-        args, kwargs = self._connect_args
-        connection = await asyncpg.connect(*args, timeout=5, **kwargs)
-        lost = asyncio.Event()
-        try:
-            connection.add_termination_listener(lambda _connection: lost.set())
-            await connection.add_listener(CHANNEL, self._on_revoked)
-            self._authenticator.revocations_heard(True)
-            self._metrics.revocations_listening.set(1)
-            while not lost.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), PING_INTERVAL_S)
-                if not lost.is_set():
-                    await connection.fetchval("SELECT 1", timeout=5)
-        finally:
-            self._metrics.revocations_listening.set(0)
-            self._authenticator.revocations_heard(False)
-            with contextlib.suppress(Exception):
-                await asyncio.shield(connection.close(timeout=2))
+        async with self._engine.connect() as connection:
+            listener: Any = (await connection.get_raw_connection()).driver_connection
+            lost = asyncio.Event()
+            try:
+                listener.add_termination_listener(lambda _connection: lost.set())
+                await listener.add_listener(CHANNEL, self._on_revoked)
+                self._authenticator.revocations_heard(True)
+                self._metrics.revocations_listening.set(1)
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), PING_INTERVAL_S)
+                    if not lost.is_set():
+                        await connection.execute(select(1))
+            finally:
+                self._metrics.revocations_listening.set(0)
+                self._authenticator.revocations_heard(False)
 
     def _on_revoked(self, _connection: Any, _pid: int, _channel: str, key_hash: str) -> None:
         self._authenticator.forget_key(key_hash)

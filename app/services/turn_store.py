@@ -19,16 +19,14 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
-from app.db.driver import driver_connection
-from app.db.engine import engine_of
 from app.db.ids import new_id
-from app.repositories import turns as turns_repo
+from app.repositories import turn_repository as turns_repo
 from app.services.limits import month_of
 from app.services.pricing import Pricer, TokenUsage
 from app.services.spool import Spool
-from app.services.turns import iso, render_turn
+from app.services.turn_service import iso, render_turn
 from app.streaming.outcome import TurnOutcome
-from app.streaming.runner import OrphanedTurn, TurnJob
+from app.streaming.turn_runner import OrphanedTurn, TurnJob
 from app.streaming.turn_state import ResponseOutcome
 
 logger = logging.getLogger(__name__)
@@ -206,23 +204,6 @@ class SqlTurnStore:
             for row in plan["ledger"]
         ]
         known_cost = Decimal(plan["known_cost_usd"])
-        engine = engine_of(self._sessionmaker)
-        if engine.dialect.name == "postgresql":
-            # One statement, atomic by itself: no BEGIN and COMMIT round trips around it, and no ORM session.
-            async with driver_connection(engine) as connection:
-                await turns_repo.write_final_postgres(
-                    connection,
-                    turn_id=plan["turn_id"],
-                    session_id=plan["session_id"],
-                    user_id=plan["user_id"],
-                    turn_values=turn_values,
-                    message=plan["message"],
-                    ledger=ledger,
-                    known_cost=known_cost,
-                    month=month_of(at),
-                    at=at,
-                )
-            return
         async with self._sessionmaker() as db, db.begin():
             if not await turns_repo.finish_turn_row(db, turn_id=plan["turn_id"], values=turn_values):
                 # Already finished (a replay of a write that did land): only make sure the ledger is whole.

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import ValidationFailed
-from app.repositories import usage as usage_repo
+from app.repositories import usage_repository as usage_repo
 
 MEASURES = (
     "requests",

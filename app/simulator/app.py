@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.simulator import control, routes_conversations, routes_models, routes_responses
-from app.simulator.errors import SimulatorError
+from app.simulator.api_errors import SimulatorError
 from app.simulator.middleware import SimulatorMiddleware, relative_path
 from app.simulator.prompts import DEFAULT_PROMPTS_PATH, PromptLibrary
 from app.simulator.state import SimulatorState

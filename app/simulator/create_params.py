@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.simulator.errors import SimulatorError, invalid_type, invalid_value, missing_parameter, unknown_parameter
+from app.simulator.api_errors import SimulatorError, invalid_type, invalid_value, missing_parameter, unknown_parameter
 from app.simulator.generation import FunctionTool
 from app.simulator.items import parse_input
 from app.simulator.json_types import JsonObject

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.simulator.errors import SimulatorError
+from app.simulator.api_errors import SimulatorError
 
 
 class _Fault(BaseModel):

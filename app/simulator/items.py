@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Container, Iterable
 from typing import Any
 
-from app.simulator.errors import SimulatorError, invalid_type, invalid_value, missing_parameter
+from app.simulator.api_errors import SimulatorError, invalid_type, invalid_value, missing_parameter
 from app.simulator.generation import count_tokens
 from app.simulator.ids import new_id
 from app.simulator.json_types import JsonObject

@@ -6,9 +6,9 @@ from collections.abc import Container
 
 import orjson
 
+from app.simulator.api_errors import SimulatorError, conversation_locked, conversation_not_found, missing_parameter
 from app.simulator.conversation_items import EMPTY_PREFIX, ConversationItems, ItemsPrefix
 from app.simulator.create_params import CreateParams
-from app.simulator.errors import SimulatorError, conversation_locked, conversation_not_found, missing_parameter
 from app.simulator.faults import GenerationFault
 from app.simulator.generation import (
     count_tokens,

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from app.simulator.errors import SimulatorError, invalid_type, missing_parameter, not_found
+from app.simulator.api_errors import SimulatorError, invalid_type, missing_parameter, not_found
 
 DEMO_PROMPT_ID = "pmpt_parley_demo"
 DEFAULT_PROMPTS_PATH = Path(__file__).with_name("prompts.json")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.simulator.deps import JsonBodyDep, StateDep
-from app.simulator.errors import (
+from app.simulator.api_errors import (
     SimulatorError,
     conversation_not_found,
     integer_out_of_range,
@@ -15,6 +14,7 @@ from app.simulator.errors import (
     missing_parameter,
     not_found,
 )
+from app.simulator.deps import JsonBodyDep, StateDep
 from app.simulator.items import check_no_duplicate_ids, parse_input
 from app.simulator.json_types import JsonObject, json_response
 from app.simulator.state import SimulatorState, StoredConversation

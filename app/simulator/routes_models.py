@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from app.simulator.errors import SimulatorError
+from app.simulator.api_errors import SimulatorError
 from app.simulator.json_types import json_response
 from app.simulator.model_catalog import known_models, model_object
 

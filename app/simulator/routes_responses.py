@@ -6,9 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from app.simulator.api_errors import SimulatorError, conversation_locked, invalid_type, response_not_found
 from app.simulator.create_params import parse_create_params
 from app.simulator.deps import StateDep
-from app.simulator.errors import SimulatorError, conversation_locked, invalid_type, response_not_found
 from app.simulator.faults import (
     ConversationLockedFault,
     CutFault,

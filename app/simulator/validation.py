@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from app.simulator.errors import (
+from app.simulator.api_errors import (
     SimulatorError,
     array_too_long,
     integer_out_of_range,

@@ -8,7 +8,7 @@ from typing import Any
 
 import openai
 
-from app.upstream.errors import map_upstream_error
+from app.upstream.failures import map_upstream_error
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from app.db.engine import build_engine, build_sessionmaker
 from app.errors import AuthenticationFailed
-from app.repositories import users as users_repo
+from app.repositories import user_repository as users_repo
 from app.services import api_keys
 from app.services.auth import Authenticator
 from app.settings import Settings

@@ -1,9 +1,9 @@
 """A turn's start touches the rows of its own session and user, however many there are (Postgres).
 
-The start statements are planned by Postgres from its estimates; a wrong one turns an index lookup into a
-scan of a whole table, paid at every turn's start and growing with the deployment. Each start statement is
-run here under EXPLAIN ANALYZE (in a transaction rolled back) against a database of thousands of sessions,
-with the parameters the repository sends, and its plan must not scan a table.
+The start's statements are planned by Postgres from its estimates; a wrong one turns an index lookup into a
+scan of a whole table, paid at every turn's start and growing with the deployment. Each statement of a start
+that reads or updates existing rows is run here under EXPLAIN ANALYZE (in a transaction rolled back) against
+a database of thousands of sessions, and its plan must not scan a table.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.driver import CompiledFor
 from app.db.engine import build_engine
-from app.db.models import Turn
-from app.repositories import turns as turns_repo
+from app.repositories import session_repository as sessions_repo
+from app.repositories import turn_repository as turns_repo
 from tests.databases import postgres_database
 
 USERS, SESSIONS_PER_USER, TURNS_OF_THE_USER = 2_000, 3, 400
@@ -33,6 +32,9 @@ POPULATE = [
     "INSERT INTO turns (id, session_id, user_id, status, input, request, metadata, output_text, response_ids,"
     " created_at) SELECT 'turn_' || g, 'ses_' || (g % :sessions_of_user + 1), 'usr_1', 'completed',"
     " '\"hi\"', '{}', '{}', '', '[]', now() - g * interval '10 seconds' FROM generate_series(1, :turns) g",
+    "INSERT INTO user_monthly_spend (user_id, month, cost_usd, updated_at)"
+    " SELECT 'usr_' || g, '2026-' || lpad(m::text, 2, '0'), 0.01, now()"
+    " FROM generate_series(1, :users) g, generate_series(1, 12) m",
     "ANALYZE",
 ]
 
@@ -58,64 +60,16 @@ async def engine() -> AsyncIterator[AsyncEngine]:
             await engine.dispose()
 
 
-def _new_turn() -> tuple[Turn, dict[str, Any]]:
-    turn = Turn(
-        id="turn_new",
-        session_id="ses_1",
-        user_id="usr_1",
-        status="in_progress",
-        input="hello",
-        request={"model": "gpt-4.1-mini", "input": "hello"},
-        metadata_={},
-        output_text="",
-        response_ids=[],
-        idempotency_key=None,
-        request_fingerprint=None,
-        runner_id="runner_test",
-        created_at=NOW,
-    )
-    message = {
-        "id": "msg_new",
-        "session_id": "ses_1",
-        "turn_id": "turn_new",
-        "role": "user",
-        "content": "hello",
-        "status": "completed",
-        "created_at": NOW,
-    }
-    return turn, message
-
-
-def _counted_parameters() -> dict[str, Any]:
-    turn, message = _new_turn()
-    # As `start_counted_turn` builds them, with the default limits.
-    return turns_repo._guarded_start_parameters(
-        turn,
-        message,
-        session_key=turn.session_id,
-        body_for_session=True,
-        since=NOW - dt.timedelta(minutes=1),
-        month="2026-12",
-        max_in_flight=4,
-        max_recent=30,
-        default_budget=None,
-    )
-
-
-def _plain_parameters() -> dict[str, Any]:
-    turn, message = _new_turn()
-    return turns_repo._guarded_start_parameters(turn, message, session_key=turn.session_id)
-
-
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
         yield from _nodes(child)
 
 
-async def _executed_plan(engine: AsyncEngine, statement: CompiledFor, parameters: dict[str, Any]) -> dict[str, Any]:
+async def _executed_plan(engine: AsyncEngine, statement: Any, parameters: dict[str, Any]) -> dict[str, Any]:
     """The statement's plan as it ran (EXPLAIN ANALYZE), its writes rolled back."""
-    compiled = statement.on(engine.dialect)
+    compiled = statement.compile(dialect=engine.dialect)
+    values = compiled.construct_params(parameters)
     async with engine.connect() as connection:
         raw = (await connection.get_raw_connection()).driver_connection
         assert raw is not None
@@ -123,7 +77,7 @@ async def _executed_plan(engine: AsyncEngine, statement: CompiledFor, parameters
         await transaction.start()
         try:
             explained = await raw.fetchval(
-                f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled.sql}", *compiled.arguments(parameters)
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled.string}", *(values[name] for name in compiled.positiontup)
             )
         finally:
             await transaction.rollback()
@@ -133,17 +87,26 @@ async def _executed_plan(engine: AsyncEngine, statement: CompiledFor, parameters
 
 
 @pytest.mark.parametrize(
-    ("statement", "parameters"),
+    ("statement", "parameters", "rows"),
     [
-        pytest.param(turns_repo.START_COUNTED_TURN_ON_DRIVER, _counted_parameters, id="counted"),
-        pytest.param(turns_repo.START_PLAIN_TURN_ON_DRIVER, _plain_parameters, id="plain"),
+        pytest.param(
+            sessions_repo.SESSION_FOR_TURN_LOCKED, {"session_key": "ses_1", "user_key": "usr_1"}, 1, id="session"
+        ),
+        pytest.param(
+            turns_repo.LIMIT_COUNTS,
+            {"user_key": "usr_1", "since": NOW - dt.timedelta(minutes=1), "month": "2026-12"},
+            1,
+            id="limit-counts",
+        ),
+        pytest.param(turns_repo.COUNT_SESSION_TURN, {"session_key": "ses_1", "at": NOW}, 1, id="session-count"),
     ],
 )
-async def test_a_start_reads_no_table_whole(engine: AsyncEngine, statement: CompiledFor, parameters: Any) -> None:
-    plan = await _executed_plan(engine, statement, parameters())
+async def test_a_start_reads_no_table_whole(
+    engine: AsyncEngine, statement: Any, parameters: dict[str, Any], rows: int
+) -> None:
+    plan = await _executed_plan(engine, statement, parameters)
     nodes = list(_nodes(plan))
     scanned = {node.get("Relation Name") for node in nodes if node["Node Type"] == "Seq Scan"}
     assert scanned == set(), f"a start scans {scanned} ({USERS * SESSIONS_PER_USER} sessions)"
-    # It did start the turn: the session's counter update found its one row.
-    updates = [node for node in nodes if node["Node Type"] == "ModifyTable" and node.get("Relation Name") == "sessions"]
-    assert [node["Actual Rows"] for node in updates] == [1]
+    # It found what a start looks for: the session, the counts, the session's row to count the turn on.
+    assert plan["Actual Rows"] == rows or plan["Node Type"] == "ModifyTable"

@@ -19,7 +19,7 @@ from app.services.pricing import Pricer
 from app.services.spool import Spool
 from app.services.turn_store import SqlTurnStore
 from app.streaming.outcome import TurnOutcome
-from app.streaming.runner import TurnJob
+from app.streaming.turn_runner import TurnJob
 from app.streaming.turn_state import ResponseOutcome
 from tests.conftest import create_api_user, run_parley
 from tests.databases import postgres_database

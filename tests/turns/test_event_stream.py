@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from app.streaming.sse import PING
+from app.streaming.frames import PING
 from tests.conftest import ApiUser, RunningParley, run_parley
 from tests.observability.scrape import scrape_until
 from tests.turns.helpers import Simulator, new_session, turn_of, wait_for_status

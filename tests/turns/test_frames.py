@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.streaming.sse import encode_frame
+from app.streaming.frames import encode_frame
 
 
 def parse(stream: bytes) -> list[dict[str, str]]:

@@ -112,7 +112,7 @@ async def test_at_the_limit_a_retry_replays_and_a_busy_session_is_a_conflict(
 
 async def _wait_for_a_start_waiting_on_the_lock(engine: AsyncEngine) -> None:
     waiting = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%parley_locked_limit%'"
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR NO KEY UPDATE%'"
     )
     for _ in range(200):
         async with engine.connect() as connection:

@@ -14,7 +14,7 @@ from app.api.schemas import (
     SessionRead,
     SessionUpdate,
 )
-from app.services import sessions as sessions_service
+from app.services import session_service
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=errors(401, 422))
 
@@ -24,7 +24,7 @@ async def create_session(
     body: SessionCreate, db: DbDep, user: UserDep, settings: SettingsDep, upstream: UpstreamDep
 ) -> SessionRead:
     """Create a session and its upstream Conversation; `messages` imports a Chat Completions history."""
-    session = await sessions_service.create_session(
+    session = await session_service.create_session(
         db,
         settings=settings,
         upstream=upstream,
@@ -33,14 +33,14 @@ async def create_session(
         metadata=body.metadata or {},
         prompt=body.prompt.model_dump(exclude_none=True) if body.prompt else None,
         model=body.model,
-        messages=[sessions_service.ImportedMessage(m.role, m.content) for m in body.messages or []],
+        messages=[session_service.ImportedMessage(m.role, m.content) for m in body.messages or []],
     )
     return SessionRead.of(session)
 
 
 @router.get("")
 async def list_sessions(db: DbDep, user: UserDep, page: ListDep) -> ListResponse[SessionRead]:
-    result = await sessions_service.list_sessions(
+    result = await session_service.list_sessions(
         db, principal=user, limit=page.limit, after=page.after, order=page.order or "desc"
     )
     return list_response(result.items, result.has_more, SessionRead.of, lambda s: s.id)
@@ -48,7 +48,7 @@ async def list_sessions(db: DbDep, user: UserDep, page: ListDep) -> ListResponse
 
 @router.get("/{session_id}", responses=errors(404))
 async def get_session(session_id: SessionId, db: DbDep, user: UserDep) -> SessionRead:
-    return SessionRead.of(await sessions_service.get_session(db, principal=user, session_id=session_id))
+    return SessionRead.of(await session_service.get_session(db, principal=user, session_id=session_id))
 
 
 @router.patch("/{session_id}", responses=errors(400, 404, 413, 415))
@@ -61,7 +61,7 @@ async def update_session(
         changes["metadata"] = changes["metadata"] or {}
     if changes.get("prompt") is not None:
         changes["prompt"] = changes["prompt"].model_dump(exclude_none=True)
-    session = await sessions_service.update_session(
+    session = await session_service.update_session(
         db, settings=settings, principal=user, session_id=session_id, **changes
     )
     return SessionRead.of(session)
@@ -70,14 +70,14 @@ async def update_session(
 @router.delete("/{session_id}", responses=errors(404, 502, 504))
 async def delete_session(session_id: SessionId, db: DbDep, user: UserDep, upstream: UpstreamDep) -> SessionDeleted:
     """Delete the session and its upstream Conversation."""
-    deleted_id = await sessions_service.delete_session(db, upstream=upstream, principal=user, session_id=session_id)
+    deleted_id = await session_service.delete_session(db, upstream=upstream, principal=user, session_id=session_id)
     return SessionDeleted(id=deleted_id)
 
 
 @router.get("/{session_id}/messages", responses=errors(404))
 async def list_messages(session_id: SessionId, db: DbDep, user: UserDep, page: ListDep) -> ListResponse[MessageRead]:
     """The session's history, from Parley's database (oldest first by default)."""
-    result = await sessions_service.list_messages(
+    result = await session_service.list_messages(
         db,
         principal=user,
         session_id=session_id,

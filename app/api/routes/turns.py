@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import orjson
+import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
-from app.api.deps import DbDep, ListDep, StateDep, UserDep, bearer_scheme
+from app.api.deps import DbDep, ListDep, StateDep, TurnsDep, UserDep, bearer_scheme
+from app.api.event_stream import event_stream
 from app.api.routes.common import SessionId, TurnId, errors, list_response
 from app.api.schemas import ListResponse
-from app.api.sse_response import event_stream_response
 from app.api.turn_schemas import MessageCreate, ToolOutputsCreate, TurnRead
-from app.db.models import TURN_IN_FLIGHT_STATUSES, Turn
-from app.errors import InvalidRequest, ServiceUnavailable, ValidationFailed, shutting_down
-from app.services import sessions as sessions_service
-from app.services import turns as turns_service
+from app.errors import InvalidRequest, ValidationFailed
+from app.services import turn_service
 from app.services.auth import Principal
 from app.state import AppState
-from app.streaming.event_log import LogReader
-from app.streaming.outcome import TERMINAL_EVENT_OF_STATUS
-from app.streaming.runner import PriorTurn, TurnJob, wait_for
-from app.streaming.sse import RETRY_MS, encode_frame
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["turns"], responses=errors(401, 404, 422))
 
@@ -47,7 +38,6 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     }
 }
-POLL_INTERVAL_S = 0.5
 
 
 def _idempotency_key(value: str | None) -> str | None:
@@ -62,10 +52,10 @@ def _idempotency_key(value: str | None) -> str | None:
     return value
 
 
-def _stream_url(request: Request, state: AppState, turn: Turn) -> str:
-    token = state.stream_tokens.issue(user_id=turn.user_id, session_id=turn.session_id, turn_id=turn.id)
-    base = (state.settings.public_base_url or str(request.base_url)).rstrip("/")
-    return f"{base}/v1/sessions/{turn.session_id}/turns/{turn.id}/events?token={token}"
+def _reply(reply: turn_service.TurnReply, state: AppState) -> Response:
+    if reply.frames is not None:
+        return event_stream(reply.frames, settings=state.settings, metrics=state.metrics)
+    return JSONResponse(reply.turn)
 
 
 @router.post(
@@ -80,6 +70,7 @@ async def send_message(
     body: MessageCreate,
     request: Request,
     state: StateDep,
+    turns: TurnsDep,
     user: UserDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=1000)] = None,
 ) -> Response:
@@ -94,9 +85,7 @@ async def send_message(
                 param="input",
                 code="message_too_long",
             )
-    if not state.runner.accepting:
-        raise shutting_down()
-    turn_request = turns_service.TurnRequest(
+    turn_request = turn_service.TurnRequest(
         input=payload,
         prompt=body.prompt.model_dump(exclude_none=True) if body.prompt else None,
         prompt_variables=body.prompt_variables,
@@ -105,100 +94,14 @@ async def send_message(
         stream=body.stream,
         tools=[tool.model_dump(exclude_none=True) for tool in body.tools or []],
     )
-    started_at = time.monotonic()
-    # The turn's stream URL (a signed token) and its rendering for `turn.created`, made while the database
-    # writes the turn: they would otherwise add their time to the first token's.
-    announced: dict[str, tuple[str, dict[str, Any]]] = {}
-
-    def announce(turn: Turn) -> None:
-        stream_url = _stream_url(request, state, turn)
-        announced[turn.id] = (stream_url, turns_service.render_turn(turn, stream_url=stream_url))
-
-    started = await turns_service.start_turn(
-        state.sessionmaker,
-        settings=settings,
+    reply = await turns.send_message(
         principal=user,
         session_id=session_id,
         request=turn_request,
         idempotency_key=_idempotency_key(idempotency_key),
-        runner_id=state.runner.id,
-        server_tools=state.tools.definitions(),
-        while_writing=announce,
+        base_url=str(request.base_url),
     )
-    turn = started.turn
-    if started.replayed:
-        return await _replay(state, turn, stream=body.stream, stream_url=_stream_url(request, state, turn))
-    if turn.id not in announced:
-        announce(turn)
-    stream_url, created_turn = announced[turn.id]
-    job = TurnJob(
-        turn_id=turn.id,
-        session_id=turn.session_id,
-        user_id=turn.user_id,
-        upstream_body=turn.request,
-        created_turn=created_turn,
-        stream_url=stream_url,
-        started_at=started_at,
-    )
-    handle = state.runner.spawn(job)
-    # Failures before the upstream's first byte become this request's HTTP status.
-    await handle.wait_opened()
-    if body.stream:
-        return event_stream_response(handle.log.reader(0), settings, state.metrics)
-    return JSONResponse(await wait_for(handle.done))
-
-
-async def _replay(state: AppState, turn: Turn, *, stream: bool, stream_url: str) -> Response:
-    """The same Idempotency-Key and body again: the same turn, no second upstream call."""
-    handle = state.runner.handle(turn.id)
-    if not stream:
-        if handle is not None:
-            return JSONResponse(await wait_for(handle.done))
-        final = await _wait_until_final(state, turn.id)
-        return JSONResponse(turns_service.render_turn(final, stream_url=stream_url))
-    return event_stream_response(_events_after(state, turn, 0), state.settings, state.metrics)
-
-
-async def _wait_until_final(state: AppState, turn_id: str, timeout_s: float | None = None) -> Turn:
-    """For a turn run by another process: watch its row until it ends."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        turn = await turns_service.load_turn(state.sessionmaker, turn_id)
-        if turn is None:
-            raise ServiceUnavailable("The turn disappeared.", code="turn_missing")
-        if turn.status not in TURN_IN_FLIGHT_STATUSES or (deadline is not None and time.monotonic() > deadline):
-            return turn
-        await asyncio.sleep(POLL_INTERVAL_S)
-
-
-def _events_after(state: AppState, turn: Turn, after: int) -> LogReader | AsyncIterator[bytes]:
-    """Replay from the in-memory log when this process has it; otherwise from the stored turn (its
-    terminal event, once the turn has ended)."""
-    log = state.logs.get(turn.id)
-    if log is not None:
-        return log.reader(after)
-    return _stored_events_after(state, turn, after)
-
-
-async def _stored_events_after(state: AppState, turn: Turn, after: int) -> AsyncIterator[bytes]:
-    final = turn
-    while final.status in TURN_IN_FLIGHT_STATUSES:
-        # Run by another process: watch its row as `_wait_until_final` does, but not past this process's
-        # shutdown (no runner here ends the stream then); the browser resumes from another replica.
-        if not state.runner.accepting:
-            return
-        await asyncio.sleep(POLL_INTERVAL_S)
-        loaded = await turns_service.load_turn(state.sessionmaker, turn.id)
-        if loaded is None:
-            raise ServiceUnavailable("The turn disappeared.", code="turn_missing")
-        final = loaded
-    # A turn reconciled after its process died has no stored event count: number its terminal event after
-    # whatever the client saw, so a resuming browser still gets it.
-    terminal_id = final.last_event_id or after + 1
-    if after < terminal_id:
-        name = TERMINAL_EVENT_OF_STATUS.get(final.status, "turn.failed")
-        rendered = turns_service.render_turn(final, stream_url=None)
-        yield encode_frame(terminal_id, name, orjson.dumps({"turn": rendered}), retry_ms=RETRY_MS)
+    return _reply(reply, state)
 
 
 async def stream_principal(
@@ -245,75 +148,51 @@ async def stream_turn_events(
     session_id: SessionId,
     turn_id: TurnId,
     state: StateDep,
+    turns: TurnsDep,
     principal: Annotated[Principal, Depends(stream_principal)],
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
     last_event_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    after = _last_event_id(last_event_id_header, last_event_id)
-    # Its own short transaction: no database connection is held while the stream is open.
-    async with state.sessionmaker() as db:
-        turn = await turns_service.get_turn(db, principal=principal, session_id=session_id, turn_id=turn_id)
-    log = state.logs.get(turn.id)
-    if log is not None and log.closed and after >= len(log):
+    shutdown = anyio.Event()
+    frames = await turns.events(
+        principal=principal,
+        session_id=session_id,
+        turn_id=turn_id,
+        after=_last_event_id(last_event_id_header, last_event_id),
+        shutdown=shutdown,
+    )
+    if frames is None:
         return Response(status_code=204)
-    if (
-        log is None
-        and turn.status not in TURN_IN_FLIGHT_STATUSES
-        and turn.last_event_id is not None
-        and after >= turn.last_event_id
-    ):
-        return Response(status_code=204)
-    return event_stream_response(_events_after(state, turn, after), state.settings, state.metrics)
+    return event_stream(frames, settings=state.settings, metrics=state.metrics, shutdown=shutdown)
 
 
 @router.get("/turns", summary="List the session's turns")
 async def list_turns(
-    session_id: SessionId, request: Request, db: DbDep, state: StateDep, user: UserDep, page: ListDep
+    session_id: SessionId, request: Request, db: DbDep, turns: TurnsDep, user: UserDep, page: ListDep
 ) -> ListResponse[TurnRead]:
-    result = await turns_service.list_turns(
+    result = await turn_service.list_turns(
         db, principal=user, session_id=session_id, limit=page.limit, after=page.after, order=page.order or "desc"
     )
-    data = [turns_service.render_turn(t, stream_url=_stream_url(request, state, t)) for t in result.items]
+    data = [turns.render(turn, base_url=str(request.base_url)) for turn in result.items]
     return list_response(data, result.has_more, TurnRead.model_validate, lambda t: t.id)
 
 
 @router.get("/turns/{turn_id}", summary="Read one turn")
 async def get_turn(
-    session_id: SessionId, turn_id: TurnId, request: Request, db: DbDep, state: StateDep, user: UserDep
+    session_id: SessionId, turn_id: TurnId, request: Request, db: DbDep, turns: TurnsDep, user: UserDep
 ) -> TurnRead:
-    turn = await turns_service.get_turn(db, principal=user, session_id=session_id, turn_id=turn_id)
-    return TurnRead.model_validate(turns_service.render_turn(turn, stream_url=_stream_url(request, state, turn)))
+    turn = await turn_service.get_turn(db, principal=user, session_id=session_id, turn_id=turn_id)
+    return TurnRead.model_validate(turns.render(turn, base_url=str(request.base_url)))
 
 
 @router.post("/turns/{turn_id}/cancel", summary="Cancel a running turn", responses=errors(503))
 async def cancel_turn(
-    session_id: SessionId, turn_id: TurnId, request: Request, state: StateDep, user: UserDep
+    session_id: SessionId, turn_id: TurnId, request: Request, turns: TurnsDep, user: UserDep
 ) -> TurnRead:
     """Stops the upstream stream, keeps the partial answer and its usage, and ends every listener's
     stream with `turn.cancelled`. A turn that already ended is returned as it is."""
-    turn = await turns_service.request_cancel(
-        state.sessionmaker, principal=user, session_id=session_id, turn_id=turn_id
-    )
-    if turn.status == "requires_action":
-        async with state.sessionmaker() as db:
-            session = await sessions_service.get_session(db, principal=user, session_id=session_id)
-        turn = await turns_service.cancel_waiting_turn(
-            state.sessionmaker, state.upstream, turn=turn, conversation_id=session.conversation_id
-        )
-    stream_url = _stream_url(request, state, turn)
-    handle = state.runner.handle(turn.id)
-    if handle is not None and state.runner.cancel(turn.id):
-        try:
-            final = await asyncio.wait_for(wait_for(handle.done), timeout=state.settings.cancel_wait_s)
-            return TurnRead.model_validate({**final, "stream_url": stream_url})
-        except TimeoutError:
-            pass
-    current = (
-        turn
-        if turn.status not in TURN_IN_FLIGHT_STATUSES
-        else await _wait_until_final(state, turn.id, timeout_s=state.settings.cancel_wait_s)
-    )
-    return TurnRead.model_validate(turns_service.render_turn(current, stream_url=stream_url))
+    turn = await turns.cancel(principal=user, session_id=session_id, turn_id=turn_id, base_url=str(request.base_url))
+    return TurnRead.model_validate(turn)
 
 
 @router.post(
@@ -325,40 +204,20 @@ async def cancel_turn(
     "turn: its event ids continue after `turn.requires_action`. " + SSE_DESCRIPTION,
 )
 async def submit_tool_outputs(
-    session_id: SessionId, turn_id: TurnId, body: ToolOutputsCreate, request: Request, state: StateDep, user: UserDep
+    session_id: SessionId,
+    turn_id: TurnId,
+    body: ToolOutputsCreate,
+    request: Request,
+    state: StateDep,
+    turns: TurnsDep,
+    user: UserDep,
 ) -> Response:
-    if not state.runner.accepting:
-        raise shutting_down()
-    started_at = time.monotonic()
-    turn, upstream_body = await turns_service.continue_turn(
-        state.sessionmaker,
-        settings=state.settings,
+    reply = await turns.submit_tool_outputs(
         principal=user,
         session_id=session_id,
         turn_id=turn_id,
-        outputs=[turns_service.ToolOutput(call_id=o.call_id, output=o.output) for o in body.tool_outputs],
-        runner_id=state.runner.id,
+        outputs=[turn_service.ToolOutput(call_id=o.call_id, output=o.output) for o in body.tool_outputs],
+        stream=body.stream,
+        base_url=str(request.base_url),
     )
-    stream_url = _stream_url(request, state, turn)
-    rendered = turns_service.render_turn(turn, stream_url=stream_url)
-    job = TurnJob(
-        turn_id=turn.id,
-        session_id=turn.session_id,
-        user_id=turn.user_id,
-        upstream_body=upstream_body,
-        created_turn=rendered,
-        stream_url=stream_url,
-        started_at=started_at,
-        prior=PriorTurn(
-            text=turn.output_text,
-            response_ids=list(turn.response_ids or []),
-            usage=turn.usage,
-            cost_usd=str(turn.cost_usd) if turn.cost_usd is not None else None,
-            last_event_id=turn.last_event_id or 0,
-        ),
-    )
-    handle = state.runner.continue_turn(job)
-    await handle.wait_opened()
-    if body.stream:
-        return event_stream_response(handle.log.reader(turn.last_event_id or 0), state.settings, state.metrics)
-    return JSONResponse(await wait_for(handle.done))
+    return _reply(reply, state)

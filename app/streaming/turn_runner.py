@@ -26,9 +26,15 @@ from app.observability.metrics import Metrics, upstream_status_of
 from app.streaming.event_log import EventLog, EventLogRegistry
 from app.streaming.outcome import TurnOutcome
 from app.streaming.turn_state import ResponseOutcome, TurnState, rate_limit_headers
-from app.upstream.errors import STREAM_READ_ERRORS, timed_out
-from app.upstream.responses import StreamPolicy, UpstreamStream, open_stream, retrieve_response
-from app.upstream.sse import SSESplitter
+from app.upstream.event_parser import SSESplitter
+from app.upstream.failures import STREAM_READ_ERRORS, timed_out
+from app.upstream.response_stream import (
+    StreamPolicy,
+    UpstreamStream,
+    open_stream,
+    retrieve_response,
+    streaming_client,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ class ToolResult:
     error: str | None = None
 
 
-class ToolBox(Protocol):
+class ToolExecutor(Protocol):
     """The function tools Parley runs itself (`services.tools`)."""
 
     def definitions(self) -> list[dict[str, Any]]: ...
@@ -109,7 +115,7 @@ class RunnerConfig:
 class TurnHandle:
     """A running turn as this process sees it: its log, and futures for 'upstream opened' and 'done'."""
 
-    __slots__ = ("_pump", "cancel_reason", "done", "job", "log", "opened", "side_tasks", "task")
+    __slots__ = ("cancel_reason", "done", "job", "log", "opened", "relay_task", "side_tasks", "task")
 
     def __init__(self, job: TurnJob, log: EventLog) -> None:
         loop = asyncio.get_running_loop()
@@ -119,23 +125,23 @@ class TurnHandle:
         self.done: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.cancel_reason: str | None = None  # "cancelled" | "shutdown"
         self.task: asyncio.Task[None] | None = None
-        self._pump: asyncio.Task[None] | None = None
+        # The task reading the upstream stream now, which `interrupt` cancels.
+        self.relay_task: asyncio.Task[None] | None = None
         self.side_tasks: set[asyncio.Task[None]] = set()
         # Nobody may be waiting on `opened` (the client left); don't let asyncio warn about it.
         self.opened.add_done_callback(_consume_exception)
 
     async def wait_opened(self) -> None:
         """For the one request that started the turn: returns once the upstream answered, raises its failure.
-        Awaited directly, not through `asyncio.shield`: a shield costs an event-loop round before the response
-        can start, while the pump is already relaying. If that request is cancelled, `opened` is cancelled with
-        it, and the runner only ever sets `opened` after checking `done()`: the turn goes on."""
+        If that request is cancelled, `opened` is cancelled with it, and the runner only ever sets `opened`
+        after checking `done()`: the turn goes on."""
         await self.opened
 
     def interrupt(self, reason: str) -> None:
         if self.cancel_reason is None:
             self.cancel_reason = reason
-        if self._pump is not None and not self._pump.done():
-            self._pump.cancel()
+        if self.relay_task is not None and not self.relay_task.done():
+            self.relay_task.cancel()
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:
@@ -160,7 +166,7 @@ class TurnRunner:
         logs: EventLogRegistry,
         config: RunnerConfig,
         metrics: Metrics | None = None,
-        tools: ToolBox | None = None,
+        tools: ToolExecutor | None = None,
     ) -> None:
         self.id = f"runner_{uuid.uuid4().hex}"
         self.upstream = upstream
@@ -169,6 +175,7 @@ class TurnRunner:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics(process=False)
         self.tools = tools
+        self._streaming = streaming_client(upstream, config.stream_policy)
         self.accepting = True
         self._handles: dict[str, TurnHandle] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -239,7 +246,7 @@ class TurnRunner:
                 self.cancel(turn_id)
 
     async def _sweep(self) -> None:
-        await self.logs.expire_in_slices()
+        self.logs.expire()
         # Final writes spooled while the database was down go in before any orphan is looked at.
         await self.store.replay_spool()
         stale_before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.config.orphan_after_s)
@@ -295,7 +302,7 @@ class TurnRunner:
         try:
             while True:
                 try:
-                    stream = await open_stream(self.upstream, body, self.config.stream_policy)
+                    stream = await open_stream(self._streaming, body, self.config.stream_policy)
                 except ParleyError as error:
                     self.metrics.upstream_error(stage="open", status=upstream_status_of(error), code=error.code)
                     outcome = self._outcome(state, "failed")
@@ -394,20 +401,21 @@ class TurnRunner:
         return outputs, for_client
 
     async def _relay(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> str | None:
-        """Relay upstream events into the log until the stream ends. Returns why it ended early
-        ("cancelled", "shutdown", "stalled", "cut") or None when it ended by itself."""
-        pump = asyncio.create_task(self._pump(handle, stream, state))
-        handle._pump = pump
+        """Relay upstream events into the log until the stream ends, in a task of its own that a cancel or a
+        shutdown cancels. Returns why it ended early ("cancelled", "shutdown", "stalled", "cut") or None when
+        it ended by itself."""
+        relay = asyncio.create_task(self._read(handle, stream, state))
+        handle.relay_task = relay
         if handle.cancel_reason is not None:
-            pump.cancel()
+            relay.cancel()
         try:
-            await asyncio.wait([pump])
+            await asyncio.wait([relay])
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()
-        if pump.cancelled():
+        if relay.cancelled():
             return handle.cancel_reason or "cancelled"
-        error = pump.exception()
+        error = relay.exception()
         if isinstance(error, _Stalled):
             return "stalled"
         if isinstance(error, _Cut):
@@ -416,28 +424,22 @@ class TurnRunner:
             raise error
         return None
 
-    async def _pump(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> None:
-        log, job = handle.log, handle.job
+    async def _read(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> None:
+        """The upstream body, split into events: each appended to the log as it is, then observed."""
         splitter = SSESplitter()
-        feed, append, observe = splitter.feed, log.append, state.observe
-
-        def relay(chunk: bytes) -> None:
-            # Called from the upstream connection's data callback, as the bytes arrive (`deliver`).
-            if handle.cancel_reason is not None:
-                return  # interrupted: the pump's cancellation is on its way, and nothing more goes in the log
-            for name, data in feed(chunk):
-                append(name, data)
-                try:
-                    new_response = observe(name, data)
-                except (ValueError, TypeError, AttributeError):
-                    logger.warning("upstream.unparseable_event", extra={"turn_id": job.turn_id, "event": name})
-                    continue
-                if new_response is not None:
-                    # Stored now, not at the end, yet without holding up the relay.
-                    self._side_task(handle, self.store.store_response_ids(job.turn_id, list(state.response_ids)))
-
+        turn_id = handle.job.turn_id
         try:
-            await stream.deliver(relay)
+            async for chunk in stream.chunks():
+                for name, data in splitter.feed(chunk):
+                    handle.log.append(name, data)
+                    try:
+                        new_response = state.observe(name, data)
+                    except (ValueError, TypeError, AttributeError):
+                        logger.warning("upstream.unparseable_event", extra={"turn_id": turn_id, "event": name})
+                        continue
+                    if new_response is not None:
+                        # Stored now, not at the end, yet without holding up the relay.
+                        self._side_task(handle, self.store.store_response_ids(turn_id, list(state.response_ids)))
         except STREAM_READ_ERRORS as error:
             raise (_Stalled() if timed_out(error) else _Cut()) from error
         if state.terminal_event is None and state.error_event is None:

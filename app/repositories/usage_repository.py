@@ -59,4 +59,4 @@ async def aggregate(
         statement = statement.where(UsageRecord.user_id == user_id)
     if keys:
         statement = statement.group_by(*keys).order_by(*keys)
-    return [dict(row._mapping) for row in (await db.execute(statement)).all()]
+    return [dict(row) for row in (await db.execute(statement)).mappings().all()]

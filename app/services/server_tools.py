@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from app.streaming.runner import ToolResult
+from app.streaming.turn_runner import ToolResult
 
 TOOL_TIMEOUT_S = 10.0
 
@@ -126,7 +126,7 @@ BUILTIN_TOOLS: dict[str, Tool] = {
 }
 
 
-class ToolBox:
+class ServerTools:
     """The server-side tools this deployment enabled."""
 
     def __init__(self, names: list[str]) -> None:

@@ -6,11 +6,10 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.db.driver import CompiledFor, driver_connection
 from app.db.ids import new_id
 from app.db.models import ApiKey, User
 from app.repositories.pagination import Order, Page, paginate
@@ -69,16 +68,11 @@ KEY_OWNER = (
     .join(ApiKey, ApiKey.user_id == User.id)
     .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
 )
-KEY_OWNER_ON_DRIVER = CompiledFor(KEY_OWNER)
 
 
 async def find_key_owner(engine: AsyncEngine, key_hash: str) -> KeyOwner | None:
-    """Who holds the unrevoked API key with this hash: on Postgres one statement on the driver's connection,
-    elsewhere on a pooled connection (no ORM session or loaded `User` either way)."""
-    if engine.dialect.name == "postgresql":
-        async with driver_connection(engine) as driver:
-            row = await driver.fetchrow(KEY_OWNER_ON_DRIVER, {"key_hash": key_hash})
-        return None if row is None else KeyOwner(row["id"], row["name"])
+    """Who holds the unrevoked API key with this hash, on a pooled connection (no ORM session or loaded
+    `User`: it runs before every request whose key is not in the authentication cache)."""
     async with engine.connect() as connection:
         found = (await connection.execute(KEY_OWNER, {"key_hash": key_hash})).first()
     return None if found is None else KeyOwner(found[0], found[1])
@@ -92,6 +86,17 @@ async def list_api_keys(db: AsyncSession, *, user_id: str, limit: int, after: st
 async def revoke_api_key(db: AsyncSession, *, key_id: str, at: dt.datetime) -> ApiKey | None:
     await db.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=at))
     return await db.get(ApiKey, key_id, populate_existing=True)
+
+
+# Postgres delivers a notification on this channel to every listening replica when the revoke commits.
+KEY_REVOKED_CHANNEL = "parley_key_revoked"
+
+
+async def announce_revoked(db: AsyncSession, key_hash: str) -> None:
+    """Tell every listening replica of a revoked key, when this transaction commits (Postgres only: SQLite has
+    one process, the embedded default)."""
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(select(func.pg_notify(KEY_REVOKED_CHANNEL, key_hash)))
 
 
 async def lock_user(db: AsyncSession, user_id: str) -> User | None:

@@ -35,7 +35,7 @@ class SessionForTurn:
     owner_budget_usd: Decimal | None
 
 
-_SESSION_FOR_TURN = (
+SESSION_FOR_TURN = (
     select(
         ChatSession.id,
         ChatSession.conversation_id,
@@ -50,7 +50,8 @@ _SESSION_FOR_TURN = (
         ChatSession.deleted_at.is_(None),
     )
 )
-_SESSION_FOR_TURN_LOCKED = _SESSION_FOR_TURN.with_for_update(of=User)
+# NO KEY UPDATE: rows that only reference the user (a turn's ledger rows, a new session) need not wait for it.
+SESSION_FOR_TURN_LOCKED = SESSION_FOR_TURN.with_for_update(of=User, key_share=True)
 
 
 async def get_owned_session_for_turn(
@@ -59,7 +60,7 @@ async def get_owned_session_for_turn(
     """The session (the caller's own, not deleted) in one prebuilt query of plain columns; with `lock_user`,
     the owner's row is locked for the transaction (it serialises one user's turn starts, so limits count
     what nobody else is changing)."""
-    statement = _SESSION_FOR_TURN_LOCKED if lock_user else _SESSION_FOR_TURN
+    statement = SESSION_FOR_TURN_LOCKED if lock_user else SESSION_FOR_TURN
     row = (await db.execute(statement, {"session_key": session_id, "user_key": user_id})).first()
     return SessionForTurn(*row) if row is not None else None
 

@@ -14,7 +14,7 @@ from app.db.base import utcnow
 from app.db.ids import new_id
 from app.db.models import ChatSession, Message
 from app.errors import NotFound
-from app.repositories import sessions as sessions_repo
+from app.repositories import session_repository as sessions_repo
 from app.repositories.pagination import Order, Page
 from app.services.auth import Principal
 from app.services.policy import check_model, check_prompt

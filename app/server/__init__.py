@@ -1,0 +1,1 @@
+"""Serving Parley: the uvicorn server and the ASGI middleware around the application."""

@@ -1,0 +1,106 @@
+"""The uvicorn server that runs Parley (and the standalone simulator), and what it does at a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.server import HANDLED_SIGNALS
+
+from app.observability.logging import configure_logging
+from app.settings import Settings
+
+LOOPBACK_FOR_WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}  # noqa: S104
+# uvicorn waits this much longer than an event stream's shutdown grace before it cancels what is left.
+UVICORN_SHUTDOWN_MARGIN_S = 10
+
+
+class ParleyServer(uvicorn.Server):
+    """uvicorn waits for open connections before it runs the lifespan's shutdown, and turn streams stay open
+    until their turn ends: so the runner starts draining at the signal itself. A graceful shutdown exits 0."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI | None = None) -> None:
+        super().__init__(config)
+        self.parley_app = app
+        self.draining: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn's own, without raising the signal again once the shutdown has finished gracefully.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original_handlers = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original_handlers.items():
+                signal.signal(sig, handler)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # What the process loaded to start lives as long as it does: frozen, the cyclic garbage collector stops
+        # walking it at every full collection.
+        gc.freeze()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        state = getattr(self.parley_app.state, "parley", None) if self.parley_app is not None else None
+        if state is not None and not self.should_exit:
+            state.runner.begin_shutdown()
+            loop = asyncio.get_event_loop()
+
+            def start_draining() -> None:
+                self.draining = loop.create_task(state.runner.drain(state.settings.shutdown_grace_s))
+
+            # Signal handlers run between bytecodes; call_soon_threadsafe also wakes the loop.
+            loop.call_soon_threadsafe(start_draining)
+        super().handle_exit(sig, frame)
+
+
+def serve_parley(host: str, port: int) -> None:
+    """`parley serve`: Parley on `host:port`, with the simulator mounted when no OpenAI key is set."""
+    from app.main import SIMULATOR_MOUNT, create_app
+
+    settings = Settings()
+    if settings.uses_simulator and not settings.openai_base_url:
+        # The simulator is mounted on this same server; Parley reaches it over loopback (while browsers reach
+        # Parley at whatever address they used, so this is not the public base URL).
+        loopback = LOOPBACK_FOR_WILDCARD.get(host, host)
+        settings = settings.model_copy(update={"openai_base_url": f"http://{loopback}:{port}{SIMULATOR_MOUNT}/v1"})
+    configure_logging(settings)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=True,
+        # Room for the runner's grace period, the terminal events and the final writes.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + UVICORN_SHUTDOWN_MARGIN_S,
+    )
+    _run(config, settings, app)
+
+
+def serve_simulator(host: str, port: int) -> None:
+    """`parley simulator`: the offline OpenAI-compatible simulator alone."""
+    from app.simulator import create_simulator_app
+
+    settings = Settings()
+    configure_logging(settings)
+    app = create_simulator_app(prompts_path=settings.simulator_prompts_file)
+    _run(uvicorn.Config(app, host=host, port=port, log_config=None), settings, None)
+
+
+def _run(config: uvicorn.Config, settings: Settings, app: FastAPI | None) -> None:
+    # Set here, not in create_app: only a serving process keeps the many objects of open streams (or, in the
+    # simulator, stored responses) that every full collection walks; tests build many apps in one process.
+    gc.set_threshold(*settings.gc_thresholds)
+    ParleyServer(config, app).run()

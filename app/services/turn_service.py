@@ -1,0 +1,658 @@
+"""Turns: starting one (a short transaction) and handing it to the runner, its events, reading and cancelling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import openai
+import orjson
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.base import utcnow
+from app.db.ids import new_id
+from app.db.models import TURN_IN_FLIGHT_STATUSES, Turn
+from app.errors import (
+    Conflict,
+    NotFound,
+    PaymentRequired,
+    RateLimited,
+    ServiceUnavailable,
+    ValidationFailed,
+    shutting_down,
+)
+from app.repositories import session_repository as sessions_repo
+from app.repositories import turn_repository as turns_repo
+from app.repositories import user_repository as users_repo
+from app.repositories.pagination import Order, Page
+from app.repositories.session_repository import SessionForTurn
+from app.services.auth import Principal
+from app.services.limits import (
+    check_turn_allowed,
+    check_turn_budget,
+    limits_apply,
+)
+from app.services.policy import check_model, check_prompt
+from app.services.server_tools import ServerTools
+from app.services.stream_tokens import StreamTokens
+from app.settings import Settings
+from app.streaming.event_log import EventLogRegistry
+from app.streaming.frames import PING, RETRY_MS, encode_frame
+from app.streaming.outcome import TERMINAL_EVENT_OF_STATUS
+from app.streaming.turn_runner import PriorTurn, TurnHandle, TurnJob, TurnRunner, wait_for
+from app.upstream.conversations import add_items
+
+logger = logging.getLogger(__name__)
+
+# How often a turn run by another process is looked at, by a request that waits for it.
+POLL_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """A validated `POST …/messages` body."""
+
+    input: str | list[dict[str, Any]]
+    prompt: dict[str, Any] | None = None
+    prompt_variables: dict[str, str] | None = None
+    model: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    stream: bool = True
+    # Function tools the client declares and answers itself (handed over with turn.requires_action).
+    tools: list[dict[str, Any]] = field(default_factory=list)
+
+    def fingerprint(self, session_id: str) -> str:
+        """What makes two sends 'the same request' for an Idempotency-Key (stream mode aside)."""
+        payload = {
+            "session_id": session_id,
+            "input": self.input,
+            "prompt": self.prompt,
+            "prompt_variables": self.prompt_variables,
+            "model": self.model,
+            "metadata": self.metadata,
+            "tools": self.tools,
+        }
+        return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StartedTurn:
+    turn: Turn
+    replayed: bool  # an earlier request with the same Idempotency-Key made this turn
+
+
+def safety_identifier(user_id: str) -> str:
+    """A stable, non-reversible id of the user for OpenAI's abuse monitoring (≤ 64 chars)."""
+    return hashlib.sha256(f"parley:{user_id}".encode()).hexdigest()[:64]
+
+
+def input_text(value: str | list[dict[str, Any]]) -> str:
+    """The user's words as they go into the history: the text parts of the input."""
+    if isinstance(value, str):
+        return value
+    parts: list[str] = []
+    for item in value:
+        content = item.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(
+                str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "input_text"
+            )
+    return "\n".join(parts)
+
+
+def resolve_upstream_body(
+    settings: Settings,
+    *,
+    session: SessionForTurn,
+    request: TurnRequest,
+    principal: Principal,
+    turn_id: str,
+    server_tools: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """prompt and model: message overrides → session → deployment default."""
+    check_model(settings, request.model)
+    server_names = {tool["name"] for tool in server_tools}
+    clashes = sorted(server_names & {tool["name"] for tool in request.tools})
+    if clashes:
+        raise ValidationFailed(
+            f"Tool name(s) {', '.join(clashes)} belong to this deployment's own tools; pick other names.",
+            param="tools",
+            code="tool_name_taken",
+        )
+    check_prompt(settings, request.prompt["id"] if request.prompt else None)
+    prompt: dict[str, Any] | None = None
+    if request.prompt is not None:
+        prompt = dict(request.prompt)
+    elif session.prompt:
+        prompt = dict(session.prompt)
+    elif settings.effective_default_prompt_id:
+        prompt = {"id": settings.effective_default_prompt_id}
+        if settings.default_prompt_version:
+            prompt["version"] = settings.default_prompt_version
+    if prompt is not None and request.prompt_variables:
+        prompt["variables"] = {**(prompt.get("variables") or {}), **request.prompt_variables}
+    body: dict[str, Any] = {
+        "conversation": session.conversation_id,
+        "input": [{"role": "user", "content": request.input}] if isinstance(request.input, str) else request.input,
+        "store": True,
+        "stream": True,
+        "safety_identifier": safety_identifier(principal.user_id),
+        "metadata": {"parley_session_id": session.id, "parley_turn_id": turn_id},
+    }
+    tools = [*server_tools, *request.tools]
+    if tools:
+        body["tools"] = tools
+    model = request.model or session.model
+    if prompt is not None:
+        body["prompt"] = prompt
+        if model:
+            body["model"] = model
+    else:
+        body["model"] = model or settings.default_model
+        body["instructions"] = settings.default_instructions
+    return body
+
+
+async def start_turn(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    settings: Settings,
+    principal: Principal,
+    session_id: str,
+    request: TurnRequest,
+    idempotency_key: str | None,
+    runner_id: str,
+    server_tools: list[dict[str, Any]],
+) -> StartedTurn:
+    """Limits, the turn row and the user message, in one short transaction before anything goes upstream.
+
+    When a limit counts, the owner's row is locked first, so that one user's concurrent starts, on any
+    replica, are counted one after the other (`limits.check_turn_allowed`). One turn in flight per session
+    and one turn per Idempotency-Key are the unique indexes' job: a start that loses either race, or that a
+    limit stops, writes nothing, and `_after_conflict` says why (a replay of the same request included).
+    """
+    fingerprint = request.fingerprint(session_id)
+    now = utcnow()
+    try:
+        async with sessionmaker() as db, db.begin():
+            session = await sessions_repo.get_owned_session_for_turn(
+                db, user_id=principal.user_id, session_id=session_id, lock_user=limits_apply(settings)
+            )
+            if session is None:
+                raise _session_not_found(session_id)
+            await check_turn_allowed(
+                db, settings=settings, user_id=principal.user_id, user_budget=session.owner_budget_usd, now=now
+            )
+            turn_id = new_id("turn")
+            body = resolve_upstream_body(
+                settings,
+                session=session,
+                request=request,
+                principal=principal,
+                turn_id=turn_id,
+                server_tools=server_tools,
+            )
+            turn = Turn(
+                id=turn_id,
+                session_id=session_id,
+                user_id=principal.user_id,
+                status="in_progress",
+                input=request.input,
+                request=body,
+                metadata_=request.metadata,
+                output_text="",
+                response_ids=[],
+                idempotency_key=idempotency_key,
+                request_fingerprint=fingerprint,
+                runner_id=runner_id,
+                created_at=now,
+            )
+            user_message = {
+                "id": new_id("msg"),
+                "session_id": session_id,
+                "turn_id": turn_id,
+                "role": "user",
+                "content": input_text(request.input),
+                "status": "completed",
+                "created_at": now,
+            }
+            await turns_repo.insert_started_turn(db, turn, user_message=user_message)
+        return StartedTurn(turn, replayed=False)
+    except IntegrityError:
+        limited = None
+    except (RateLimited, PaymentRequired) as error:
+        limited = error
+    return await _after_conflict(
+        sessionmaker,
+        principal=principal,
+        session_id=session_id,
+        key=idempotency_key,
+        fingerprint=fingerprint,
+        limited=limited,
+    )
+
+
+def _session_not_found(session_id: str) -> NotFound:
+    return NotFound(f"No session with id '{session_id}'.", code="session_not_found", param="session_id")
+
+
+def _check_same(turn: Turn, fingerprint: str) -> Turn:
+    if turn.request_fingerprint != fingerprint:
+        raise ValidationFailed(
+            "This Idempotency-Key was used with a different request.",
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
+    return turn
+
+
+def _in_progress(turn_id: str) -> Conflict:
+    return Conflict(
+        "A turn is already in progress in this session; wait for it to finish or cancel it.",
+        code="turn_in_progress",
+        param=turn_id,
+    )
+
+
+async def _after_conflict(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    principal: Principal,
+    session_id: str,
+    key: str | None,
+    fingerprint: str,
+    limited: RateLimited | PaymentRequired | None = None,
+) -> StartedTurn:
+    """Why a start wrote nothing, in this order: the turn an Idempotency-Key already started (a replay), a
+    busy session (409), then the limit that stopped it, if one did."""
+    async with sessionmaker() as db, db.begin():
+        session = await sessions_repo.get_owned_session(db, user_id=principal.user_id, session_id=session_id)
+        if session is None:
+            raise _session_not_found(session_id)
+        replayed = await _replayed_start(db, user_id=principal.user_id, key=key, fingerprint=fingerprint)
+        if replayed is not None:
+            return replayed
+        running = await turns_repo.find_open(db, session_id=session_id)
+        if running is None and limited is not None:
+            raise limited
+        raise _in_progress(running.id if running else "unknown")
+
+
+async def _replayed_start(db: AsyncSession, *, user_id: str, key: str | None, fingerprint: str) -> StartedTurn | None:
+    """The turn this Idempotency-Key already started, as a replay (a different request under it: 409)."""
+    if key is None:
+        return None
+    existing = await turns_repo.find_by_idempotency_key(db, user_id=user_id, key=key)
+    return None if existing is None else StartedTurn(_check_same(existing, fingerprint), replayed=True)
+
+
+async def get_turn(db: AsyncSession, *, principal: Principal, session_id: str, turn_id: str) -> Turn:
+    turn = await turns_repo.get_owned_turn(db, user_id=principal.user_id, session_id=session_id, turn_id=turn_id)
+    if turn is None:
+        raise NotFound(f"No turn with id '{turn_id}' in this session.", code="turn_not_found", param="turn_id")
+    return turn
+
+
+async def list_turns(
+    db: AsyncSession, *, principal: Principal, session_id: str, limit: int, after: str | None, order: Order
+) -> Page[Turn]:
+    session = await sessions_repo.get_owned_session(db, user_id=principal.user_id, session_id=session_id)
+    if session is None:
+        raise _session_not_found(session_id)
+    return await turns_repo.list_turns(db, session_id=session_id, limit=limit, after=after, order=order)
+
+
+async def request_cancel(
+    sessionmaker: async_sessionmaker[AsyncSession], *, principal: Principal, session_id: str, turn_id: str
+) -> Turn:
+    """Record the cancel on the turn, so whichever process runs it honours it."""
+    async with sessionmaker() as db, db.begin():
+        turn = await get_turn(db, principal=principal, session_id=session_id, turn_id=turn_id)
+        await turns_repo.request_cancel(db, turn_id=turn.id, at=utcnow())
+        return turn
+
+
+async def load_turn(sessionmaker: async_sessionmaker[AsyncSession], turn_id: str) -> Turn | None:
+    async with sessionmaker() as db:
+        return await turns_repo.get_turn(db, turn_id)
+
+
+def iso(moment: dt.datetime) -> str:
+    """ISO 8601 in UTC with a Z, as pydantic writes the other objects' timestamps."""
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def render_turn(turn: Turn, *, stream_url: str | None) -> dict[str, Any]:
+    """The contract's Turn object, as plain JSON-ready data (shared by the API and the event stream)."""
+    return {
+        "id": turn.id,
+        "object": "turn",
+        "session_id": turn.session_id,
+        "status": turn.status,
+        "input": turn.input,
+        "output_text": turn.output_text,
+        "response_ids": list(turn.response_ids or []),
+        "usage": turn.usage,
+        "cost_usd": f"{turn.cost_usd:.8f}" if turn.cost_usd is not None else None,
+        "error": turn.error,
+        "required_action": turn.required_action,
+        "metadata": turn.metadata_ or {},
+        "created_at": iso(turn.created_at),
+        "completed_at": iso(turn.completed_at) if turn.completed_at else None,
+        "ttft_ms": turn.ttft_ms,
+        "duration_ms": turn.duration_ms,
+        "stream_url": stream_url,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutput:
+    call_id: str
+    output: str
+
+
+async def continue_turn(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    settings: Settings,
+    principal: Principal,
+    session_id: str,
+    turn_id: str,
+    outputs: list[ToolOutput],
+    runner_id: str,
+) -> tuple[Turn, dict[str, Any]]:
+    """The client answered the function calls of a turn in requires_action: claim the turn back for this
+    process and return the next upstream body (only the new function_call_output items)."""
+    async with sessionmaker() as db, db.begin():
+        turn = await get_turn(db, principal=principal, session_id=session_id, turn_id=turn_id)
+        if turn.status != "requires_action" or not turn.required_action:
+            raise Conflict(
+                f"The turn is {turn.status}, not waiting for tool outputs.", code="turn_not_waiting", param=turn.id
+            )
+        expected = [call["call_id"] for call in turn.required_action.get("tool_calls", [])]
+        given = [output.call_id for output in outputs]
+        if sorted(given) != sorted(expected):
+            missing = sorted(set(expected) - set(given))
+            unknown = sorted(set(given) - set(expected))
+            raise ValidationFailed(
+                f"tool_outputs must answer exactly the required calls (missing: {missing or 'none'}; "
+                f"unknown or repeated: {unknown or ('repeated' if len(given) != len(set(given)) else 'none')}).",
+                param="tool_outputs",
+                code="tool_outputs_mismatch",
+            )
+        user = await users_repo.lock_user(db, principal.user_id)
+        if user is None:
+            raise NotFound("Unknown user.", code="user_not_found")
+        await check_turn_budget(
+            db, settings=settings, user_id=user.id, user_budget=user.monthly_budget_usd, now=utcnow()
+        )
+        items = [
+            *(turn.pending_tool_outputs or []),
+            *(
+                {"type": "function_call_output", "call_id": output.call_id, "output": output.output}
+                for output in outputs
+            ),
+        ]
+        if not await turns_repo.resume_waiting_turn(db, turn_id=turn.id, runner_id=runner_id):
+            raise Conflict("The turn was answered or cancelled meanwhile.", code="turn_not_waiting", param=turn.id)
+        await db.refresh(turn)
+        return turn, {**turn.request, "input": items}
+
+
+async def cancel_waiting_turn(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    upstream: openai.AsyncOpenAI,
+    *,
+    turn: Turn,
+    conversation_id: str,
+) -> Turn:
+    """Cancel a turn that waits for tool outputs: close its open function calls in the conversation (so the
+    session can go on) and store it as cancelled."""
+    calls = (turn.required_action or {}).get("tool_calls", [])
+    items = [
+        *(turn.pending_tool_outputs or []),
+        *(
+            {"type": "function_call_output", "call_id": call["call_id"], "output": '{"error": "cancelled by the user"}'}
+            for call in calls
+            if call["call_id"] not in {item["call_id"] for item in turn.pending_tool_outputs or []}
+        ),
+    ]
+    if items:
+        await add_items(upstream, conversation_id, items)
+    async with sessionmaker() as db, db.begin():
+        await turns_repo.cancel_waiting_turn(db, turn_id=turn.id, at=utcnow())
+        refreshed = await turns_repo.get_turn(db, turn.id)
+    assert refreshed is not None
+    return refreshed
+
+
+@dataclass(frozen=True, slots=True)
+class TurnReply:
+    """What a request that runs a turn gets: its frames to stream, or the finished turn."""
+
+    frames: AsyncGenerator[bytes, None] | None = None
+    turn: dict[str, Any] | None = None
+
+
+def _job(
+    turn: Turn, *, upstream_body: dict[str, Any], stream_url: str, started_at: float, prior: PriorTurn | None = None
+) -> TurnJob:
+    """What the runner needs to run `turn` (its first round, or the next after tool outputs: `prior`)."""
+    return TurnJob(
+        turn_id=turn.id,
+        session_id=turn.session_id,
+        user_id=turn.user_id,
+        upstream_body=upstream_body,
+        created_turn=render_turn(turn, stream_url=stream_url),
+        stream_url=stream_url,
+        started_at=started_at,
+        prior=prior,
+    )
+
+
+class TurnService:
+    """What the turn routes ask for: a turn started and handed to the runner, its events, its cancel."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        runner: TurnRunner,
+        logs: EventLogRegistry,
+        stream_tokens: StreamTokens,
+        server_tools: ServerTools,
+        upstream: openai.AsyncOpenAI,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.runner = runner
+        self.logs = logs
+        self.stream_tokens = stream_tokens
+        self.server_tools = server_tools
+        self.upstream = upstream
+
+    def stream_url(self, turn: Turn, *, base_url: str) -> str:
+        """The turn's `/events` URL with a token for exactly this turn, for a browser's EventSource."""
+        token = self.stream_tokens.issue(user_id=turn.user_id, session_id=turn.session_id, turn_id=turn.id)
+        base = (self.settings.public_base_url or base_url).rstrip("/")
+        return f"{base}/v1/sessions/{turn.session_id}/turns/{turn.id}/events?token={token}"
+
+    def render(self, turn: Turn, *, base_url: str) -> dict[str, Any]:
+        return render_turn(turn, stream_url=self.stream_url(turn, base_url=base_url))
+
+    async def send_message(
+        self,
+        *,
+        principal: Principal,
+        session_id: str,
+        request: TurnRequest,
+        idempotency_key: str | None,
+        base_url: str,
+    ) -> TurnReply:
+        """Start a turn and run it; the same Idempotency-Key and body again get the same turn, and no second
+        upstream call."""
+        if not self.runner.accepting:
+            raise shutting_down()
+        started_at = time.monotonic()
+        started = await start_turn(
+            self.sessionmaker,
+            settings=self.settings,
+            principal=principal,
+            session_id=session_id,
+            request=request,
+            idempotency_key=idempotency_key,
+            runner_id=self.runner.id,
+            server_tools=self.server_tools.definitions(),
+        )
+        turn = started.turn
+        stream_url = self.stream_url(turn, base_url=base_url)
+        if started.replayed:
+            return await self._replay(turn, stream=request.stream, stream_url=stream_url)
+        job = _job(turn, upstream_body=turn.request, stream_url=stream_url, started_at=started_at)
+        return await self._run(self.runner.spawn(job), stream=request.stream, after=0)
+
+    async def submit_tool_outputs(
+        self,
+        *,
+        principal: Principal,
+        session_id: str,
+        turn_id: str,
+        outputs: list[ToolOutput],
+        stream: bool,
+        base_url: str,
+    ) -> TurnReply:
+        """The client answered a turn's function calls: the turn goes on, its event ids continuing."""
+        if not self.runner.accepting:
+            raise shutting_down()
+        started_at = time.monotonic()
+        turn, upstream_body = await continue_turn(
+            self.sessionmaker,
+            settings=self.settings,
+            principal=principal,
+            session_id=session_id,
+            turn_id=turn_id,
+            outputs=outputs,
+            runner_id=self.runner.id,
+        )
+        stream_url = self.stream_url(turn, base_url=base_url)
+        prior = PriorTurn(
+            text=turn.output_text,
+            response_ids=list(turn.response_ids or []),
+            usage=turn.usage,
+            cost_usd=str(turn.cost_usd) if turn.cost_usd is not None else None,
+            last_event_id=turn.last_event_id or 0,
+        )
+        job = _job(turn, upstream_body=upstream_body, stream_url=stream_url, started_at=started_at, prior=prior)
+        return await self._run(self.runner.continue_turn(job), stream=stream, after=turn.last_event_id or 0)
+
+    async def _run(self, handle: TurnHandle, *, stream: bool, after: int) -> TurnReply:
+        # Failures before the upstream's first byte are raised here, to become the request's HTTP status.
+        await handle.wait_opened()
+        if stream:
+            return TurnReply(frames=handle.log.read(after))
+        return TurnReply(turn=await wait_for(handle.done))
+
+    async def _replay(self, turn: Turn, *, stream: bool, stream_url: str) -> TurnReply:
+        if stream:
+            return TurnReply(frames=self._frames_after(turn, 0, shutdown=None))
+        handle = self.runner.handle(turn.id)
+        if handle is not None:
+            return TurnReply(turn=await wait_for(handle.done))
+        final = await self._wait_until_final(turn.id)
+        return TurnReply(turn=render_turn(final, stream_url=stream_url))
+
+    async def events(
+        self, *, principal: Principal, session_id: str, turn_id: str, after: int, shutdown: anyio.Event | None
+    ) -> AsyncGenerator[bytes, None] | None:
+        """Every event of the turn after id `after`, then the live ones; None when the turn has ended and
+        nothing is left after `after`. `shutdown` is set when this server starts shutting down."""
+        # Its own short transaction: no database connection is held while the stream is open.
+        async with self.sessionmaker() as db:
+            turn = await get_turn(db, principal=principal, session_id=session_id, turn_id=turn_id)
+        log = self.logs.get(turn.id)
+        if log is not None:
+            return None if log.closed and after >= len(log) else log.read(after)
+        if (
+            turn.status not in TURN_IN_FLIGHT_STATUSES
+            and turn.last_event_id is not None
+            and after >= turn.last_event_id
+        ):
+            return None
+        return self._frames_after(turn, after, shutdown=shutdown)
+
+    def _frames_after(self, turn: Turn, after: int, *, shutdown: anyio.Event | None) -> AsyncGenerator[bytes, None]:
+        """From this process's event log when it has the turn's; otherwise from the stored turn."""
+        log = self.logs.get(turn.id)
+        return log.read(after) if log is not None else self._stored_frames_after(turn, after, shutdown=shutdown)
+
+    async def _stored_frames_after(
+        self, turn: Turn, after: int, *, shutdown: anyio.Event | None
+    ) -> AsyncGenerator[bytes, None]:
+        """A turn this process does not have the log of: its terminal event once it has ended. One run by
+        another process is watched until it ends, but not past this server's shutdown (the browser then
+        resumes from another replica)."""
+        yield PING
+        final = turn
+        while final.status in TURN_IN_FLIGHT_STATUSES:
+            if not self.runner.accepting or (shutdown is not None and shutdown.is_set()):
+                return
+            await asyncio.sleep(POLL_INTERVAL_S)
+            final = await self._load(turn.id)
+        # A turn reconciled after its process died has no stored event count: its terminal event is numbered
+        # after whatever the client saw, so a resuming browser still gets it.
+        terminal_id = final.last_event_id or after + 1
+        if after < terminal_id:
+            name = TERMINAL_EVENT_OF_STATUS.get(final.status, "turn.failed")
+            data = orjson.dumps({"turn": render_turn(final, stream_url=None)})
+            yield encode_frame(terminal_id, name, data, retry_ms=RETRY_MS)
+
+    async def _load(self, turn_id: str) -> Turn:
+        turn = await load_turn(self.sessionmaker, turn_id)
+        if turn is None:
+            raise ServiceUnavailable("The turn disappeared.", code="turn_missing")
+        return turn
+
+    async def _wait_until_final(self, turn_id: str, timeout_s: float | None = None) -> Turn:
+        """For a turn run by another process: watch its row until it ends (or the timeout passes)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            turn = await self._load(turn_id)
+            if turn.status not in TURN_IN_FLIGHT_STATUSES or (deadline is not None and time.monotonic() > deadline):
+                return turn
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def cancel(self, *, principal: Principal, session_id: str, turn_id: str, base_url: str) -> dict[str, Any]:
+        """Stop a running turn (its partial answer and usage are kept) and return it as it ended; a turn that
+        already ended is returned as it is. The cancel is recorded on the turn, so whichever process runs it
+        honours it."""
+        turn = await request_cancel(self.sessionmaker, principal=principal, session_id=session_id, turn_id=turn_id)
+        if turn.status == "requires_action":
+            async with self.sessionmaker() as db:
+                session = await sessions_repo.get_owned_session(db, user_id=principal.user_id, session_id=session_id)
+            if session is None:
+                raise _session_not_found(session_id)
+            turn = await cancel_waiting_turn(
+                self.sessionmaker, self.upstream, turn=turn, conversation_id=session.conversation_id
+            )
+        stream_url = self.stream_url(turn, base_url=base_url)
+        wait_s = self.settings.cancel_wait_s
+        handle = self.runner.handle(turn.id)
+        if handle is not None and self.runner.cancel(turn.id):
+            with contextlib.suppress(TimeoutError):
+                final: dict[str, Any] = await asyncio.wait_for(wait_for(handle.done), timeout=wait_s)
+                return {**final, "stream_url": stream_url}
+        if turn.status in TURN_IN_FLIGHT_STATUSES:
+            turn = await self._wait_until_final(turn.id, timeout_s=wait_s)
+        return render_turn(turn, stream_url=stream_url)
