@@ -73,7 +73,7 @@ class SqlTurnStore:
 
     async def finish(self, job: TurnJob, outcome: TurnOutcome) -> dict[str, Any]:
         self._pending_ids.pop(job.turn_id, None)  # the final write has them
-        plan = self._final_write(job, outcome, utcnow())
+        plan = self.plan_final_write(job, outcome, utcnow())
         for attempt in range(1, FINISH_ATTEMPTS + 1):
             try:
                 await self.apply(plan)
@@ -86,7 +86,7 @@ class SqlTurnStore:
                 await asyncio.sleep(0.2 * attempt)
         return {**job.created_turn, **plan["rendered"], "stream_url": job.stream_url or None}
 
-    def _final_write(self, job: TurnJob, outcome: TurnOutcome, now: dt.datetime) -> dict[str, Any]:
+    def plan_final_write(self, job: TurnJob, outcome: TurnOutcome, now: dt.datetime) -> dict[str, Any]:
         """Everything the end of a turn (or of one of its steps) writes, as plain JSON data, so it can be
         spooled as it is."""
         prompt = job.upstream_body.get("prompt") or {}

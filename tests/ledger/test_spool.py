@@ -151,7 +151,7 @@ async def test_replaying_a_write_twice_does_not_double_it(postgres_url: str, tmp
                         )
                     ],
                 )
-                plan = store._final_write(job, outcome, utcnow())
+                plan = store.plan_final_write(job, outcome, utcnow())
                 await store.apply(plan)
                 await store.apply(plan)
                 await engine.dispose()

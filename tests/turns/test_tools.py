@@ -102,13 +102,23 @@ async def test_server_tools_run_in_a_loop(
     assert final["usage"]["input_tokens"] == sum(r.input_tokens or 0 for r in rows)
 
 
-async def test_a_tool_failure_goes_back_to_the_model(http: httpx.AsyncClient, person: ApiUser) -> None:
+async def test_a_tool_failure_goes_back_to_the_model(http: httpx.AsyncClient, person: ApiUser, sim: Simulator) -> None:
     session_id = await new_session(http, person)
-    stream = await send(http, person, session_id, {"input": "What is the current_time?"})
+    conversation = await conversation_of(http, person, session_id)
+    stream = await send(http, person, session_id, {"input": "Use the calculator for 1/0 please"})
     done = next(e.data for e in stream.events if e.name == "turn.tool_call.completed")
-    # The simulator passes the whole message as the time zone: the tool says what is wrong, the turn goes on.
-    assert done["error"] is None or "time zone" in done["error"]
+    # The tool failed: the listener is told why, and the model gets the same words as the call's output.
+    assert done["name"] == "calculator"
+    assert "division by zero" in done["error"]
+    assert json.loads(done["output"]) == {"error": done["error"]}
+    calls = await sim.response_calls(conversation)
+    assert calls[1]["body"]["input"] == [
+        {"type": "function_call_output", "call_id": done["call_id"], "output": done["output"]}
+    ]
+    # The turn is not crashed by it: the model answered after the failed call.
     assert stream.names[-1] == "turn.completed"
+    assert stream.terminal.data["turn"]["status"] == "completed"
+    assert len(stream.terminal.data["turn"]["response_ids"]) == 2
 
 
 async def test_client_tools_are_handed_over_and_the_turn_goes_on(
