@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from app.observability.logging import configure_logging
-from app.server.process import serve_parley, serve_simulator
+from app.server.process import is_loopback, serve_parley, serve_simulator
 from app.settings import Settings
 
 
@@ -65,7 +65,20 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _simulator(args: argparse.Namespace) -> int:
-    serve_simulator(args.host, args.port)
+    # The control routes read every request and can break every session: open on loopback only. Bound to
+    # an address others can reach, they take PARLEY_ADMIN_TOKEN, and without one the simulator won't start.
+    if is_loopback(args.host):
+        serve_simulator(args.host, args.port)
+        return 0
+    admin_token = Settings().admin_token
+    if admin_token is None or not admin_token.get_secret_value():
+        print(
+            f"error: --host {args.host} is reachable from other machines; set PARLEY_ADMIN_TOKEN (the simulator's "
+            "control routes then need it as a bearer token) or keep the default loopback address",
+            file=sys.stderr,
+        )
+        return 2
+    serve_simulator(args.host, args.port, control_token=admin_token.get_secret_value())
     return 0
 
 
@@ -89,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=_keys_create)
 
     simulator = commands.add_parser("simulator", help="run the offline OpenAI-compatible simulator alone")
-    simulator.add_argument("--host", default="127.0.0.1")
+    simulator.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="loopback by default; any other address needs PARLEY_ADMIN_TOKEN, which its control routes then require",
+    )
     simulator.add_argument("--port", type=int, default=8001)
     simulator.set_defaults(handler=_simulator)
     return parser

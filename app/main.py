@@ -21,6 +21,7 @@ from app.observability.request_id import RequestIdMiddleware
 from app.server.middleware import RequestGuardMiddleware, SecurityHeadersMiddleware
 from app.services.auth import Authenticator
 from app.services.pricing import Pricer
+from app.services.reservations import RoundCosts
 from app.services.revocations import RevocationListener
 from app.services.server_tools import ServerTools
 from app.services.spool import Spool
@@ -110,11 +111,12 @@ def create_app(settings: Settings) -> FastAPI:
         spool = Spool(settings.spool_dir)
         pricer = Pricer(settings.pricing_file)
         pricer.warm()
+        costs = RoundCosts(settings, pricer)
         app_metrics = Metrics(spool_depth=lambda: spool.depth)
         tools = ServerTools(settings.tools)
         runner = TurnRunner(
             upstream=upstream,
-            store=SqlTurnStore(sessionmaker, pricer=pricer, spool=spool),
+            store=SqlTurnStore(sessionmaker, pricer=pricer, spool=spool, costs=costs),
             logs=logs,
             config=runner_config(settings),
             metrics=app_metrics,
@@ -132,6 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
             stream_tokens=stream_tokens,
             server_tools=tools,
             upstream=upstream,
+            costs=costs,
         )
         app.state.parley = AppState(
             settings=settings,
@@ -193,9 +196,15 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.uses_simulator:
         from app.simulator import create_simulator_app
 
-        app.router.routes.append(
-            Mount(SIMULATOR_MOUNT, app=create_simulator_app(prompts_path=settings.simulator_prompts_file))
+        # Its control routes read every user's messages and can break every session: the admin's only, and
+        # not there at all without an admin token.
+        admin_token = (settings.admin_token.get_secret_value() if settings.admin_token is not None else "") or None
+        simulator = create_simulator_app(
+            prompts_path=settings.simulator_prompts_file,
+            control_routes=admin_token is not None,
+            control_token=admin_token,
         )
+        app.router.routes.append(Mount(SIMULATOR_MOUNT, app=simulator))
     app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origins:

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SQLITE_PATH = Path("var") / "parley.db"
@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # The cost ledger, budgets and limits.
     spool_dir: Path = Path("var") / "spool"
     default_monthly_budget_usd: Decimal | None = Field(default=None, ge=0)
+    # Under a budget, each upstream round reserves this many output tokens (or the request's smaller
+    # max_output_tokens) at the output price before it goes upstream: the part of a round not known in advance.
+    budget_reserve_output_tokens: int = Field(default=4000, ge=1)
     rate_limit_turns_per_minute: int = Field(default=30, ge=0)  # 0: no limit
     rate_limit_concurrent_turns: int = Field(default=4, ge=0)  # in-flight turns per user; 0: no limit
     metrics_token: SecretStr | None = None
@@ -112,7 +115,13 @@ class Settings(BaseSettings):
     pricing_file: Path | None = None
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # All the text of a message, every input form and part counted together.
     max_message_chars: int = Field(default=32_000, ge=1)
+    # The JSON body of one upstream call. A legitimate one is one request body (a data: URL of almost
+    # PARLEY_MAX_BODY_BYTES included) plus the session's stored prompt (from another body of at most that
+    # size) and the tool definitions: 4 MiB holds that at the default body limit, and it may never be below
+    # the body limit itself, or a data: URL the API accepts could never be sent.
+    max_upstream_body_bytes: int = Field(default=4_194_304, ge=1024)
 
     # The cyclic garbage collector's thresholds in `parley serve` (`gc.set_threshold`), as "700,10,100".
     # Python's third value, 10, makes a full collection several times a minute under load, each a pause of
@@ -140,6 +149,12 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes long")
         return value
+
+    @model_validator(mode="after")
+    def _upstream_body_fits_a_request(self) -> Settings:
+        if self.max_upstream_body_bytes < self.max_body_bytes:
+            raise ValueError("PARLEY_MAX_UPSTREAM_BODY_BYTES must be at least PARLEY_MAX_BODY_BYTES")
+        return self
 
     @property
     def uses_simulator(self) -> bool:

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from app.db import models  # noqa: F401  (registers every table on Base.metadata)
 from app.db.base import Base
 from app.db.engine import build_engine
+from app.db.migrate import in_one_transaction
 from app.settings import Settings
 
 target_metadata = Base.metadata
@@ -35,8 +36,7 @@ async def _run_with_own_engine(url: str) -> None:
     engine = build_engine(url)
     try:
         async with engine.connect() as connection:
-            await connection.run_sync(_configure_and_run)
-            await connection.commit()
+            await connection.run_sync(in_one_transaction, _configure_and_run)
     finally:
         await engine.dispose()
 

@@ -90,7 +90,8 @@ def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
         listed = httpx.get(f"{base_url}/v1/sessions", headers=headers, timeout=10).json()
         assert [s["title"] for s in listed["data"]] == ["first"]
         assert httpx.get(f"{base_url}/readyz", timeout=5).status_code == 200
-        assert httpx.get(f"{base_url}/simulator/_control/requests", timeout=5).status_code == 200
+        # No admin token configured: the simulator's control routes are not there at all.
+        assert httpx.get(f"{base_url}/simulator/_control/requests", timeout=5).status_code == 404
     output = served.output
     assert (tmp_path / "var" / "parley.db").is_file()
     embedded_lines = [line for line in output.splitlines() if "embedded_default" in line]
@@ -150,6 +151,18 @@ def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
         response = httpx.get(f"{running.base_url}/readyz", timeout=15)
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "database_unreachable"
+
+
+def test_the_standalone_simulator_will_not_open_its_control_routes_beyond_loopback() -> None:
+    result = subprocess.run(
+        [PARLEY, "simulator", "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "PARLEY_ADMIN_TOKEN" in result.stderr
 
 
 @pytest.mark.parametrize("command", [["--help"], ["serve", "--help"], ["keys", "create", "--help"]])

@@ -99,6 +99,9 @@ async def require_admin(
 AdminDep = Depends(require_admin)
 
 
+CURSOR_PATTERN = r"^[\x01-\x7f]*$"
+
+
 @dataclass(frozen=True, slots=True)
 class ListParams:
     """`limit`, `after`, `order` of every list route."""
@@ -110,7 +113,11 @@ class ListParams:
 
 async def list_params(
     limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1-100.")] = 20,
-    after: Annotated[str | None, Query(max_length=64, description="Return items after this id.")] = None,
+    after: Annotated[
+        str | None,
+        # The pattern documents the check below (ASCII, no NUL), which answers in plainer words than pydantic's.
+        Query(max_length=64, description="Return items after this id.", json_schema_extra={"pattern": CURSOR_PATTERN}),
+    ] = None,
     order: Annotated[Literal["asc", "desc"] | None, Query(description="By creation time.")] = None,
 ) -> ListParams:
     if after is not None and ("\x00" in after or not after.isascii()):

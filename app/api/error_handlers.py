@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,6 +11,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from app.errors import ParleyError
 
@@ -24,6 +28,9 @@ _HTTP_CODES = {
     413: ("invalid_request_error", "payload_too_large"),
     415: ("invalid_request_error", "unsupported_media_type"),
 }
+_UNION_MEMBER = re.compile(r"^([a-z][a-z-]*\[.*\]|str|int|float|bool)$", re.DOTALL)
+# The methods a 405's Allow may name, in this order.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def error_response(
@@ -44,15 +51,18 @@ async def _parley_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _location(loc: tuple[int | str, ...]) -> str | None:
-    # Drop the "body"/"query"/"path" source so `param` names the field as the client wrote it.
+    # Drop the "body"/"query"/"path" source so `param` names the field as the client wrote it, and pydantic's
+    # labels of a union's members, which are no field (`function-after[<function … at 0x…>]`, `list[…]`).
     parts = [str(part) for part in loc[1:]] if len(loc) > 1 else [str(part) for part in loc]
-    return ".".join(parts) or None
+    return ".".join(part for part in parts if not _UNION_MEMBER.match(part)) or None
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    first = errors[0] if errors else {"msg": "Invalid request.", "loc": (), "type": "value_error"}
+    # The deepest error says what is wrong: a union reports every member's failure, and the shallow ones (an
+    # `input` that is not a string, when it is a list with one bad URL) say only which form was not meant.
+    first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {"msg": "Invalid request.", "loc": ()}
     if first.get("type") == "json_invalid":
         return error_response(400, "invalid_request_error", "invalid_json", "The request body is not valid JSON.")
     param = _location(tuple(first.get("loc", ())))
@@ -63,13 +73,34 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request_error", code, message, param)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _serves(route: BaseRoute, scope: Scope) -> bool:
+    if isinstance(route, Mount) and (not isinstance(route.app, StaticFiles) or scope["method"] not in ("GET", "HEAD")):
+        # A mount matches every method; of Parley's, only the static files answer a 405 here.
+        return False
+    match, _ = route.matches(scope)
+    return match == Match.FULL
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the path serves. Starlette's own 405 names only the methods of the first route that
+    matched the path, where a path served by several routes (GET and POST /v1/sessions) has more."""
+    routes = request.app.router.routes
+    served = {m for m in _METHODS if any(_serves(route, {**request.scope, "method": m}) for route in routes)}
+    return [m for m in _METHODS if m in served]
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     type_, code = _HTTP_CODES.get(exc.status_code, ("invalid_request_error", "http_error"))
     message = exc.detail if isinstance(exc.detail, str) else "Request failed."
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and message == "Not Found":
         message = "No such route."
-    return error_response(exc.status_code, type_, code, message, headers=dict(exc.headers or {}))
+    allowed = _allowed_methods(request) if exc.status_code == 405 else []
+    if allowed:
+        headers["Allow"] = ", ".join(allowed)
+        message = f"This method is not allowed on this path; it accepts {', '.join(allowed)}."
+    return error_response(exc.status_code, type_, code, message, headers=headers)
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:

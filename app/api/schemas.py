@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from app.db.models import ApiKey, ChatSession, Message, User
 from app.services.users import Budget
@@ -26,13 +39,58 @@ def _reject_nul(value: str) -> str:
     return value
 
 
-SafeStr = Annotated[str, AfterValidator(_reject_nul)]
+class _NoNulInSchema:
+    """Says in the JSON Schema what `_reject_nul` enforces."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["not"] = {"pattern": "\\x00"}
+        return json_schema
+
+
+class _KeysByPropertyNames:
+    """Pydantic writes a dict whose keys have a pattern as `patternProperties`, which lets any other key through
+    with any value; the server refuses those keys, so the schema says `propertyNames` and `additionalProperties`."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        patterns = json_schema.pop("patternProperties", None)
+        if patterns:
+            ((pattern, values),) = patterns.items()
+            json_schema["propertyNames"] = {**json_schema.get("propertyNames", {}), "pattern": pattern}
+            json_schema["additionalProperties"] = values
+        return json_schema
+
+
+SafeStr = Annotated[str, AfterValidator(_reject_nul), _NoNulInSchema()]
 MetadataKey = Annotated[SafeStr, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[SafeStr, StringConstraints(max_length=512)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)]
 Title = Annotated[SafeStr, StringConstraints(max_length=MAX_TITLE_CHARS)]
-Identifier = Annotated[SafeStr, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
+# Constraints before any validator: pydantic leaves a pattern that follows an AfterValidator out of the JSON
+# Schema (it still enforces it), and the schema must say what the server refuses. The pattern excludes NUL.
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
+PromptVariables = Annotated[
+    dict[Identifier, Annotated[SafeStr, StringConstraints(max_length=8_000)]],
+    Field(max_length=64),
+    _KeysByPropertyNames(),
+]
 MoneyStr = Annotated[Decimal, PlainSerializer(lambda v: f"{v:.8f}", return_type=str)]
+# Money in is a decimal string too (never a float): up to 9999.99999999, at most 8 decimal places.
+MONEY_PATTERN = r"^[0-9]{1,4}(\.[0-9]{1,8})?$"
+
+
+def _money_string(value: object) -> object:
+    if not isinstance(value, str) or not re.fullmatch(MONEY_PATTERN, value):
+        raise ValueError('must be a decimal string of US dollars, e.g. "25.00" (at most 9999.99999999)')
+    return value
+
+
+BudgetUsd = Annotated[
+    Decimal,
+    BeforeValidator(_money_string),
+    WithJsonSchema({"type": "string", "pattern": MONEY_PATTERN, "examples": ["25.00"]}),
+]
 
 
 class StrictModel(BaseModel):
@@ -42,10 +100,7 @@ class StrictModel(BaseModel):
 class PromptRef(StrictModel):
     id: Identifier
     version: Identifier | None = None
-    variables: (
-        Annotated[dict[Identifier, Annotated[SafeStr, StringConstraints(max_length=8_000)]], Field(max_length=64)]
-        | None
-    ) = None
+    variables: PromptVariables | None = None
 
 
 class ImportedMessageIn(StrictModel):
@@ -149,23 +204,34 @@ class ListResponse(BaseModel, Generic[T]):
 
 
 class UserCreate(StrictModel):
-    name: Annotated[SafeStr, StringConstraints(min_length=1, max_length=255, pattern=r"^\S(.*\S)?$")]
+    # No blank ends, no NUL, no line break inside: the pattern says all of it (see Identifier).
+    name: Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\s\x00]([^\n\x00]*[^\s\x00])?$")]
 
 
 class UserRead(BaseModel):
     id: str
     object: Literal["user"] = "user"
     name: str
+    source: str = Field(
+        description='Where the name comes from, the namespace it is unique in: "api_key" (users of the admin API '
+        'and `parley keys create`), or "jwt:<issuer>" ("jwt" when no issuer is configured) for a JWT\'s `sub`.'
+    )
     monthly_budget_usd: MoneyStr | None = Field(description="None: the deployment's default budget applies.")
     created_at: dt.datetime
 
     @classmethod
     def of(cls, user: User) -> UserRead:
-        return cls(id=user.id, name=user.name, monthly_budget_usd=user.monthly_budget_usd, created_at=user.created_at)
+        return cls(
+            id=user.id,
+            name=user.name,
+            source=user.source,
+            monthly_budget_usd=user.monthly_budget_usd,
+            created_at=user.created_at,
+        )
 
 
 class BudgetUpdate(StrictModel):
-    monthly_budget_usd: Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=8)] | None = Field(
+    monthly_budget_usd: BudgetUsd | None = Field(
         description="USD per calendar month (UTC), as a decimal string; null: the deployment's default."
     )
 

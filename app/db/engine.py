@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,11 @@ def build_engine(
 
 
 def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        # An integer beyond 64 bits (valid JSON, e.g. in a client's tool schema) that orjson refuses.
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _ping_after_idle(engine: AsyncEngine, idle_s: float) -> None:

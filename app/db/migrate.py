@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -34,6 +35,37 @@ def head_revision(directory: Path | None = None) -> str | None:
     return ScriptDirectory.from_config(alembic_config(directory)).get_current_head()
 
 
+def in_one_transaction(connection: Connection, run: Callable[[Connection], None]) -> None:
+    """`run` (migrations) in one transaction of `connection`, which must have none open; on SQLite with
+    foreign keys unenforced meanwhile, and checked before the commit.
+
+    Alembic's batch mode changes a SQLite table by rebuilding it (a new table, the rows copied, the old one
+    dropped), and dropping a table whose foreign keys are enforced deletes its rows first, and with them, by
+    ON DELETE CASCADE, every row referring to them. SQLite switches enforcement only outside a transaction.
+    """
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        _sqlite_pragma(connection, "PRAGMA foreign_keys=OFF")
+    try:
+        with connection.begin():
+            run(connection)
+            if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                raise RuntimeError("the migration left rows that refer to missing rows; nothing was changed")
+    finally:
+        if sqlite:
+            _sqlite_pragma(connection, "PRAGMA foreign_keys=ON")
+
+
+def _sqlite_pragma(connection: Connection, pragma: str) -> None:
+    # On the driver's connection: through SQLAlchemy, the statement would begin a transaction first (and
+    # the pragma does nothing inside one).
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
 async def upgrade(engine: AsyncEngine, *, revision: str = "head", directory: Path | None = None) -> None:
     config = alembic_config(directory)
 
@@ -41,8 +73,8 @@ async def upgrade(engine: AsyncEngine, *, revision: str = "head", directory: Pat
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
-    async with engine.begin() as connection:
-        await connection.run_sync(_run)
+    async with engine.connect() as connection:
+        await connection.run_sync(in_one_transaction, _run)
 
 
 async def downgrade(engine: AsyncEngine, *, revision: str, directory: Path | None = None) -> None:
@@ -52,8 +84,8 @@ async def downgrade(engine: AsyncEngine, *, revision: str, directory: Path | Non
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
 
-    async with engine.begin() as connection:
-        await connection.run_sync(_run)
+    async with engine.connect() as connection:
+        await connection.run_sync(in_one_transaction, _run)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

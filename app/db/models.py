@@ -6,21 +6,29 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, Money, PortableJSON, UTCDateTime, utcnow
+
+# The namespace of users made by the admin API or `parley keys create --user NAME`, who sign in with API keys.
+API_KEY_SOURCE = "api_key"
 
 
 class User(Base):
     __tablename__ = "users"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # Where the name comes from, the namespace it is unique in: API_KEY_SOURCE, or a JWT issuer's
+    # (`services.auth.jwt_source`). A JWT subject "alice" and the API-key user "alice" are two people.
+    source: Mapped[str] = mapped_column(Text)
     # The user's stable name: given to `parley keys create --user NAME`, or a JWT's `sub`.
-    name: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
     # None: the deployment's default (PARLEY_DEFAULT_MONTHLY_BUDGET_USD).
     monthly_budget_usd: Mapped[Decimal | None] = mapped_column(Money())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("source", "name", name="uq_users_source_name"),)
 
 
 class ApiKey(Base):
@@ -100,6 +108,9 @@ class Turn(Base):
     response_ids: Mapped[list[str]] = mapped_column(PortableJSON, default=list)
     usage: Mapped[dict[str, int] | None] = mapped_column(PortableJSON)
     cost_usd: Mapped[Decimal | None] = mapped_column(Money())
+    # Under a monthly budget, while a round is upstream: the most the turn's unsettled rounds may cost, counted
+    # against the owner's budget by other starts; the final write clears it as it adds the actual cost.
+    reserved_usd: Mapped[Decimal | None] = mapped_column(Money())
     error: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))

@@ -109,7 +109,9 @@ async def find_open(db: AsyncSession, *, session_id: str) -> Turn | None:
     return turn
 
 
-async def resume_waiting_turn(db: AsyncSession, *, turn_id: str, runner_id: str) -> bool:
+async def resume_waiting_turn(
+    db: AsyncSession, *, turn_id: str, runner_id: str, reserved_usd: Decimal | None = None
+) -> bool:
     result = await db.execute(
         update(Turn)
         .where(Turn.id == turn_id, Turn.status == "requires_action")
@@ -119,6 +121,7 @@ async def resume_waiting_turn(db: AsyncSession, *, turn_id: str, runner_id: str)
             required_action=None,
             pending_tool_outputs=None,
             cancel_requested_at=None,
+            reserved_usd=reserved_usd,
         )
     )
     return bool(getattr(result, "rowcount", 0))
@@ -157,6 +160,7 @@ def _turn_row(turn: Turn) -> dict[str, Any]:
         "idempotency_key": turn.idempotency_key,
         "request_fingerprint": turn.request_fingerprint,
         "runner_id": turn.runner_id,
+        "reserved_usd": turn.reserved_usd,
         "created_at": turn.created_at,
     }
 
@@ -316,6 +320,7 @@ class LimitCounts:
     recent: int  # turns started since the window's start
     oldest_recent: dt.datetime | None
     month_spend: Decimal
+    reserved: Decimal  # what the user's turns in flight hold against the budget (`Turn.reserved_usd`)
 
 
 def _limit_counts_statement() -> Any:
@@ -335,8 +340,18 @@ def _limit_counts_statement() -> Any:
         .where(SPEND.c.user_id == bindparam("user_key"), SPEND.c.month == bindparam("month"))
         .scalar_subquery()
     )
+    # Whatever month they started in: a turn's cost lands in the month it ends.
+    reserved = (
+        select(func.sum(TURNS.c.reserved_usd))
+        .where(mine, TURNS.c.status.in_([literal(status) for status in TURN_IN_FLIGHT_STATUSES]))
+        .scalar_subquery()
+    )
     return select(
-        in_flight.label("in_flight"), recent.label("recent"), oldest.label("oldest_recent"), spend.label("month_spend")
+        in_flight.label("in_flight"),
+        recent.label("recent"),
+        oldest.label("oldest_recent"),
+        spend.label("month_spend"),
+        reserved.label("reserved"),
     )
 
 
@@ -356,7 +371,45 @@ def _limit_counts_of(row: Any) -> LimitCounts:
         recent=int(row[1] or 0),
         oldest_recent=_as_utc(row[2]),
         month_spend=row[3] if row[3] is not None else Decimal(0),
+        reserved=row[4] if row[4] is not None else Decimal(0),
     )
+
+
+async def reservation_of(db: AsyncSession, *, turn_id: str) -> Decimal:
+    """What the turn holds against its owner's budget now (nothing once it ended)."""
+    reserved = await db.scalar(select(TURNS.c.reserved_usd).where(TURNS.c.id == turn_id))
+    return reserved if reserved is not None else Decimal(0)
+
+
+async def set_reservation(db: AsyncSession, *, turn_id: str, amount: Decimal) -> None:
+    """Hold `amount` for a turn still in flight (one that ended meanwhile keeps its cleared reservation)."""
+    connection = await db.connection()
+    await connection.execute(FINISH_TURN, {"turn_key": turn_id, "reserved_usd": amount})
+
+
+@dataclass(frozen=True, slots=True)
+class LastUsage:
+    """What the session's last upstream response read and wrote, and the model that served it."""
+
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+
+
+# A budget's reservation for the session's next round starts from this (ledger ids are time-ordered).
+LAST_USAGE = (
+    select(LEDGER.c.model, LEDGER.c.input_tokens, LEDGER.c.output_tokens)
+    .where(LEDGER.c.session_id == bindparam("session_key"))
+    .order_by(LEDGER.c.id.desc())
+    .limit(1)
+)
+
+
+async def last_usage(db: AsyncSession, *, session_id: str) -> LastUsage:
+    row = (await db.execute(LAST_USAGE, {"session_key": session_id})).first()
+    if row is None:
+        return LastUsage(model=None, input_tokens=0, output_tokens=0)
+    return LastUsage(model=row[0], input_tokens=int(row[1] or 0), output_tokens=int(row[2] or 0))
 
 
 def _as_utc(value: dt.datetime | str | None) -> dt.datetime | None:

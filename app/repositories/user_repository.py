@@ -19,27 +19,28 @@ async def get_user(db: AsyncSession, user_id: str) -> User | None:
     return await db.get(User, user_id)
 
 
-async def get_user_by_name(db: AsyncSession, name: str) -> User | None:
-    return await db.scalar(select(User).where(User.name == name))
+async def get_user_by_name(db: AsyncSession, *, source: str, name: str) -> User | None:
+    """The user of this name in one namespace (`User.source`): names are unique per source only."""
+    return await db.scalar(select(User).where(User.source == source, User.name == name))
 
 
-async def create_user(db: AsyncSession, *, name: str) -> User:
-    user = User(id=new_id("user"), name=name)
+async def create_user(db: AsyncSession, *, source: str, name: str) -> User:
+    user = User(id=new_id("user"), source=source, name=name)
     db.add(user)
     await db.flush()
     return user
 
 
-async def get_or_create_user(db: AsyncSession, *, name: str) -> User:
+async def get_or_create_user(db: AsyncSession, *, source: str, name: str) -> User:
     """Race-safe: two first requests of one new JWT subject create exactly one user."""
-    user = await get_user_by_name(db, name)
+    user = await get_user_by_name(db, source=source, name=name)
     if user is not None:
         return user
     try:
         async with db.begin_nested():
-            return await create_user(db, name=name)
+            return await create_user(db, source=source, name=name)
     except IntegrityError:
-        existing = await get_user_by_name(db, name)
+        existing = await get_user_by_name(db, source=source, name=name)
         if existing is None:
             raise
         return existing
@@ -60,13 +61,22 @@ async def create_api_key(db: AsyncSession, *, user_id: str, key_hash: str, prefi
 class KeyOwner:
     user_id: str
     name: str
+    key_id: str
+    key_hash: str
 
 
+_KEY_OWNER_COLUMNS = (User.id, User.name, ApiKey.id, ApiKey.key_hash)
 # Every request with an API key not in the authentication cache runs it, before anything else.
 KEY_OWNER = (
-    select(User.id, User.name)
+    select(*_KEY_OWNER_COLUMNS)
     .join(ApiKey, ApiKey.user_id == User.id)
     .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+)
+# A stream token names the key it was made with by id.
+KEY_OWNER_BY_ID = (
+    select(*_KEY_OWNER_COLUMNS)
+    .join(ApiKey, ApiKey.user_id == User.id)
+    .where(ApiKey.id == bindparam("key_id"), ApiKey.revoked_at.is_(None))
 )
 
 
@@ -75,7 +85,14 @@ async def find_key_owner(engine: AsyncEngine, key_hash: str) -> KeyOwner | None:
     `User`: it runs before every request whose key is not in the authentication cache)."""
     async with engine.connect() as connection:
         found = (await connection.execute(KEY_OWNER, {"key_hash": key_hash})).first()
-    return None if found is None else KeyOwner(found[0], found[1])
+    return None if found is None else KeyOwner(found[0], found[1], found[2], found[3])
+
+
+async def find_key_owner_by_id(engine: AsyncEngine, key_id: str) -> KeyOwner | None:
+    """As `find_key_owner`, for the unrevoked key with this id."""
+    async with engine.connect() as connection:
+        found = (await connection.execute(KEY_OWNER_BY_ID, {"key_id": key_id})).first()
+    return None if found is None else KeyOwner(found[0], found[1], found[2], found[3])
 
 
 async def list_api_keys(db: AsyncSession, *, user_id: str, limit: int, after: str | None, order: Order) -> Page[ApiKey]:
@@ -101,8 +118,10 @@ async def announce_revoked(db: AsyncSession, key_hash: str) -> None:
 
 async def lock_user(db: AsyncSession, user_id: str) -> User | None:
     """The user's row, locked for this transaction: serialises one user's turn starts across processes,
-    so limits and budgets are checked against a count nobody else is changing."""
-    user: User | None = await db.scalar(select(User).where(User.id == user_id).with_for_update())
+    so limits and budgets are checked against a count nobody else is changing. NO KEY UPDATE, as a counted
+    start takes it: a final write adding to the user's monthly spend (a row that references the user) need not
+    wait for it."""
+    user: User | None = await db.scalar(select(User).where(User.id == user_id).with_for_update(key_share=True))
     return user
 
 

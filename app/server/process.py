@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import signal
 import socket
 import threading
@@ -89,13 +90,24 @@ def serve_parley(host: str, port: int) -> None:
     _run(config, settings, app)
 
 
-def serve_simulator(host: str, port: int) -> None:
-    """`parley simulator`: the offline OpenAI-compatible simulator alone."""
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (a name other than localhost counts as reachable)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_simulator(host: str, port: int, *, control_token: str | None = None) -> None:
+    """`parley simulator`: the offline OpenAI-compatible simulator alone; its control routes need
+    `control_token` as a bearer token when one is given, and are open otherwise."""
     from app.simulator import create_simulator_app
 
     settings = Settings()
     configure_logging(settings)
-    app = create_simulator_app(prompts_path=settings.simulator_prompts_file)
+    app = create_simulator_app(prompts_path=settings.simulator_prompts_file, control_token=control_token)
     _run(uvicorn.Config(app, host=host, port=port, log_config=None), settings, None)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import ApiKey, User
+from app.db.models import API_KEY_SOURCE, ApiKey, User
 from app.errors import NotFound
 from app.repositories import user_repository as users_repo
 
@@ -44,8 +44,9 @@ async def issue_key(db: AsyncSession, *, user: User, name: str | None = None) ->
 
 
 async def issue_key_for_name(db: AsyncSession, *, user_name: str, key_name: str | None = None) -> IssuedKey:
-    """`parley keys create --user NAME`: the user is created on first use."""
-    user = await users_repo.get_or_create_user(db, name=user_name)
+    """`parley keys create --user NAME`: the API-key user of that name, created on first use (a JWT subject
+    of the same name is someone else)."""
+    user = await users_repo.get_or_create_user(db, source=API_KEY_SOURCE, name=user_name)
     return await issue_key(db, user=user, name=key_name)
 
 

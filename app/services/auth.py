@@ -17,6 +17,7 @@ from app.db.engine import engine_of
 from app.errors import AuthenticationFailed, PermissionDenied
 from app.repositories import user_repository as users_repo
 from app.services.api_keys import hash_key, looks_like_api_key
+from app.services.open_streams import KeyStreams
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,17 @@ AUTH_CACHE_ENTRIES = 10_000
 class Principal:
     user_id: str
     name: str
-    via: str  # "api_key" | "jwt"
+    via: str  # "api_key" | "jwt" | "stream_token"
+    # The API key used, itself or through a stream token made with it: revoking it ends what it opened.
+    # None for a JWT.
+    key_id: str | None = None
+    key_hash: str | None = None
+
+
+def jwt_source(issuer: str | None) -> str:
+    """The namespace (`User.source`) of a JWT's subjects: its issuer's, or one for every token the deployment
+    accepts when no issuer is configured. Never API-key users': a subject is not the API-key user of that name."""
+    return f"jwt:{issuer}" if issuer else "jwt"
 
 
 class Authenticator:
@@ -52,6 +63,10 @@ class Authenticator:
             LRUCache(AUTH_CACHE_ENTRIES) if settings.auth_cache_ttl_s > 0 else None
         )
         self._ttl_s = settings.auth_cache_ttl_s
+        # A key's id and hash never change: the hash of a key a stream token names, to look it up in `_known`.
+        self._key_hashes: LRUCache[str, str] = LRUCache(AUTH_CACHE_ENTRIES)
+        # The event streams open on this replica by API key: a revoke heard here ends them.
+        self.key_streams = KeyStreams()
         # Bumped by every forget: a lookup that read the database before a revoke landed does not cache its
         # (then stale) answer when it returns after the revoke was heard.
         self._forgets = 0
@@ -78,10 +93,11 @@ class Authenticator:
 
     def forget_key(self, key_hash: str) -> None:
         """A revoked key stops working on this replica at once (others: when they hear of it, or within the
-        cache's TTL)."""
+        cache's TTL), and the streams it opened here, itself or through a stream token, end."""
         self._forgets += 1
         if self._known is not None:
             self._known.pop(key_hash, None)
+        self.key_streams.end(key_hash)
 
     def revocations_heard(self, heard: bool) -> None:
         """Whether every revoke now reaches this replica as it is made: then cached keys are trusted for
@@ -120,8 +136,24 @@ class Authenticator:
         owner = await users_repo.find_key_owner(engine_of(self._sessionmaker), key_hash)
         if owner is None:
             raise AuthenticationFailed("Invalid API key.", code="invalid_api_key")
-        principal = Principal(user_id=owner.user_id, name=owner.name, via="api_key")
+        principal = _key_holder(owner)
         self._remember(key_hash, principal, forgets_before)
+        return principal
+
+    async def key_holder(self, key_id: str) -> Principal:
+        """Who holds the API key with this id, while it is not revoked: a stream token made with a key works
+        only as long as the key does. Through the same cache as the key itself, so a revoke heard here ends
+        the token at once."""
+        key_hash = self._key_hashes.get(key_id)
+        if key_hash is not None and (known := self._recall(key_hash)) is not None:
+            return known
+        forgets_before = self._forgets
+        owner = await users_repo.find_key_owner_by_id(engine_of(self._sessionmaker), key_id)
+        if owner is None:
+            raise AuthenticationFailed("The API key this stream token was made with was revoked.", code="invalid_token")
+        self._key_hashes[key_id] = owner.key_hash
+        principal = _key_holder(owner)
+        self._remember(owner.key_hash, principal, forgets_before)
         return principal
 
     async def _from_jwt(self, token: str) -> Principal:
@@ -129,14 +161,16 @@ class Authenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > 255 or "\x00" in subject:
             raise AuthenticationFailed("The token has no usable 'sub' claim.", code="invalid_token")
+        # With an issuer configured, the token's own was checked against it.
+        source = jwt_source(claims.get("iss") if self._settings.jwt_issuer else None)
         # Users are never deleted, so the subject's user id can be remembered; the token itself is verified
         # on every request.
-        cache_key = f"sub:{subject}"
+        cache_key = "\x00".join(("jwt", source, subject))
         if (known := self._recall(cache_key)) is not None:
             return known
         forgets_before = self._forgets
         async with self._sessionmaker() as db, db.begin():
-            user = await users_repo.get_or_create_user(db, name=subject)
+            user = await users_repo.get_or_create_user(db, source=source, name=subject)
         principal = Principal(user_id=user.id, name=user.name, via="jwt")
         self._remember(cache_key, principal, forgets_before)
         return principal
@@ -172,3 +206,9 @@ class Authenticator:
             logger.info("auth.jwt_rejected", extra={"reason": type(error).__name__})
             raise AuthenticationFailed("Invalid token.", code="invalid_token") from error
         return claims
+
+
+def _key_holder(owner: users_repo.KeyOwner) -> Principal:
+    return Principal(
+        user_id=owner.user_id, name=owner.name, via="api_key", key_id=owner.key_id, key_hash=owner.key_hash
+    )

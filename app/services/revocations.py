@@ -9,8 +9,9 @@ that was not listening (just started, its connection lost) forgets every key whe
 again, as it may have missed revokes meanwhile.
 
 On a connection of its own (an engine without a pool, so never shared or reset), reached through SQLAlchemy's
-`AsyncConnection.get_raw_connection()`: LISTEN is the driver's (asyncpg), with no SQLAlchemy construct. SQLite (one process, the embedded default) has nothing to listen to: the
-replica that handles a revoke forgets the key itself.
+`AsyncConnection.get_raw_connection()`: LISTEN is the driver's (asyncpg), with no SQLAlchemy construct.
+SQLite (one process, the embedded default) has nothing to listen to: the replica that handles a revoke
+forgets the key itself.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -24,6 +25,7 @@ from app.db.models import TURN_IN_FLIGHT_STATUSES, Turn
 from app.errors import (
     Conflict,
     NotFound,
+    PayloadTooLarge,
     PaymentRequired,
     RateLimited,
     ServiceUnavailable,
@@ -37,11 +39,12 @@ from app.repositories.pagination import Order, Page
 from app.repositories.session_repository import SessionForTurn
 from app.services.auth import Principal
 from app.services.limits import (
+    check_round_budget,
     check_turn_allowed,
-    check_turn_budget,
     limits_apply,
 )
 from app.services.policy import check_model, check_prompt
+from app.services.reservations import RoundCosts
 from app.services.server_tools import ServerTools
 from app.services.stream_tokens import StreamTokens
 from app.settings import Settings
@@ -81,7 +84,16 @@ class TurnRequest:
             "metadata": self.metadata,
             "tools": self.tools,
         }
-        return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return hashlib.sha256(json_bytes(payload, sort_keys=True)).hexdigest()
+
+
+def json_bytes(value: Any, *, sort_keys: bool = False) -> bytes:
+    """Compact JSON. Integers beyond 64 bits are valid JSON that orjson refuses: those bodies go through the
+    standard library (which writes everything else the same way)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
+    except TypeError:
+        return json.dumps(value, sort_keys=sort_keys, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +121,53 @@ def input_text(value: str | list[dict[str, Any]]) -> str:
                 str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "input_text"
             )
     return "\n".join(parts)
+
+
+def check_input(settings: Settings, value: str | list[dict[str, Any]]) -> None:
+    """A message's input before anything is stored or sent: not empty, no file ids, and all of its text
+    (a string, or every message's string content and input_text parts together) within the limit."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValidationFailed("The message is empty.", param="input")
+        chars = len(value)
+    else:
+        chars = 0
+        for i, item in enumerate(value):
+            content = item.get("content")
+            if isinstance(content, str):
+                chars += len(content)
+                continue
+            for j, part in enumerate(content if isinstance(content, list) else []):
+                if part.get("file_id") is not None:
+                    # Parley has no files of its own yet: an id would name any file of the organisation's
+                    # OpenAI account, whoever uploaded it.
+                    raise ValidationFailed(
+                        "Files cannot be referenced by file_id here; send the file's content as file_data, "
+                        "or an image as image_url (an https: or data: URL).",
+                        param=f"input.{i}.content.{j}.file_id",
+                        code="file_id_not_supported",
+                    )
+                if part.get("type") == "input_text":
+                    chars += len(str(part.get("text", "")))
+    limit = settings.max_message_chars
+    if chars > limit:
+        raise ValidationFailed(
+            f"The message is too long: its text may be at most {limit:,} characters in all, and it has {chars:,}.",
+            param="input",
+            code="message_too_long",
+        )
+
+
+def check_upstream_body(settings: Settings, body: dict[str, Any]) -> None:
+    """The whole body of an upstream call within its bound (a turn's upstream request repeats the session's
+    prompt and tools, so it can outgrow the request that made it)."""
+    size = len(json_bytes(body))
+    limit = settings.max_upstream_body_bytes
+    if size > limit:
+        raise PayloadTooLarge(
+            f"This would send {size:,} bytes to the model, more than this deployment's limit of {limit:,} bytes; "
+            "send less text or smaller files (the session's prompt counts too)."
+        )
 
 
 def resolve_upstream_body(
@@ -161,6 +220,7 @@ def resolve_upstream_body(
     else:
         body["model"] = model or settings.default_model
         body["instructions"] = settings.default_instructions
+    check_upstream_body(settings, body)
     return body
 
 
@@ -174,11 +234,13 @@ async def start_turn(
     idempotency_key: str | None,
     runner_id: str,
     server_tools: list[dict[str, Any]],
+    costs: RoundCosts,
 ) -> StartedTurn:
     """Limits, the turn row and the user message, in one short transaction before anything goes upstream.
 
     When a limit counts, the owner's row is locked first, so that one user's concurrent starts, on any
-    replica, are counted one after the other (`limits.check_turn_allowed`). One turn in flight per session
+    replica, are counted one after the other (`limits.check_turn_allowed`); under a budget the turn row holds
+    what its first round may cost (`reservations`), which the starts after it count. One turn in flight per session
     and one turn per Idempotency-Key are the unique indexes' job: a start that loses either race, or that a
     limit stops, writes nothing, and `_after_conflict` says why (a replay of the same request included).
     """
@@ -191,9 +253,6 @@ async def start_turn(
             )
             if session is None:
                 raise _session_not_found(session_id)
-            await check_turn_allowed(
-                db, settings=settings, user_id=principal.user_id, user_budget=session.owner_budget_usd, now=now
-            )
             turn_id = new_id("turn")
             body = resolve_upstream_body(
                 settings,
@@ -202,6 +261,15 @@ async def start_turn(
                 principal=principal,
                 turn_id=turn_id,
                 server_tools=server_tools,
+            )
+            text = input_text(request.input)
+            reserved = await check_turn_allowed(
+                db,
+                settings=settings,
+                user_id=principal.user_id,
+                user_budget=session.owner_budget_usd,
+                now=now,
+                reservation=lambda: costs.first_round(db, session_id=session_id, body=body, text=text),
             )
             turn = Turn(
                 id=turn_id,
@@ -216,6 +284,7 @@ async def start_turn(
                 idempotency_key=idempotency_key,
                 request_fingerprint=fingerprint,
                 runner_id=runner_id,
+                reserved_usd=reserved,
                 created_at=now,
             )
             user_message = {
@@ -223,7 +292,7 @@ async def start_turn(
                 "session_id": session_id,
                 "turn_id": turn_id,
                 "role": "user",
-                "content": input_text(request.input),
+                "content": text,
                 "status": "completed",
                 "created_at": now,
             }
@@ -371,9 +440,11 @@ async def continue_turn(
     turn_id: str,
     outputs: list[ToolOutput],
     runner_id: str,
+    costs: RoundCosts,
 ) -> tuple[Turn, dict[str, Any]]:
     """The client answered the function calls of a turn in requires_action: claim the turn back for this
-    process and return the next upstream body (only the new function_call_output items)."""
+    process and return the next upstream body (only the new function_call_output items). Under a budget, the
+    round reserves what it may cost, or the answer is 402 and the turn keeps waiting."""
     async with sessionmaker() as db, db.begin():
         turn = await get_turn(db, principal=principal, session_id=session_id, turn_id=turn_id)
         if turn.status != "requires_action" or not turn.required_action:
@@ -394,9 +465,6 @@ async def continue_turn(
         user = await users_repo.lock_user(db, principal.user_id)
         if user is None:
             raise NotFound("Unknown user.", code="user_not_found")
-        await check_turn_budget(
-            db, settings=settings, user_id=user.id, user_budget=user.monthly_budget_usd, now=utcnow()
-        )
         items = [
             *(turn.pending_tool_outputs or []),
             *(
@@ -404,10 +472,23 @@ async def continue_turn(
                 for output in outputs
             ),
         ]
-        if not await turns_repo.resume_waiting_turn(db, turn_id=turn.id, runner_id=runner_id):
+        body = {**turn.request, "input": items}
+        check_upstream_body(settings, body)
+        reserved = await check_round_budget(
+            db,
+            settings=settings,
+            user_id=user.id,
+            user_budget=user.monthly_budget_usd,
+            now=utcnow(),
+            reservation=lambda: costs.after_tool_outputs(
+                db, session_id=session_id, body=body, outputs=[str(item.get("output", "")) for item in items]
+            ),
+            what="answering these tool outputs",
+        )
+        if not await turns_repo.resume_waiting_turn(db, turn_id=turn.id, runner_id=runner_id, reserved_usd=reserved):
             raise Conflict("The turn was answered or cancelled meanwhile.", code="turn_not_waiting", param=turn.id)
         await db.refresh(turn)
-        return turn, {**turn.request, "input": items}
+        return turn, body
 
 
 async def cancel_waiting_turn(
@@ -458,6 +539,7 @@ def _job(
         stream_url=stream_url,
         started_at=started_at,
         prior=prior,
+        budgeted=turn.reserved_usd is not None,
     )
 
 
@@ -474,6 +556,7 @@ class TurnService:
         stream_tokens: StreamTokens,
         server_tools: ServerTools,
         upstream: openai.AsyncOpenAI,
+        costs: RoundCosts,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -482,15 +565,19 @@ class TurnService:
         self.stream_tokens = stream_tokens
         self.server_tools = server_tools
         self.upstream = upstream
+        self.costs = costs
 
-    def stream_url(self, turn: Turn, *, base_url: str) -> str:
-        """The turn's `/events` URL with a token for exactly this turn, for a browser's EventSource."""
-        token = self.stream_tokens.issue(user_id=turn.user_id, session_id=turn.session_id, turn_id=turn.id)
+    def stream_url(self, turn: Turn, *, base_url: str, principal: Principal) -> str:
+        """The turn's `/events` URL with a token for exactly this turn, for a browser's EventSource; made for
+        `principal`, it works only as long as their API key does."""
+        token = self.stream_tokens.issue(
+            user_id=turn.user_id, session_id=turn.session_id, turn_id=turn.id, key_id=principal.key_id
+        )
         base = (self.settings.public_base_url or base_url).rstrip("/")
         return f"{base}/v1/sessions/{turn.session_id}/turns/{turn.id}/events?token={token}"
 
-    def render(self, turn: Turn, *, base_url: str) -> dict[str, Any]:
-        return render_turn(turn, stream_url=self.stream_url(turn, base_url=base_url))
+    def render(self, turn: Turn, *, base_url: str, principal: Principal) -> dict[str, Any]:
+        return render_turn(turn, stream_url=self.stream_url(turn, base_url=base_url, principal=principal))
 
     async def send_message(
         self,
@@ -505,6 +592,7 @@ class TurnService:
         upstream call."""
         if not self.runner.accepting:
             raise shutting_down()
+        check_input(self.settings, request.input)
         started_at = time.monotonic()
         started = await start_turn(
             self.sessionmaker,
@@ -515,9 +603,10 @@ class TurnService:
             idempotency_key=idempotency_key,
             runner_id=self.runner.id,
             server_tools=self.server_tools.definitions(),
+            costs=self.costs,
         )
         turn = started.turn
-        stream_url = self.stream_url(turn, base_url=base_url)
+        stream_url = self.stream_url(turn, base_url=base_url, principal=principal)
         if started.replayed:
             return await self._replay(turn, stream=request.stream, stream_url=stream_url)
         job = _job(turn, upstream_body=turn.request, stream_url=stream_url, started_at=started_at)
@@ -545,8 +634,9 @@ class TurnService:
             turn_id=turn_id,
             outputs=outputs,
             runner_id=self.runner.id,
+            costs=self.costs,
         )
-        stream_url = self.stream_url(turn, base_url=base_url)
+        stream_url = self.stream_url(turn, base_url=base_url, principal=principal)
         prior = PriorTurn(
             text=turn.output_text,
             response_ids=list(turn.response_ids or []),
@@ -646,7 +736,7 @@ class TurnService:
             turn = await cancel_waiting_turn(
                 self.sessionmaker, self.upstream, turn=turn, conversation_id=session.conversation_id
             )
-        stream_url = self.stream_url(turn, base_url=base_url)
+        stream_url = self.stream_url(turn, base_url=base_url, principal=principal)
         wait_s = self.settings.cancel_wait_s
         handle = self.runner.handle(turn.id)
         if handle is not None and self.runner.cancel(turn.id):

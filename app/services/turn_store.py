@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -20,13 +20,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
 from app.db.ids import new_id
+from app.errors import PaymentRequired
 from app.repositories import turn_repository as turns_repo
-from app.services.limits import month_of
-from app.services.pricing import Pricer, TokenUsage
+from app.repositories import user_repository as users_repo
+from app.services.limits import check_round_budget, month_of
+from app.services.pricing import Price, Pricer, TokenUsage
+from app.services.reservations import MONEY_STEP, RoundCosts
 from app.services.spool import Spool
 from app.services.turn_service import iso, render_turn
 from app.streaming.outcome import TurnOutcome
-from app.streaming.turn_runner import OrphanedTurn, TurnJob
+from app.streaming.turn_runner import OrphanedTurn, RoundRefused, TurnJob
 from app.streaming.turn_state import ResponseOutcome
 
 logger = logging.getLogger(__name__)
@@ -39,10 +42,19 @@ DATABASE_ERRORS = (OperationalError, DBAPIError, SQLAlchemyTimeoutError, OSError
 
 
 class SqlTurnStore:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, pricer: Pricer, spool: Spool) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        pricer: Pricer,
+        spool: Spool,
+        costs: RoundCosts | None = None,
+    ) -> None:
         self._sessionmaker = sessionmaker
         self._pricer = pricer
         self.spool = spool
+        # Without it, a budgeted turn's later rounds are not reserved (a store that only plans or replays writes).
+        self._costs = costs
         self._pending_ids: dict[str, list[str]] = {}
         self._ids_writer: asyncio.Task[None] | None = None
 
@@ -112,6 +124,8 @@ class SqlTurnStore:
             "duration_ms": outcome.duration_ms,
             "last_event_id": outcome.last_event_id,
             "completed_at": now.isoformat() if outcome.status != "requires_action" else None,
+            # Released as the actual cost lands (a turn going on after tool outputs reserves again).
+            "reserved_usd": None,
         }
         if outcome.status == "failed" and not outcome.response_ids:
             # Nothing started upstream (e.g. a 429): the client may retry with the same Idempotency-Key.
@@ -156,9 +170,7 @@ class SqlTurnStore:
     ) -> dict[str, Any]:
         usage = response.usage
         tokens = TokenUsage.from_response_usage(usage, web_search_calls=response.web_search_calls) if usage else None
-        price = self._pricer.price(
-            model=response.model or job.upstream_body.get("model"), usage=tokens, service_tier=response.service_tier
-        )
+        price = self._price(job, response, tokens)
         return {
             "id": new_id("usage"),
             "response_id": response.response_id,
@@ -186,6 +198,65 @@ class SqlTurnStore:
             "duration_ms": outcome.duration_ms,
             "created_at": now.isoformat(),
         }
+
+    def _price(self, job: TurnJob, response: ResponseOutcome, tokens: TokenUsage | None) -> Price:
+        return self._pricer.price(
+            model=response.model or job.upstream_body.get("model"), usage=tokens, service_tier=response.service_tier
+        )
+
+    async def reserve_round(
+        self, job: TurnJob, body: dict[str, Any], responses: list[ResponseOutcome]
+    ) -> RoundRefused | None:
+        """Before a further round of a budgeted turn goes upstream: hold what the turn's unsettled rounds cost
+        (`responses`) plus what the next may cost at most, in place of what it held, if that fits beside the
+        owner's spend and their other turns' reservations."""
+        if not job.budgeted or self._costs is None:
+            return None
+        costs = self._costs
+        last = responses[-1] if responses else None
+        outputs = [str(item.get("output", "")) for item in body.get("input") or [] if isinstance(item, dict)]
+        needs = self._unsettled_cost(job, responses) + costs.next_round(
+            body, last_usage=last.usage if last else None, served=last.model if last else None, outputs=outputs
+        )
+
+        async def reservation() -> Decimal:
+            return needs
+
+        try:
+            async with self._sessionmaker() as db, db.begin():
+                user = await users_repo.lock_user(db, job.user_id)
+                held = await turns_repo.reservation_of(db, turn_id=job.turn_id)
+                reserved = await check_round_budget(
+                    db,
+                    settings=costs.settings,
+                    user_id=job.user_id,
+                    user_budget=user.monthly_budget_usd if user is not None else None,
+                    now=utcnow(),
+                    reservation=reservation,
+                    held_by_this_turn=held,
+                    what="this turn's next step",
+                )
+                if reserved is not None:
+                    await turns_repo.set_reservation(db, turn_id=job.turn_id, amount=reserved)
+        except PaymentRequired as error:
+            return RoundRefused(status="incomplete", code=error.code, message=error.message)
+        except DATABASE_ERRORS:
+            logger.warning("turn.round_not_reserved: database unavailable", extra={"turn_id": job.turn_id})
+            return RoundRefused(
+                status="failed",
+                code="database_unavailable",
+                message="The budget could not be checked for this turn's next step: the database did not answer.",
+            )
+        return None
+
+    def _unsettled_cost(self, job: TurnJob, responses: list[ResponseOutcome]) -> Decimal:
+        """What responses cost that the turn's final write has not added to the spend yet (unknown: nothing)."""
+        total = Decimal(0)
+        for response in responses:
+            if response.usage:
+                tokens = TokenUsage.from_response_usage(response.usage, web_search_calls=response.web_search_calls)
+                total += self._price(job, response, tokens).cost_usd or Decimal(0)
+        return total.quantize(MONEY_STEP, rounding=ROUND_CEILING)
 
     async def apply(self, plan: dict[str, Any]) -> None:
         """Run one final write (fresh, or replayed from the spool) in one transaction; idempotent."""
@@ -260,6 +331,7 @@ class SqlTurnStore:
                 ),
                 response_ids=list(turn.response_ids or []),
                 output_text=turn.output_text or "",
+                cancel_requested=turn.cancel_requested_at is not None,
             )
             for turn in turns
         ]

@@ -9,7 +9,7 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
-from app.db.models import ApiKey, User
+from app.db.models import API_KEY_SOURCE, ApiKey, User
 from app.errors import Conflict, NotFound
 from app.repositories import turn_repository as turns_repo
 from app.repositories import user_repository as users_repo
@@ -34,9 +34,10 @@ def _user_not_found(user_id: str) -> NotFound:
 
 
 async def create_user(db: AsyncSession, *, name: str) -> User:
-    if await users_repo.get_user_by_name(db, name) is not None:
+    """An API-key user: the name is unique among them (a JWT subject of the same name is someone else)."""
+    if await users_repo.get_user_by_name(db, source=API_KEY_SOURCE, name=name) is not None:
         raise Conflict(f"A user named '{name}' already exists.", code="user_exists", param="name")
-    return await users_repo.create_user(db, name=name)
+    return await users_repo.create_user(db, source=API_KEY_SOURCE, name=name)
 
 
 async def list_users(db: AsyncSession, *, limit: int, after: str | None, order: Order) -> Page[User]:

@@ -1,9 +1,9 @@
 """An offline imitation of the OpenAI API (Responses + Conversations) that speaks the real wire protocol.
 
 `create_simulator_app()` returns an independent FastAPI app: `/v1/...` as OpenAI serves it (bearer token of any
-value), `/_control/...` for tests and benchmarks (faults, pacing, the request log, reset). Output is
-deterministic: the reply echoes the newest user message (or the tool outputs it answers) and is padded to
-`/_control/config`'s `output_tokens`; a token is a word or a punctuation mark.
+value), `/_control/...` for tests and benchmarks (faults, pacing, the request log, reset; open, behind a control
+token, or left out). Output is deterministic: the reply echoes the newest user message (or the tool outputs it
+answers) and is padded to `/_control/config`'s `output_tokens`; a token is a word or a punctuation mark.
 
 Where it knowingly differs from the real service:
 - A non-background stream whose client leaves ends as `cancelled`, with usage for the tokens produced so far.

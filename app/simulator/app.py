@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -16,21 +16,23 @@ from app.simulator.prompts import DEFAULT_PROMPTS_PATH, PromptLibrary
 from app.simulator.state import SimulatorState
 
 
-def create_simulator_app(*, prompts_path: Path | None = None) -> FastAPI:
+def create_simulator_app(
+    *, prompts_path: Path | None = None, control_routes: bool = True, control_token: str | None = None
+) -> FastAPI:
     """An offline OpenAI API (Responses + Conversations) with control routes under `/_control`.
 
-    All state lives on the returned app, so two instances never share anything.
+    The control routes are open by default (the standalone simulator on loopback, tests); `control_token`
+    puts them behind `Authorization: Bearer <control_token>`, and `control_routes=False` leaves them out
+    (404, as any unknown path). All state lives on the returned app, so two instances never share anything.
     """
     state = SimulatorState(PromptLibrary.load(prompts_path or DEFAULT_PROMPTS_PATH))
     app = FastAPI(title="Parley OpenAI simulator", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.simulator = state
-    for router in (
-        routes_responses.router,
-        routes_conversations.router,
-        routes_models.router,
-        control.router,
-    ):
+    for router in (routes_responses.router, routes_conversations.router, routes_models.router):
         app.include_router(router)
+    if control_routes:
+        guard = [] if control_token is None else [Depends(control.require_control_token(control_token))]
+        app.include_router(control.router, dependencies=guard)
     app.add_exception_handler(SimulatorError, _simulator_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

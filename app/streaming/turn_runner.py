@@ -26,6 +26,7 @@ from app.observability.metrics import Metrics, upstream_status_of
 from app.streaming.event_log import EventLog, EventLogRegistry
 from app.streaming.outcome import TurnOutcome
 from app.streaming.turn_state import ResponseOutcome, TurnState, rate_limit_headers
+from app.upstream.conversations import add_items
 from app.upstream.event_parser import SSESplitter
 from app.upstream.failures import STREAM_READ_ERRORS, timed_out
 from app.upstream.response_stream import (
@@ -64,6 +65,17 @@ class TurnJob:
     stream_url: str
     started_at: float = field(default_factory=time.monotonic)
     prior: PriorTurn | None = None
+    # Its owner has a monthly budget: each further upstream round reserves first (`TurnStore.reserve_round`).
+    budgeted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRefused:
+    """Why a turn's next upstream round may not go: the turn ends with this status and error."""
+
+    status: str  # "incomplete" (over budget) or "failed" (the budget could not be checked)
+    code: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +99,9 @@ class OrphanedTurn:
     job: TurnJob
     response_ids: list[str]
     output_text: str
+    # Someone asked to cancel it before its process stopped: only then does an upstream `cancelled` mean
+    # cancelled (an upstream whose client vanished reports `cancelled` too).
+    cancel_requested: bool = False
 
 
 class TurnStore(Protocol):
@@ -99,6 +114,9 @@ class TurnStore(Protocol):
     async def remove_heartbeat(self, runner_id: str) -> None: ...
     async def claim_orphans(self, runner_id: str, stale_before: dt.datetime) -> list[OrphanedTurn]: ...
     async def replay_spool(self) -> int: ...
+    async def reserve_round(
+        self, job: TurnJob, body: dict[str, Any], responses: list[ResponseOutcome]
+    ) -> RoundRefused | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +354,16 @@ class TurnRunner:
                     if steps < self.config.max_tool_steps:
                         # With a conversation, the next step sends only the new function_call_output items.
                         body = {**job.upstream_body, "input": outputs}
-                        continue
+                        # The rounds of this run so far are not settled yet: the reservation counts them too.
+                        unsettled = [state.outcomes[r] for r in state.response_ids if r in state.outcomes]
+                        refused = await self.store.reserve_round(job, body, unsettled)
+                        if refused is None:
+                            continue
+                        await self._close_calls(job, outputs)
+                        outcome = self._outcome(state, refused.status)
+                        outcome.error = {"code": refused.code, "message": refused.message}
+                        await self._finish(handle, state, outcome)
+                        return
                     outcome = self._outcome(state, "incomplete")
                     outcome.error = {"code": "tool_loop_limit", "message": "The model kept calling tools; stopped."}
                     await self._finish(handle, state, outcome)
@@ -366,6 +393,17 @@ class TurnRunner:
             response_ids=list(state.response_ids),
             responses=[state.outcomes[r] for r in state.response_ids if r in state.outcomes],
         )
+
+    async def _close_calls(self, job: TurnJob, outputs: list[dict[str, Any]]) -> None:
+        """Put the outputs of tools that ran into the conversation without a round to answer them, so that its
+        function calls are not left open (the upstream refuses a conversation's next input until they are)."""
+        conversation = job.upstream_body.get("conversation")
+        if not isinstance(conversation, str) or not outputs:
+            return
+        try:
+            await add_items(self.upstream, conversation, outputs)
+        except Exception as error:  # the turn still ends; the session's next message reports the upstream's refusal
+            logger.warning("runner.tool_outputs_not_added: %s", type(error).__name__, extra={"turn_id": job.turn_id})
 
     async def _run_tools(
         self, handle: TurnHandle, calls: list[dict[str, str]]
@@ -581,22 +619,27 @@ class TurnRunner:
             response_ids=list(orphan.response_ids),
             error={"code": "interrupted", "message": "The process running this turn stopped."},
         )
-        if orphan.response_ids:
-            recovered = await self._retrieve_settled(orphan.response_ids[-1], 0)
-            if recovered is not None:
-                outcome.responses.append(recovered)
-                if recovered.status in ("completed", "incomplete", "failed", "cancelled"):
-                    outcome.status = recovered.status
-                    outcome.output_text = recovered.output_text or orphan.output_text
-                    outcome.error = (
-                        None
-                        if recovered.status == "completed"
-                        else recovered.error
-                        or {
-                            "code": recovered.incomplete_reason or recovered.status,
-                            "message": f"The upstream response ended {recovered.status}.",
-                        }
-                    )
+        recovered = await self._retrieve_settled(orphan.response_ids[-1], 0) if orphan.response_ids else None
+        if recovered is not None:
+            outcome.responses.append(recovered)
+            if recovered.status in ("completed", "incomplete", "failed", "cancelled"):
+                outcome.output_text = recovered.output_text or orphan.output_text
+        if recovered is not None and recovered.status in ("completed", "incomplete", "failed"):
+            outcome.status = recovered.status
+            outcome.error = (
+                None
+                if recovered.status == "completed"
+                else recovered.error
+                or {
+                    "code": recovered.incomplete_reason or recovered.status,
+                    "message": f"The upstream response ended {recovered.status}.",
+                }
+            )
+        elif orphan.cancel_requested:
+            # Asked to stop, and it never finished: cancelled, as its own process would have ended it.
+            outcome.status, outcome.error = "cancelled", None
+        # Otherwise it was cut off by the crash: failed, interrupted, even when the upstream says `cancelled`
+        # (what a response whose client vanished reports).
         final = await self.store.finish(job, outcome)
         self._record(job, outcome, final, events=0)
         logger.info("turn.reconciled", extra={"turn_id": job.turn_id, "status": outcome.status})

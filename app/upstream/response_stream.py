@@ -8,12 +8,12 @@ the connection was refused, or a 429/503 came back before any body (honouring Re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import openai
 
 from app.errors import Conflict, InvalidRequest, ParleyError, RateLimited, UpstreamError, UpstreamTimeout
@@ -33,30 +33,29 @@ class StreamPolicy:
 
 
 class UpstreamStream:
-    """An open upstream response: its headers and request id now, its body's bytes as they arrive."""
+    """An open upstream response: its headers and request id now, its body's bytes as they arrive.
 
-    __slots__ = ("_exit_stack", "_response")
+    Holds the HTTP response alone: the SDK's response wrappers keep a deep copy of the request's options for
+    as long as they live, which an open stream would carry for its whole length (a few KiB per stream)."""
 
-    def __init__(self, response: openai.AsyncAPIResponse[Any], exit_stack: contextlib.AsyncExitStack) -> None:
-        self._response = response
-        self._exit_stack = exit_stack
+    __slots__ = ("_http_response", "request_id")
+
+    def __init__(self, http_response: httpx2.Response, request_id: str | None) -> None:
+        self._http_response = http_response
+        self.request_id = request_id
 
     @property
     def headers(self) -> Mapping[str, str]:
-        return self._response.headers
-
-    @property
-    def request_id(self) -> str | None:
-        return self._response.request_id
+        return self._http_response.headers
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives. A read that waits longer than the policy's read timeout (a stall) or a lost
         connection raises one of `STREAM_READ_ERRORS`."""
-        return self._response.iter_bytes()
+        return self._http_response.aiter_bytes()
 
     async def aclose(self) -> None:
         """Release the connection: back to the pool when the body was read to its end, closed otherwise."""
-        await self._exit_stack.aclose()
+        await self._http_response.aclose()
 
 
 def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -88,11 +87,9 @@ async def open_stream(client: openai.AsyncOpenAI, body: dict[str, Any], policy: 
             # The body goes as `extra_body`: Parley built it already, and the SDK's per-call transform of the
             # typed parameters costs a quarter of opening a stream.
             fields = {key: value for key, value in body.items() if key != "stream"}
-            exit_stack = contextlib.AsyncExitStack()
-            response = await exit_stack.enter_async_context(
-                client.responses.with_streaming_response.create(stream=True, extra_body=fields)
-            )
-            return UpstreamStream(response, exit_stack)
+            # The raw response of a streamed call: its body is read as it arrives, by `UpstreamStream`.
+            raw = await client.responses.with_raw_response.create(stream=True, extra_body=fields)
+            return UpstreamStream(raw.http_response, raw.request_id)
         except openai.APIStatusError as error:
             failure: dict[str, object] = {"status": error.status_code, "upstream_request_id": error.request_id}
             wait = _retry_after_seconds(error.response.headers)

@@ -76,7 +76,7 @@ async def test_missing_or_bad_credentials_are_401(
         headers = {"Authorization": "Bearer"}
     elif credential == "Basic abc":
         headers = {"Authorization": credential}
-    before = len((await client.get(f"{parley.simulator_url}/_control/requests")).json())
+    before = len((await client.get(f"{parley.simulator_url}/_control/requests", headers=parley.admin_headers)).json())
     response = await client.request(method, path, headers=headers, json={"title": "x"} if method != "GET" else None)
     if path.startswith("/v1/admin") and credential not in (None, "", "Basic abc"):
         assert response.status_code == 403  # a credential, but not the admin token
@@ -85,7 +85,7 @@ async def test_missing_or_bad_credentials_are_401(
         assert response.headers["www-authenticate"] == "Bearer"
     error = response.json()["error"]
     assert set(error) == {"type", "code", "message", "param"}
-    after = len((await client.get(f"{parley.simulator_url}/_control/requests")).json())
+    after = len((await client.get(f"{parley.simulator_url}/_control/requests", headers=parley.admin_headers)).json())
     assert after == before  # nothing went upstream
 
 
@@ -290,6 +290,46 @@ async def test_concurrent_first_requests_of_a_new_subject_make_one_user(jwt_clie
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     users = (await jwt_client.get("/v1/admin/users", params={"limit": 100}, headers=admin)).json()
     assert [u["name"] for u in users["data"]].count(claims["sub"]) == 1
+
+
+async def test_a_jwt_subject_and_the_api_key_user_of_the_same_name_are_two_people(
+    jwt_client: httpx.AsyncClient,
+) -> None:
+    name = f"alice-{uuid.uuid4().hex[:8]}"
+    keyed = await create_api_user(jwt_client, name)
+    token = _bearer(jwt.encode(_claims(sub=name), JWT_SECRET, algorithm="HS256"))
+    by_key = (await jwt_client.post("/v1/sessions", json={"title": "by key"}, headers=keyed.headers)).json()
+    by_token = (await jwt_client.post("/v1/sessions", json={"title": "by token"}, headers=token)).json()
+
+    seen_by_token = (await jwt_client.get("/v1/sessions", headers=token)).json()["data"]
+    seen_by_key = (await jwt_client.get("/v1/sessions", headers=keyed.headers)).json()["data"]
+    assert [s["id"] for s in seen_by_token] == [by_token["id"]]
+    assert [s["id"] for s in seen_by_key] == [by_key["id"]]
+    assert (await jwt_client.get(f"/v1/sessions/{by_key['id']}", headers=token)).status_code == 404
+    assert (await jwt_client.get(f"/v1/sessions/{by_token['id']}", headers=keyed.headers)).status_code == 404
+    deleted = await jwt_client.delete(f"/v1/sessions/{by_key['id']}", headers=token)
+    assert deleted.status_code == 404
+
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    users = (await jwt_client.get("/v1/admin/users", params={"limit": 100}, headers=admin)).json()["data"]
+    assert sorted(u["source"] for u in users if u["name"] == name) == ["api_key", f"jwt:{ISSUER}"]
+    # The admin API makes API-key users: there the name is `keyed`'s.
+    again = await jwt_client.post("/v1/admin/users", json={"name": name}, headers=admin)
+    assert again.status_code == 409
+
+
+async def test_without_a_configured_issuer_every_token_is_one_namespace(database_url: str, backend: str) -> None:
+    with run_parley(database_url, backend, jwt_secret=JWT_SECRET) as running:
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as http:
+            subject = f"dora-{uuid.uuid4().hex[:8]}"
+            first = jwt.encode(_claims(sub=subject, iss="https://one.example/"), JWT_SECRET, algorithm="HS256")
+            second = jwt.encode(_claims(sub=subject, iss="https://two.example/"), JWT_SECRET, algorithm="HS256")
+            created = await http.post("/v1/sessions", json={}, headers=_bearer(first))
+            assert created.status_code == 201, created.text
+            listed = (await http.get("/v1/sessions", headers=_bearer(second))).json()["data"]
+            assert [s["id"] for s in listed] == [created.json()["id"]]
+            users = (await http.get("/v1/admin/users", params={"limit": 100}, headers=running.admin_headers)).json()
+            assert [u["source"] for u in users["data"] if u["name"] == subject] == ["jwt"]
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256"])

@@ -59,12 +59,12 @@ async def test_non_json_body_is_415(client: httpx.AsyncClient, user: ApiUser) ->
 async def test_invalid_session_fields_are_422(
     client: httpx.AsyncClient, user: ApiUser, parley: RunningParley, body: dict[str, object], param: str
 ) -> None:
-    before = (await client.get(f"{parley.simulator_url}/_control/requests")).json()
+    before = (await client.get(f"{parley.simulator_url}/_control/requests", headers=parley.admin_headers)).json()
     response = await client.post("/v1/sessions", json=body, headers=user.headers)
     error = _assert_envelope(response, 422)
     assert error["param"] == param
     assert error["type"] == "invalid_request_error"
-    after = (await client.get(f"{parley.simulator_url}/_control/requests")).json()
+    after = (await client.get(f"{parley.simulator_url}/_control/requests", headers=parley.admin_headers)).json()
     assert len(after) == len(before)  # nothing upstream
     assert (await client.get("/v1/sessions", headers=user.headers)).json()["data"] == []
 
@@ -127,3 +127,71 @@ async def test_api_responses_are_not_cached_or_sniffed(client: httpx.AsyncClient
     response = await client.get("/v1/sessions", headers=user.headers)
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"input": 5}, "input", "valid string"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://10.0.0.1/x.png"}]}]},
+            "input.0.content.0.input_image.image_url",
+            "https://",
+        ),
+    ],
+)
+async def test_a_field_of_a_union_is_named_in_plain_words(
+    client: httpx.AsyncClient, user: ApiUser, body: dict[str, object], param: str, words: str
+) -> None:
+    """`input` is a string or a list of items: the error names the field the client wrote and says what is
+    wrong with it, not pydantic's labels of the union's members (`function-after[<function … at 0x…>]`)."""
+    created = await client.post("/v1/sessions", json={}, headers=user.headers)
+    response = await client.post(f"/v1/sessions/{created.json()['id']}/messages", json=body, headers=user.headers)
+    error = _assert_envelope(response, 422)
+    assert error["param"] == param
+    assert words in str(error["message"])
+    assert "function" not in str(error["message"])
+    assert "0x" not in str(error["message"])
+
+
+async def test_values_the_schema_does_not_offer_are_refused(
+    client: httpx.AsyncClient, user: ApiUser, parley: RunningParley
+) -> None:
+    """What pydantic would coerce but the OpenAPI document does not allow (found by tests/api/test_schema_fuzz.py):
+    a number as a date, 0 as a boolean, a float as money."""
+    session_id = (await client.post("/v1/sessions", json={}, headers=user.headers)).json()["id"]
+    refused = [
+        await client.get("/v1/usage", params={"end": "0.5"}, headers=user.headers),
+        await client.post(
+            f"/v1/sessions/{session_id}/messages", json={"input": "hi", "stream": 0}, headers=user.headers
+        ),
+        await client.put(
+            f"/v1/admin/users/{user.id}/budget", json={"monthly_budget_usd": 25.5}, headers=parley.admin_headers
+        ),
+    ]
+    for response in refused:
+        _assert_envelope(response, 422)
+    assert (await client.get("/v1/usage", params={"start": "2026-11-01"}, headers=user.headers)).status_code == 200
+    budget = await client.put(
+        f"/v1/admin/users/{user.id}/budget", json={"monthly_budget_usd": "25.50"}, headers=parley.admin_headers
+    )
+    assert budget.status_code == 200, budget.text
+    assert budget.json()["monthly_budget_usd"] == "25.50000000"
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"type": "object", "description": "nul\x00inside"}, {"type": "object", "properties": {"a\x00b": {}}}],
+)
+async def test_nul_inside_a_tools_schema_is_422(
+    client: httpx.AsyncClient, user: ApiUser, parameters: dict[str, object]
+) -> None:
+    """Found by tests/api/test_schema_fuzz.py: a NUL in a function tool's free-form `parameters` was a 500 on
+    Postgres, which stores no NUL in text (the turn keeps the request it sent upstream)."""
+    session_id = (await client.post("/v1/sessions", json={}, headers=user.headers)).json()["id"]
+    body = {"input": "hi", "stream": False, "tools": [{"type": "function", "name": "f", "parameters": parameters}]}
+    response = await client.post(f"/v1/sessions/{session_id}/messages", json=body, headers=user.headers)
+    error = _assert_envelope(response, 422)
+    assert error["param"] == "tools.0.parameters"
+    turns = await client.get(f"/v1/sessions/{session_id}/turns", headers=user.headers)
+    assert turns.json()["data"] == []

@@ -157,7 +157,7 @@ async def test_import_chat_completions_history_in_order(
     texts = [item["content"][0]["text"] for item in items]  # type: ignore[index]
     assert texts == [m["content"] for m in history]
 
-    requests = (await client.get(f"{parley.simulator_url}/_control/requests")).json()
+    requests = (await client.get(f"{parley.simulator_url}/_control/requests", headers=parley.admin_headers)).json()
     conversation_calls = [
         r
         for r in requests

@@ -24,7 +24,8 @@ from tests.databases import postgres_database
 USERS, SESSIONS_PER_USER, TURNS_OF_THE_USER = 2_000, 3, 400
 NOW = dt.datetime.now(dt.UTC)
 POPULATE = [
-    "INSERT INTO users (id, name, created_at) SELECT 'usr_' || g, 'user ' || g, now() FROM generate_series(1, :users) g",
+    "INSERT INTO users (id, source, name, created_at)"
+    " SELECT 'usr_' || g, 'api_key', 'user ' || g, now() FROM generate_series(1, :users) g",
     "INSERT INTO sessions (id, user_id, conversation_id, metadata, created_at, updated_at, turn_count, total_cost_usd)"
     " SELECT 'ses_' || g, 'usr_' || ((g - 1) / :sessions_of_user + 1), 'conv_' || g, '{}', now(), now(), 0, 0"
     " FROM generate_series(1, :sessions) g",
@@ -32,6 +33,10 @@ POPULATE = [
     "INSERT INTO turns (id, session_id, user_id, status, input, request, metadata, output_text, response_ids,"
     " created_at) SELECT 'turn_' || g, 'ses_' || (g % :sessions_of_user + 1), 'usr_1', 'completed',"
     " '\"hi\"', '{}', '{}', '', '[]', now() - g * interval '10 seconds' FROM generate_series(1, :turns) g",
+    # The ledger: rows of every session (a budgeted start reads its session's last one).
+    "INSERT INTO usage_records (id, response_id, turn_id, session_id, user_id, status, input_tokens, output_tokens,"
+    " created_at) SELECT 'usage_' || lpad(g::text, 8, '0'), 'resp_' || g, 'turn_' || (g % :turns + 1),"
+    " 'ses_' || (g % :sessions + 1), 'usr_1', 'completed', 10, 20, now() FROM generate_series(1, 5 * :sessions) g",
     "INSERT INTO user_monthly_spend (user_id, month, cost_usd, updated_at)"
     " SELECT 'usr_' || g, '2026-' || lpad(m::text, 2, '0'), 0.01, now()"
     " FROM generate_series(1, :users) g, generate_series(1, 12) m",
@@ -99,6 +104,7 @@ async def _executed_plan(engine: AsyncEngine, statement: Any, parameters: dict[s
             id="limit-counts",
         ),
         pytest.param(turns_repo.COUNT_SESSION_TURN, {"session_key": "ses_1", "at": NOW}, 1, id="session-count"),
+        pytest.param(turns_repo.LAST_USAGE, {"session_key": "ses_1"}, 1, id="session-last-usage"),
     ],
 )
 async def test_a_start_reads_no_table_whole(

@@ -157,13 +157,16 @@ async def test_budget_stops_new_turns_before_any_upstream_call(
     client: httpx.AsyncClient, parley: RunningParley, sim: Simulator
 ) -> None:
     user = await create_api_user(client)
+    # Room for what a message reserves (4,000 output tokens of gpt-4.1 at most, about $0.032).
+    roomy = await client.put(f"/v1/admin/users/{user.id}/budget", json={"monthly_budget_usd": "0.05"}, headers=ADMIN)
+    assert roomy.status_code == 200, roomy.text
+    session_id = await new_session(client, user, model="gpt-4.1")
+    assert (await send(client, user, session_id)).names[-1] == "turn.completed"
     budget = await client.put(
         f"/v1/admin/users/{user.id}/budget", json={"monthly_budget_usd": "0.00001"}, headers=ADMIN
     )
     assert budget.status_code == 200, budget.text
     assert budget.json()["monthly_budget_usd"] == "0.00001000"
-    session_id = await new_session(client, user, model="gpt-4.1")
-    assert (await send(client, user, session_id)).names[-1] == "turn.completed"
     spent = (await client.get(f"/v1/admin/users/{user.id}/budget", headers=ADMIN)).json()
     assert Decimal(spent["spent_usd"]) > Decimal("0.00001")
 

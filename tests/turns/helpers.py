@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, aconnect_sse
 
-from tests.conftest import ApiUser, RunningParley
+from tests.conftest import ADMIN_TOKEN, ApiUser, RunningParley
 
 
 @dataclass
@@ -120,22 +120,28 @@ async def new_session(client: httpx.AsyncClient, user: ApiUser, **body: Any) -> 
 
 
 class Simulator:
-    """The control routes of the simulator behind a running Parley."""
+    """The control routes of the simulator behind a running Parley (which need the admin token there; a
+    standalone simulator's are open and ignore it)."""
 
     def __init__(self, client: httpx.AsyncClient, base_url: str) -> None:
         self.client = client
         self.base_url = base_url
+        self.control_headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     async def configure(self, **config: Any) -> None:
-        response = await self.client.post(f"{self.base_url}/_control/config", json=config)
+        response = await self.client.post(f"{self.base_url}/_control/config", json=config, headers=self.control_headers)
         assert response.status_code == 200, response.text
 
     async def faults(self, *faults: dict[str, Any]) -> None:
-        response = await self.client.post(f"{self.base_url}/_control/next", json={"faults": list(faults)})
+        response = await self.client.post(
+            f"{self.base_url}/_control/next", json={"faults": list(faults)}, headers=self.control_headers
+        )
         assert response.status_code == 200, response.text
 
     async def requests(self) -> list[dict[str, Any]]:
-        return list((await self.client.get(f"{self.base_url}/_control/requests")).json())
+        response = await self.client.get(f"{self.base_url}/_control/requests", headers=self.control_headers)
+        assert response.status_code == 200, response.text
+        return list(response.json())
 
     async def response_calls(self, session_conversation: str) -> list[dict[str, Any]]:
         """The POST /v1/responses calls made for one conversation."""

@@ -37,7 +37,6 @@ from tests.servers import free_port, serve
 PARLEY = str(Path(sys.executable).parent / "parley")
 ADMIN_TOKEN = "lifecycle-admin-" + uuid.uuid4().hex
 IN_FLIGHT = ("queued", "in_progress")
-FINAL = ("completed", "incomplete", "failed", "cancelled", "requires_action")
 TERMINAL_EVENTS = ("turn.completed", "turn.incomplete", "turn.failed", "turn.cancelled", "turn.requires_action")
 DELTA = "response.output_text.delta"
 GRACE_S = 2.0
@@ -506,8 +505,9 @@ async def _kill_mid_turn(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_sigkill_mid_turn_then_restart_reconciles(backend: str, tmp_path: Path) -> None:
-    """F-18: turns a SIGKILLed process left in flight are finished by the next process: from the upstream
-    response when a response id was stored, as failed/interrupted when none was."""
+    """F-18: turns a SIGKILLed process left in flight are finished by the next process, with the upstream
+    response's text and usage when a response id was stored. Both end failed/interrupted: the upstream
+    response whose client vanished ends `cancelled`, but nobody cancelled the turn."""
     async with database(backend, tmp_path) as url, engine_for(url) as engine:
         with running_simulator() as simulator_url:
             async with httpx.AsyncClient(timeout=10) as control:
@@ -532,8 +532,9 @@ async def test_sigkill_mid_turn_then_restart_reconciles(backend: str, tmp_path: 
                     silent_row = await poll_row(engine, silent.turn_id, lambda r: r.status not in IN_FLIGHT, timeout=10)
                     upstream = await simulator.retrieve(response_id)
 
-                    assert upstream["status"] in FINAL, upstream["status"]
-                    assert row.status == upstream["status"], (row.status, row.error, parley.output[-2000:])
+                    assert upstream["status"] == "cancelled", upstream["status"]
+                    assert row.status == "failed", (row.status, row.error, parley.output[-2000:])
+                    assert row.error["code"] == "interrupted", row.error
                     assert row.response_ids == [response_id]
                     assert row.output_text.startswith(streaming.text), "the reconciled text lost streamed deltas"
                     assert [u.response_id for u in await usage_rows(engine, [row.id])] == [response_id]
@@ -546,7 +547,8 @@ async def test_sigkill_mid_turn_then_restart_reconciles(backend: str, tmp_path: 
                         f"/v1/sessions/{killed.streaming_session}/turns/{streaming.turn_id}", headers=api.headers
                     )
                     assert via_api.status_code == 200
-                    assert via_api.json()["status"] == row.status
+                    assert via_api.json()["status"] == "failed"
+                    assert via_api.json()["error"]["code"] == "interrupted"
 
                     # The same Idempotency-Key again: the stored turn, not a second upstream call.
                     creates = await simulator.response_creates()
@@ -571,6 +573,57 @@ async def test_sigkill_mid_turn_then_restart_reconciles(backend: str, tmp_path: 
                     assert retried.status_code == 200, retried.text
                     assert retried.json()["id"] != silent.turn_id
                     assert retried.json()["status"] == "completed"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_cancel_asked_before_a_crash_stays_cancelled(backend: str, tmp_path: Path) -> None:
+    """A cancel reached another replica, and the process running the turn died before it heard of it: the
+    reconciled turn is `cancelled` (someone asked), with the upstream's text and usage, not `interrupted`."""
+    async with database(backend, tmp_path) as url, engine_for(url) as engine:
+        with running_simulator() as simulator_url:
+            async with httpx.AsyncClient(timeout=10) as control:
+                simulator = Simulator(simulator_url, control)
+                await simulator.configure(**SLOW)
+                env = parley_env(database_url=url, simulator_url=simulator_url)
+                # The runner looks for cancels recorded by other replicas once an hour: it dies first.
+                deaf = {**env, "PARLEY_RUNNER_CANCEL_POLL_INTERVAL_S": "3600"}
+                async with (
+                    parley_serve(tmp_path, deaf) as running,
+                    parley_serve(tmp_path, env) as other,
+                    new_client(running.base_url) as http,
+                    new_client(other.base_url) as other_http,
+                ):
+                    api = await Api.with_new_user(http)
+                    session_id = await api.new_session()
+                    record, task = api.start_stream(session_id, "Tell me a long story.")
+                    try:
+                        await until_progressed([record])
+                        await poll_row(engine, record.turn_id, lambda row: bool(row.response_ids), timeout=10)
+                        cancel = asyncio.create_task(
+                            other_http.post(
+                                f"/v1/sessions/{session_id}/turns/{record.turn_id}/cancel", headers=api.headers
+                            )
+                        )
+                        asked = await poll_row(
+                            engine, record.turn_id, lambda row: row.cancel_requested_at is not None, timeout=10
+                        )
+                        assert asked.status == "in_progress", asked.status
+                        running.process.kill()
+                        assert await running.wait_exit(10) is not None
+                        # The other replica reconciles the dead one's turn while its cancel request waits.
+                        answered = await asyncio.wait_for(cancel, 20)
+                    finally:
+                        await cancel_all([task])
+                    assert answered.status_code == 200, answered.text
+                    turn = answered.json()
+                    assert turn["status"] == "cancelled", (turn["status"], turn["error"], other.output[-2000:])
+                    assert turn["error"] is None
+                    response_id = record.response_id
+                    assert turn["response_ids"] == [response_id]
+                    assert turn["output_text"].startswith(record.text)
+                    assert (await simulator.retrieve(str(response_id)))["status"] == "cancelled"
+                    assert [u.response_id for u in await usage_rows(engine, [record.turn_id])] == [response_id]
 
 
 @pytest.mark.timeout(60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -10,8 +11,9 @@ import pytest
 
 from app.simulator import create_simulator_app
 from tests.conftest import ApiUser, RunningParley, create_api_user, run_parley
+from tests.observability.scrape import scrape_until
 from tests.servers import serve
-from tests.turns.helpers import Simulator, attach, new_session, send
+from tests.turns.helpers import Simulator, attach, collect, new_session, open_stream, send
 
 
 @dataclass
@@ -103,3 +105,36 @@ async def test_stream_tokens_work_on_every_replica(pair: Pair) -> None:
     response = await pair.b.get(f"/v1/{path}")
     assert response.status_code == 200
     assert "turn.completed" in response.text
+
+
+async def test_revoking_a_key_on_one_replica_ends_its_stream_tokens_and_streams_on_another(
+    pair: Pair, replicas: tuple[RunningParley, RunningParley], backend: str
+) -> None:
+    """Told over Postgres LISTEN/NOTIFY: at once, however long replica B would trust its cache of the key."""
+    if backend != "postgres":
+        pytest.skip("replicas hear of revokes over Postgres LISTEN/NOTIFY; SQLite is one process")
+    admin = replicas[0].admin_headers
+    await scrape_until(pair.b, lambda scraped: scraped.value("parley_auth_revocations_listening") == 1)
+    await pair.sim.configure(tokens_per_second=20, output_tokens=400, first_token_delay_ms=0)
+    user = await create_api_user(pair.a)
+    other = await pair.a.post(f"/v1/admin/users/{user.id}/keys", json={}, headers=admin)
+    other_headers = {"Authorization": f"Bearer {other.json()['key']}"}
+    session_id = await new_session(pair.a, user)
+    head = await send(pair.a, user, session_id, stop_after=2)
+    turn = head.events[0].data["turn"]
+    on_b = f"/v1/{turn['stream_url'].split('/v1/', 1)[1]}"
+    assert (await pair.b.get(f"/v1/sessions/{session_id}", headers=user.headers)).status_code == 200  # cached on B
+
+    async with open_stream(pair.b, "GET", on_b) as (stream, source):
+        assert stream.status == 200
+        keys = (await pair.a.get(f"/v1/admin/users/{user.id}/keys", headers=admin)).json()["data"]
+        [key] = [k for k in keys if user.key.startswith(k["prefix"])]
+        assert (await pair.a.post(f"/v1/admin/keys/{key['id']}/revoke", headers=admin)).status_code == 200
+        async with asyncio.timeout(5):
+            await collect(source, stream)  # B ends it, though its turn runs on
+    assert "turn.completed" not in stream.names
+    assert (await pair.b.get(on_b)).status_code == 401
+    assert (await pair.b.get(f"/v1/sessions/{session_id}", headers=user.headers)).status_code == 401
+
+    cancelled = await pair.b.post(f"/v1/sessions/{session_id}/turns/{turn['id']}/cancel", headers=other_headers)
+    assert cancelled.json()["status"] == "cancelled"

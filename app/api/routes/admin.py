@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.api.deps import AdminDep, DbDep, ListDep, StateDep
-from app.api.routes.common import KeyId, UserId, errors, list_response
+from app.api.routes.common import KeyId, UserId, errors, links, list_response
 from app.api.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -26,7 +26,25 @@ router = APIRouter(
 )
 
 
-@router.post("/users", status_code=status.HTTP_201_CREATED, responses=errors(400, 409, 413, 415))
+BY_USER_ID = {"user_id": "$response.body#/id"}
+USER_LINKS = links(
+    SetBudget=("PUT", "/v1/admin/users/{user_id}/budget", BY_USER_ID),
+    GetBudget=("GET", "/v1/admin/users/{user_id}/budget", BY_USER_ID),
+    CreateKey=("POST", "/v1/admin/users/{user_id}/keys", BY_USER_ID),
+    ListKeys=("GET", "/v1/admin/users/{user_id}/keys", BY_USER_ID),
+)
+BY_KEY_ID = {"key_id": "$response.body#/id"}
+KEY_LINKS = links(
+    RevokeKey=("POST", "/v1/admin/keys/{key_id}/revoke", BY_KEY_ID),
+    DeleteKey=("DELETE", "/v1/admin/keys/{key_id}", BY_KEY_ID),
+)
+
+
+@router.post(
+    "/users",
+    status_code=status.HTTP_201_CREATED,
+    responses={201: {"description": "The user.", "links": USER_LINKS}, **errors(400, 409, 413, 415)},
+)
 async def create_user(body: UserCreate, db: DbDep) -> UserRead:
     return UserRead.of(await users.create_user(db, name=body.name))
 
@@ -49,7 +67,11 @@ async def get_budget(user_id: UserId, db: DbDep, state: StateDep) -> BudgetRead:
     return BudgetRead.of(await users.get_budget(db, settings=state.settings, user_id=user_id))
 
 
-@router.post("/users/{user_id}/keys", status_code=status.HTTP_201_CREATED, responses=errors(400, 404, 413, 415))
+@router.post(
+    "/users/{user_id}/keys",
+    status_code=status.HTTP_201_CREATED,
+    responses={201: {"description": "The key, shown this once.", "links": KEY_LINKS}, **errors(400, 404, 413, 415)},
+)
 async def create_key(user_id: UserId, body: ApiKeyCreate, db: DbDep) -> ApiKeyCreated:
     """Create an API key. The response is the only time the key itself is shown."""
     issued = await api_keys.issue_key_for_user_id(db, user_id=user_id, key_name=body.name)

@@ -25,11 +25,23 @@ def list_response(
     )
 
 
+def links(**targets: tuple[str, str, dict[str, str]]) -> dict[str, Any]:
+    """OpenAPI links of a success response: the operations that take the ids it returns (a client's next calls,
+    and the chains schemathesis's stateful phase follows). A target is (method, path, {parameter: expression})."""
+    return {
+        name: {
+            "operationRef": "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method.lower(),
+            "parameters": parameters,
+        }
+        for name, (method, path, parameters) in targets.items()
+    }
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Malformed request (e.g. invalid JSON).",
         401: "Missing or invalid credentials.",
-        402: "The monthly budget is used up (budget_exceeded).",
+        402: "The monthly budget is used up, or does not leave what this may cost (budget_exceeded).",
         403: "The credential may not use this route.",
         404: "No such object for this user.",
         409: "Conflicts with the current state.",

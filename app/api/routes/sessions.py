@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.api.deps import DbDep, ListDep, SettingsDep, UpstreamDep, UserDep
-from app.api.routes.common import SessionId, errors, list_response
+from app.api.routes.common import SessionId, errors, links, list_response
 from app.api.schemas import (
     ListResponse,
     MessageRead,
@@ -19,7 +19,23 @@ from app.services import session_service
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=errors(401, 422))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(400, 413, 415, 429, 502, 504))
+SESSION = "/v1/sessions/{session_id}"
+BY_SESSION_ID = {"session_id": "$response.body#/id"}
+SESSION_LINKS = links(
+    GetSession=("GET", SESSION, BY_SESSION_ID),
+    UpdateSession=("PATCH", SESSION, BY_SESSION_ID),
+    DeleteSession=("DELETE", SESSION, BY_SESSION_ID),
+    ListMessages=("GET", f"{SESSION}/messages", BY_SESSION_ID),
+    SendMessage=("POST", f"{SESSION}/messages", BY_SESSION_ID),
+    ListTurns=("GET", f"{SESSION}/turns", BY_SESSION_ID),
+)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={201: {"description": "The session.", "links": SESSION_LINKS}, **errors(400, 413, 415, 429, 502, 504)},
+)
 async def create_session(
     body: SessionCreate, db: DbDep, user: UserDep, settings: SettingsDep, upstream: UpstreamDep
 ) -> SessionRead:

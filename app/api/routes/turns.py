@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import WithJsonSchema
 
 from app.api.deps import DbDep, ListDep, StateDep, TurnsDep, UserDep, bearer_scheme
 from app.api.event_stream import event_stream
-from app.api.routes.common import SessionId, TurnId, errors, list_response
+from app.api.routes.common import SessionId, TurnId, errors, links, list_response
 from app.api.schemas import ListResponse
 from app.api.turn_schemas import MessageCreate, ToolOutputsCreate, TurnRead
-from app.errors import InvalidRequest, ValidationFailed
+from app.errors import InvalidRequest
 from app.services import turn_service
 from app.services.auth import Principal
 from app.state import AppState
@@ -27,17 +29,46 @@ SSE_DESCRIPTION = (
     "`turn.requires_action`. Every event has an `id` (1, 2, 3 … within the turn); `: ping` comments keep the "
     "connection alive."
 )
+# One event of the stream as an SSE parser hands it over (OpenAPI 3.2's `itemSchema`, which schemathesis reads
+# in 3.1 documents too): `data` is one line of JSON, and the first event carries `retry`.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+        "event": {"type": "string", "minLength": 1},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
 STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The turn's events (stream: true) or the finished Turn (stream: false).",
         "content": {
             "text/event-stream": {
-                "schema": {"type": "string"},
+                "itemSchema": SSE_EVENT_SCHEMA,
                 "example": "id: 1\nevent: turn.created\ndata: {...}\n\n",
             }
         },
     }
 }
+TURN = "/v1/sessions/{session_id}/turns/{turn_id}"
+BY_TURN_ID = {"session_id": "$request.path.session_id", "turn_id": "$response.body#/id"}
+# Links of the finished Turn (stream: false); a stream carries the same ids in its `turn.created` event.
+TURN_LINKS = links(
+    GetTurn=("GET", TURN, BY_TURN_ID),
+    TurnEvents=("GET", f"{TURN}/events", BY_TURN_ID),
+    CancelTurn=("POST", f"{TURN}/cancel", BY_TURN_ID),
+    SubmitToolOutputs=("POST", f"{TURN}/tool_outputs", BY_TURN_ID),
+)
+# What `_idempotency_key` and `_last_event_id` accept (they answer 400 otherwise, in plainer words than
+# pydantic's), documented. A header is a string or absent, never null.
+IDEMPOTENCY_KEY_SCHEMA = WithJsonSchema(
+    {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$", "description": "1-255 printable ASCII characters."}
+)
+LAST_EVENT_ID_SCHEMA = WithJsonSchema(
+    {"type": "string", "pattern": "^[0-9]{0,12}$", "description": "The id of the last event received."}
+)
 
 
 def _idempotency_key(value: str | None) -> str | None:
@@ -52,15 +83,32 @@ def _idempotency_key(value: str | None) -> str | None:
     return value
 
 
-def _reply(reply: turn_service.TurnReply, state: AppState) -> Response:
+def _stream(
+    frames: AsyncGenerator[bytes, None], state: AppState, principal: Principal, shutdown: anyio.Event | None = None
+) -> Response:
+    # A stream opened with an API key, or a stream token made with one, ends when the key is revoked.
+    return event_stream(
+        frames,
+        settings=state.settings,
+        metrics=state.metrics,
+        key_streams=state.authenticator.key_streams,
+        key_hash=principal.key_hash,
+        shutdown=shutdown,
+    )
+
+
+def _reply(reply: turn_service.TurnReply, state: AppState, principal: Principal) -> Response:
     if reply.frames is not None:
-        return event_stream(reply.frames, settings=state.settings, metrics=state.metrics)
+        return _stream(reply.frames, state, principal)
     return JSONResponse(reply.turn)
 
 
 @router.post(
     "/messages",
-    responses={**STREAM_RESPONSES, **errors(400, 402, 409, 413, 415, 429, 502, 503, 504)},
+    responses={
+        200: {**STREAM_RESPONSES[200], "links": TURN_LINKS},
+        **errors(400, 402, 409, 413, 415, 429, 502, 503, 504),
+    },
     response_model=TurnRead,
     summary="Send a message; stream the answer",
     description="Sends the user's message upstream with the session's prompt and conversation. " + SSE_DESCRIPTION,
@@ -72,21 +120,12 @@ async def send_message(
     state: StateDep,
     turns: TurnsDep,
     user: UserDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=1000)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=1000), IDEMPOTENCY_KEY_SCHEMA
+    ] = None,
 ) -> Response:
-    settings = state.settings
-    payload = body.input_payload()
-    if isinstance(payload, str):
-        if not payload.strip():
-            raise ValidationFailed("The message is empty.", param="input")
-        if len(payload) > settings.max_message_chars:
-            raise ValidationFailed(
-                f"The message is longer than {settings.max_message_chars} characters.",
-                param="input",
-                code="message_too_long",
-            )
     turn_request = turn_service.TurnRequest(
-        input=payload,
+        input=body.input_payload(),
         prompt=body.prompt.model_dump(exclude_none=True) if body.prompt else None,
         prompt_variables=body.prompt_variables,
         model=body.model,
@@ -101,7 +140,7 @@ async def send_message(
         idempotency_key=_idempotency_key(idempotency_key),
         base_url=str(request.base_url),
     )
-    return _reply(reply, state)
+    return _reply(reply, state, user)
 
 
 async def stream_principal(
@@ -113,15 +152,15 @@ async def stream_principal(
 ) -> Principal:
     """A bearer credential, or the stream token of exactly this turn (for EventSource)."""
     if token is not None and credentials is None:
-        user_id = state.stream_tokens.verify(token, session_id=session_id, turn_id=turn_id)
-        return Principal(user_id=user_id, name="", via="stream_token")
+        return await state.stream_tokens.verify(
+            token, session_id=session_id, turn_id=turn_id, authenticator=state.authenticator
+        )
     return await state.authenticator.authenticate(credentials.credentials if credentials else None)
 
 
-def _last_event_id(header: str | None, query: str | None) -> int:
-    raw = header if header is not None else query
+def _event_id(raw: str | None) -> int | None:
     if raw is None or raw == "":
-        return 0
+        return None
     if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
         raise InvalidRequest(
             "Last-Event-ID must be an event id of this turn (a whole number).",
@@ -129,6 +168,14 @@ def _last_event_id(header: str | None, query: str | None) -> int:
             param="Last-Event-ID",
         )
     return int(raw)
+
+
+def _last_event_id(header: str | None, query: str | None) -> int:
+    # Both are checked, so a malformed one is refused even where the other one wins.
+    from_header, from_query = _event_id(header), _event_id(query)
+    if header is not None:
+        return from_header or 0
+    return from_query or 0
 
 
 @router.get(
@@ -150,8 +197,10 @@ async def stream_turn_events(
     state: StateDep,
     turns: TurnsDep,
     principal: Annotated[Principal, Depends(stream_principal)],
-    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
-    last_event_id: Annotated[str | None, Query(max_length=64)] = None,
+    last_event_id_header: Annotated[
+        str | None, Header(alias="Last-Event-ID", max_length=64), LAST_EVENT_ID_SCHEMA
+    ] = None,
+    last_event_id: Annotated[str | None, Query(max_length=64), LAST_EVENT_ID_SCHEMA] = None,
 ) -> Response:
     shutdown = anyio.Event()
     frames = await turns.events(
@@ -163,7 +212,7 @@ async def stream_turn_events(
     )
     if frames is None:
         return Response(status_code=204)
-    return event_stream(frames, settings=state.settings, metrics=state.metrics, shutdown=shutdown)
+    return _stream(frames, state, principal, shutdown)
 
 
 @router.get("/turns", summary="List the session's turns")
@@ -173,7 +222,7 @@ async def list_turns(
     result = await turn_service.list_turns(
         db, principal=user, session_id=session_id, limit=page.limit, after=page.after, order=page.order or "desc"
     )
-    data = [turns.render(turn, base_url=str(request.base_url)) for turn in result.items]
+    data = [turns.render(turn, base_url=str(request.base_url), principal=user) for turn in result.items]
     return list_response(data, result.has_more, TurnRead.model_validate, lambda t: t.id)
 
 
@@ -182,7 +231,7 @@ async def get_turn(
     session_id: SessionId, turn_id: TurnId, request: Request, db: DbDep, turns: TurnsDep, user: UserDep
 ) -> TurnRead:
     turn = await turn_service.get_turn(db, principal=user, session_id=session_id, turn_id=turn_id)
-    return TurnRead.model_validate(turns.render(turn, base_url=str(request.base_url)))
+    return TurnRead.model_validate(turns.render(turn, base_url=str(request.base_url), principal=user))
 
 
 @router.post("/turns/{turn_id}/cancel", summary="Cancel a running turn", responses=errors(503))
@@ -220,4 +269,4 @@ async def submit_tool_outputs(
         stream=body.stream,
         base_url=str(request.base_url),
     )
-    return _reply(reply, state)
+    return _reply(reply, state, user)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BeforeValidator, WithJsonSchema
 
 from app.api.deps import DbDep, StateDep, bearer_scheme
 from app.api.routes.common import errors
@@ -27,6 +29,23 @@ async def usage_scope(
     return (await state.authenticator.authenticate(credential)).user_id
 
 
+ISO_8601 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ].*)?$")
+
+
+def _iso_8601(value: object) -> object:
+    # Pydantic would also read a bare number as a Unix timestamp: the API speaks ISO 8601 dates only.
+    if isinstance(value, str) and not ISO_8601.match(value):
+        raise ValueError("must be an ISO 8601 date or date-time, e.g. 2026-12-01 or 2026-12-01T00:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[
+    dt.datetime,
+    BeforeValidator(_iso_8601),
+    WithJsonSchema({"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}]}),
+]
+
+
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
@@ -42,9 +61,9 @@ async def get_usage(
     db: DbDep,
     scope: Annotated[str | None, Depends(usage_scope)],
     start: Annotated[
-        dt.datetime | None, Query(description="Inclusive; default: the start of this month (UTC).")
+        IsoDateTime | None, Query(description="Inclusive; default: the start of this month (UTC).")
     ] = None,
-    end: Annotated[dt.datetime | None, Query(description="Exclusive; default: now.")] = None,
+    end: Annotated[IsoDateTime | None, Query(description="Exclusive; default: now.")] = None,
     group_by: Annotated[Literal["day", "model", "session", "prompt", "user"], Query()] = "day",
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Any:
