@@ -19,6 +19,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -141,9 +142,49 @@ async def insert_started_turn(db: AsyncSession, turn: Turn, *, user_message: dic
     `turn` stays a plain (transient) object for the caller. The partial unique indexes refuse a second open
     turn in the session and a used Idempotency-Key (IntegrityError)."""
     connection = await db.connection()
+    if connection.dialect.name == "postgresql":
+        # The three writes as one statement: one round trip before the first token instead of three. (SQLite
+        # runs in process, where separate statements cost no round trips.)
+        parameters = {f"turn_{key}": value for key, value in _turn_row(turn).items()}
+        parameters.update({f"message_{key}": value for key, value in user_message.items()})
+        await connection.execute(START_TURN_POSTGRES, parameters)
+        return
     await connection.execute(INSERT_TURN, _turn_row(turn))
     await connection.execute(INSERT_MESSAGE, user_message)
     await connection.execute(COUNT_SESSION_TURN, {"session_key": turn.session_id, "at": turn.created_at})
+
+
+def _start_turn_in_one_statement() -> Any:
+    """Postgres: `INSERT_TURN`, `INSERT_MESSAGE` and `COUNT_SESSION_TURN` as data-modifying CTEs of one
+    statement. Constraints (one open turn per session, one turn per Idempotency-Key, the message's foreign key)
+    are checked at the statement's end, as for separate statements."""
+    turn_columns = [column.name for column in TURNS.columns if column.name in _TURN_START_COLUMNS]
+    new_turn = (
+        insert(TURNS)
+        .values({column: bindparam(f"turn_{column}") for column in turn_columns})
+        .returning(TURNS.c.id)
+        .cte("new_turn")
+    )
+    new_message = (
+        insert(MESSAGES)
+        .values({column: bindparam(f"message_{column}") for column in _MESSAGE_START_COLUMNS})
+        .returning(MESSAGES.c.id)
+        .cte("new_message")
+    )
+    counted = (
+        update(SESSIONS)
+        .where(SESSIONS.c.id == bindparam("turn_session_id"))
+        .values(
+            turn_count=SESSIONS.c.turn_count + 1,
+            last_turn_at=bindparam("turn_created_at"),
+            updated_at=bindparam("turn_created_at"),
+        )
+        .returning(SESSIONS.c.id)
+        .cte("counted_session")
+    )
+    # One row each: joined on TRUE (a cross join the cartesian-product linter does not flag).
+    joined = new_turn.join(new_message, true()).join(counted, true())
+    return select(new_turn.c.id, new_message.c.id, counted.c.id).select_from(joined)
 
 
 def _turn_row(turn: Turn) -> dict[str, Any]:
@@ -163,6 +204,29 @@ def _turn_row(turn: Turn) -> dict[str, Any]:
         "reserved_usd": turn.reserved_usd,
         "created_at": turn.created_at,
     }
+
+
+# The columns a start writes (`_turn_row`, and the user message `services.turn_service.start_turn` builds).
+_TURN_START_COLUMNS = frozenset(
+    {
+        "id",
+        "session_id",
+        "user_id",
+        "status",
+        "input",
+        "request",
+        "metadata",
+        "output_text",
+        "response_ids",
+        "idempotency_key",
+        "request_fingerprint",
+        "runner_id",
+        "reserved_usd",
+        "created_at",
+    }
+)
+_MESSAGE_START_COLUMNS = ("id", "session_id", "turn_id", "role", "content", "status", "created_at")
+START_TURN_POSTGRES = _start_turn_in_one_statement()
 
 
 async def set_response_ids(db: AsyncSession, ids_by_turn: dict[str, list[str]]) -> None:

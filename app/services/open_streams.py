@@ -9,8 +9,6 @@ of that key ends at once: the task sending it is cancelled, and the stream ends 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from cachetools import LRUCache
 
@@ -19,13 +17,23 @@ REVOKED_KEYS_KEPT = 10_000
 
 
 class OpenStream:
-    """One open stream: the task sending it, and whether a revoke ended it."""
+    """One open stream, registered while its context is open: the task sending it, and whether a revoke ended
+    it."""
 
-    __slots__ = ("revoked", "task")
+    __slots__ = ("key_hash", "registry", "revoked", "task")
 
-    def __init__(self, task: asyncio.Task[object]) -> None:
+    def __init__(self, registry: KeyStreams, key_hash: str, task: asyncio.Task[object]) -> None:
+        self.registry = registry
+        self.key_hash = key_hash
         self.task = task
         self.revoked = False
+
+    def __enter__(self) -> OpenStream:
+        self.registry.add(self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.registry.discard(self)
 
     def end(self) -> None:
         if not self.revoked:
@@ -40,24 +48,24 @@ class KeyStreams:
         # just after it, ends at once rather than running on.
         self._revoked: LRUCache[str, bool] = LRUCache(REVOKED_KEYS_KEPT)
 
-    @contextmanager
-    def open(self, key_hash: str) -> Iterator[OpenStream]:
-        """The current task sends a stream of `key_hash`'s until the context closes: a revoke meanwhile cancels
-        it (and marks the returned `OpenStream` revoked)."""
+    def open(self, key_hash: str) -> OpenStream:
+        """A context within which the current task sends a stream of `key_hash`'s: a revoke meanwhile cancels the
+        task (and marks the `OpenStream` revoked)."""
         task = asyncio.current_task()
         assert task is not None
-        stream = OpenStream(task)
-        if key_hash in self._revoked:
+        return OpenStream(self, key_hash, task)
+
+    def add(self, stream: OpenStream) -> None:
+        if stream.key_hash in self._revoked:
             stream.end()
-        self._open.setdefault(key_hash, set()).add(stream)
-        try:
-            yield stream
-        finally:
-            streams = self._open.get(key_hash)
-            if streams is not None:
-                streams.discard(stream)
-                if not streams:
-                    del self._open[key_hash]
+        self._open.setdefault(stream.key_hash, set()).add(stream)
+
+    def discard(self, stream: OpenStream) -> None:
+        streams = self._open.get(stream.key_hash)
+        if streams is not None:
+            streams.discard(stream)
+            if not streams:
+                del self._open[stream.key_hash]
 
     def end(self, key_hash: str) -> None:
         """The key was revoked: end its streams, and any that registers later."""
