@@ -133,7 +133,7 @@ class RunnerConfig:
 class TurnHandle:
     """A running turn as this process sees it: its log, and futures for 'upstream opened' and 'done'."""
 
-    __slots__ = ("cancel_reason", "done", "job", "log", "opened", "relay_task", "side_tasks", "task")
+    __slots__ = ("cancel_reason", "done", "job", "log", "opened", "reading", "side_tasks", "task")
 
     def __init__(self, job: TurnJob, log: EventLog) -> None:
         loop = asyncio.get_running_loop()
@@ -143,9 +143,10 @@ class TurnHandle:
         self.done: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.cancel_reason: str | None = None  # "cancelled" | "shutdown"
         self.task: asyncio.Task[None] | None = None
-        # The task reading the upstream stream now, which `interrupt` cancels.
-        self.relay_task: asyncio.Task[None] | None = None
-        self.side_tasks: set[asyncio.Task[None]] = set()
+        # While the turn reads the upstream stream: the deadline of that read, which `interrupt` moves to now.
+        self.reading: asyncio.Timeout | None = None
+        # The turn's writes that run beside the relay (its response ids), made when there is one.
+        self.side_tasks: set[asyncio.Task[None]] | None = None
         # Nobody may be waiting on `opened` (the client left); don't let asyncio warn about it.
         self.opened.add_done_callback(_consume_exception)
 
@@ -156,10 +157,12 @@ class TurnHandle:
         await self.opened
 
     def interrupt(self, reason: str) -> None:
-        if self.cancel_reason is None:
-            self.cancel_reason = reason
-        if self.relay_task is not None and not self.relay_task.done():
-            self.relay_task.cancel()
+        """Cancel or shutdown: the first reason is kept, and a read of the upstream in progress ends now."""
+        if self.cancel_reason is not None:
+            return
+        self.cancel_reason = reason
+        if self.reading is not None:
+            self.reading.reschedule(asyncio.get_running_loop().time())
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:
@@ -439,27 +442,30 @@ class TurnRunner:
         return outputs, for_client
 
     async def _relay(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> str | None:
-        """Relay upstream events into the log until the stream ends, in a task of its own that a cancel or a
-        shutdown cancels. Returns why it ended early ("cancelled", "shutdown", "stalled", "cut") or None when
-        it ended by itself."""
-        relay = asyncio.create_task(self._read(handle, stream, state))
-        handle.relay_task = relay
-        if handle.cancel_reason is not None:
-            relay.cancel()
+        """Relay upstream events into the log until the stream ends. Returns why it ended early ("cancelled",
+        "shutdown", "stalled", "cut") or None when it ended by itself. The read runs under a deadline that a
+        cancel or a shutdown moves to now (`TurnHandle.interrupt`): asyncio's own way to cancel a block of this
+        task, and only that block."""
         try:
-            await asyncio.wait([relay])
+            if handle.cancel_reason is not None:
+                return handle.cancel_reason
+            try:
+                async with asyncio.timeout(None) as reading:
+                    handle.reading = reading
+                    await self._read(handle, stream, state)
+            finally:
+                handle.reading = None
+        except TimeoutError:
+            if handle.cancel_reason is None:
+                raise
+            return handle.cancel_reason
+        except _Stalled:
+            return "stalled"
+        except _Cut:
+            return "cut"
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()
-        if relay.cancelled():
-            return handle.cancel_reason or "cancelled"
-        error = relay.exception()
-        if isinstance(error, _Stalled):
-            return "stalled"
-        if isinstance(error, _Cut):
-            return "cut"
-        if error is not None:
-            raise error
         return None
 
     async def _read(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> None:
@@ -485,6 +491,8 @@ class TurnRunner:
 
     def _side_task(self, handle: TurnHandle, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
+        if handle.side_tasks is None:
+            handle.side_tasks = set()
         handle.side_tasks.add(task)
         task.add_done_callback(handle.side_tasks.discard)
 
