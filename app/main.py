@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -12,9 +12,9 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from app.api.error_handlers import install_error_handlers
-from app.api.routes import admin, health, metrics, sessions, turns, usage, web
+from app.api.routes import admin, api_docs, health, metrics, sessions, turns, usage, web
 from app.db.engine import build_engine, build_sessionmaker
-from app.db.migrate import head_revision, upgrade
+from app.db.migrate import SchemaWatch, head_revision, upgrade
 from app.observability.loop_lag import LoopLagWatch
 from app.observability.metrics import Metrics
 from app.observability.request_id import RequestIdMiddleware
@@ -22,7 +22,7 @@ from app.server.middleware import RequestGuardMiddleware, SecurityHeadersMiddlew
 from app.services.auth import Authenticator
 from app.services.pricing import Pricer
 from app.services.reservations import RoundCosts
-from app.services.revocations import RevocationListener
+from app.services.revocations import RevocationListener, RevocationPoller
 from app.services.server_tools import ServerTools
 from app.services.spool import Spool
 from app.services.stream_tokens import StreamTokens
@@ -92,8 +92,26 @@ class ParleyAPI(FastAPI):
         return RequestIdMiddleware(super().build_middleware_stack(), exclude_prefixes=(SIMULATOR_MOUNT,))
 
 
+def embedded_simulator(settings: Settings) -> FastAPI:
+    """The simulator mounted on Parley when no OpenAI key is set: at a model's pace unless told otherwise, and
+    with its state in Parley's own database, so that sessions go on after a restart."""
+    from app.simulator import SimulatorConfig, create_simulator_app
+
+    # Its control routes read every user's messages and can break every session: the admin's only, and
+    # not there at all without an admin token.
+    admin_token = (settings.admin_token.get_secret_value() if settings.admin_token is not None else "") or None
+    return create_simulator_app(
+        prompts_path=settings.simulator_prompts_file,
+        control_routes=admin_token is not None,
+        control_token=admin_token,
+        config=SimulatorConfig.at_speed(settings.simulator_speed or "model"),
+        state_database_url=settings.simulator_database_url or settings.database_url,
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
     base_url = upstream_base_url(settings)
+    simulator = embedded_simulator(settings) if settings.uses_simulator else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,6 +123,11 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.is_sqlite:
             # The embedded database migrates itself; Postgres deployments run `parley migrate`.
             await upgrade(engine, directory=settings.migrations_dir)
+        head = head_revision(settings.migrations_dir)
+        schema = SchemaWatch(engine, head)
+        if not settings.is_sqlite:
+            # Postgres is migrated by `parley migrate`, not here: say so once if it has not been.
+            await schema.check()
         sessionmaker = build_sessionmaker(engine)
         upstream = build_openai_client(settings, base_url=base_url)
         logs = EventLogRegistry(retention_s=settings.resume_window_s)
@@ -123,8 +146,13 @@ def create_app(settings: Settings) -> FastAPI:
             tools=tools,
         )
         authenticator = Authenticator(settings, sessionmaker)
-        # Postgres tells every replica of a revoke as it commits: cached keys can be trusted for longer.
-        revocations = None if settings.is_sqlite else RevocationListener(engine, authenticator, app_metrics)
+        # Postgres tells every replica of a revoke as it commits: cached keys can be trusted for longer. SQLite's
+        # one server reads the revokes other processes made (`parley keys revoke`).
+        revocations: RevocationPoller | RevocationListener = (
+            RevocationPoller(engine, authenticator)
+            if settings.is_sqlite
+            else RevocationListener(engine, authenticator, app_metrics)
+        )
         stream_tokens = StreamTokens(settings)
         turns = TurnService(
             settings=settings,
@@ -143,13 +171,14 @@ def create_app(settings: Settings) -> FastAPI:
             upstream=upstream,
             authenticator=authenticator,
             upstream_base_url=base_url,
-            head_revision=head_revision(settings.migrations_dir),
+            head_revision=head,
             runner=runner,
             logs=logs,
             stream_tokens=stream_tokens,
             tools=tools,
             metrics=app_metrics,
             turns=turns,
+            schema=schema,
         )
         if settings.uses_simulator:
             logger.warning(
@@ -160,18 +189,22 @@ def create_app(settings: Settings) -> FastAPI:
             )
         else:
             logger.info("parley.upstream: %s", base_url)
+        simulator_lifespan = AsyncExitStack()
+        if simulator is not None:
+            # A mounted app's lifespan does not run by itself: the simulator's state database opens here, after
+            # the migrations and before the runner (whose recovery may ask it for responses), and closes after.
+            await simulator_lifespan.enter_async_context(simulator.router.lifespan_context(simulator))
         await runner.start()
-        if revocations is not None:
-            revocations.start()
+        revocations.start()
         loop_lag = LoopLagWatch(app_metrics)
         loop_lag.start()
         try:
             yield
         finally:
             await loop_lag.stop()
-            if revocations is not None:
-                await revocations.stop()
+            await revocations.stop()
             await runner.shutdown(settings.shutdown_grace_s)
+            await simulator_lifespan.aclose()
             await upstream.close()
             await engine.dispose()
 
@@ -183,6 +216,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         # An API answers a wrong path with 404, not a redirect a client would silently follow.
         redirect_slashes=False,
+        # Served by api_docs instead: the same pages, their scripts from this server rather than a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(health.router)
@@ -191,19 +227,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(turns.router)
     app.include_router(usage.router)
     app.include_router(admin.router)
+    app.include_router(api_docs.router)
     app.include_router(web.router)
     app.mount("/web", web.static_files(), name="web")
-    if settings.uses_simulator:
-        from app.simulator import create_simulator_app
-
-        # Its control routes read every user's messages and can break every session: the admin's only, and
-        # not there at all without an admin token.
-        admin_token = (settings.admin_token.get_secret_value() if settings.admin_token is not None else "") or None
-        simulator = create_simulator_app(
-            prompts_path=settings.simulator_prompts_file,
-            control_routes=admin_token is not None,
-            control_token=admin_token,
-        )
+    if simulator is not None:
         app.router.routes.append(Mount(SIMULATOR_MOUNT, app=simulator))
     app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, PositiveFloat, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SQLITE_PATH = Path("var") / "parley.db"
@@ -79,6 +79,24 @@ class Settings(BaseSettings):
     # The embedded simulator: mounted at /simulator when no OpenAI key is configured.
     public_base_url: str | None = None
     simulator_prompts_file: Path | None = None
+    simulator_speed: Literal["model", "instant"] | PositiveFloat | None = Field(
+        default=None,
+        description=(
+            "How fast the simulator answers. `model`: like a model, about 400 ms to the first token and then 50 "
+            "tokens a second; `instant`: no delay at all; a number: that many times the model pace (`2` twice as "
+            "fast, `0.5` half). Unset: `model` for the simulator `parley serve` mounts, `instant` for the "
+            "standalone `parley simulator`. The control route POST /simulator/_control/config changes it live."
+        ),
+    )
+    simulator_database_url: str | None = Field(
+        default=None,
+        description=(
+            "Where the simulator keeps its conversations and finished responses, so that they outlive a restart "
+            "(tables of its own, `simulator_*`, created at start; not Parley's migrations). Unset: the simulator "
+            "`parley serve` mounts uses Parley's own database (PARLEY_DATABASE_URL), the standalone `parley "
+            "simulator` keeps them in memory only."
+        ),
+    )
 
     default_prompt_id: str | None = None
     default_prompt_version: str | None = None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import openai
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.db.migrate import SchemaWatch
 from app.observability.metrics import Metrics
 from app.services.auth import Authenticator
 from app.services.server_tools import ServerTools
@@ -32,3 +33,5 @@ class AppState:
     tools: ServerTools
     metrics: Metrics
     turns: TurnService
+    # Whether the log has said the database is not migrated (said once, not per request).
+    schema: SchemaWatch

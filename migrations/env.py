@@ -19,6 +19,13 @@ from app.db.migrate import in_one_transaction
 from app.settings import Settings
 
 target_metadata = Base.metadata
+# The embedded simulator keeps its state in tables of its own in the same database (app/simulator/
+# state_database.py creates them at start): not Parley's schema, so autogenerate and `alembic check` leave them be.
+SIMULATOR_TABLE_PREFIX = "simulator_"
+
+
+def include_object(_object: object, name: str | None, type_: str, reflected: bool, _compare_to: object | None) -> bool:
+    return not (type_ == "table" and reflected and name is not None and name.startswith(SIMULATOR_TABLE_PREFIX))
 
 
 def _configure_and_run(connection: Connection) -> None:
@@ -27,6 +34,7 @@ def _configure_and_run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()

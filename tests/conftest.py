@@ -51,6 +51,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # Tests send many turns quickly; the limits have tests of their own.
         "rate_limit_turns_per_minute": 0,
         "rate_limit_concurrent_turns": 0,
+        # The embedded simulator answers at a model's pace by default; tests ask for a pace when they need one.
+        "simulator_speed": "instant",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

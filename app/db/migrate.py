@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +16,15 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.settings import PROJECT_ROOT
+
+logger = logging.getLogger(__name__)
+
+# Postgres's SQLSTATEs for a statement that names a table or a column the database does not have.
+UNDEFINED_TABLE_OR_COLUMN = frozenset({"42P01", "42703"})
+SQLITE_UNDEFINED = ("no such table", "no such column")
+NOT_MIGRATED = "The database is not migrated: run `parley migrate`."
+# How long the check at start waits for the database (one that does not answer is /readyz's to report).
+START_CHECK_TIMEOUT_S = 3.0
 
 
 def migrations_dir(configured: Path | None = None) -> Path:
@@ -94,3 +106,52 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
     async with engine.connect() as connection:
         return await connection.run_sync(_read)
+
+
+def schema_missing(error: BaseException) -> bool:
+    """Whether `error`, or what caused it, is a statement that named a table or column the database does not have:
+    the database is behind this code's migrations (a new Postgres database before `parley migrate`)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        # asyncpg's errors carry their SQLSTATE, and SQLAlchemy's adaptations of them a copy.
+        if getattr(seen, "sqlstate", None) in UNDEFINED_TABLE_OR_COLUMN:
+            return True
+        if isinstance(seen, sqlite3.OperationalError) and str(seen).startswith(SQLITE_UNDEFINED):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+class SchemaWatch:
+    """Says that the database is not migrated once in the log, not once per request: at start, or when the first
+    statement finds a table missing, and again only after /readyz has seen it at the head revision."""
+
+    def __init__(self, engine: AsyncEngine, head: str | None) -> None:
+        self._engine = engine
+        self.head = head
+        self._said = False
+
+    async def check(self) -> None:
+        """At start. A database that cannot be reached is not this check's to report (/readyz says so), and must
+        not hold up the start for long."""
+        try:
+            revision = await asyncio.wait_for(current_revision(self._engine), START_CHECK_TIMEOUT_S)
+        except Exception:
+            return
+        if revision != self.head:
+            self.behind(f"at revision {revision}" if revision else "empty (never migrated)")
+
+    def behind(self, found: str = "missing a table or column") -> None:
+        if self._said:
+            return
+        self._said = True
+        logger.warning(
+            "parley.database_not_migrated: the database %s is %s, and this Parley needs revision %s: run "
+            "`parley migrate`; until then the API answers 503 database_not_migrated",
+            self._engine.url.render_as_string(hide_password=True),
+            found,
+            self.head,
+        )
+
+    def current(self) -> None:
+        self._said = False

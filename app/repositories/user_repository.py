@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -98,6 +99,18 @@ async def find_key_owner_by_id(engine: AsyncEngine, key_id: str) -> KeyOwner | N
 async def list_api_keys(db: AsyncSession, *, user_id: str, limit: int, after: str | None, order: Order) -> Page[ApiKey]:
     statement = select(ApiKey).where(ApiKey.user_id == user_id)
     return await paginate(db, statement, ApiKey.id, limit=limit, after=after, order=order)
+
+
+async def all_api_keys(db: AsyncSession, *, user_id: str) -> Sequence[ApiKey]:
+    """Every key of the user, oldest first (ids are time-ordered)."""
+    return (await db.scalars(select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.id))).all()
+
+
+async def revoked_key_hashes_since(engine: AsyncEngine, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
+    """(hash, when) of the keys revoked at or after `since`."""
+    statement = select(ApiKey.key_hash, ApiKey.revoked_at).where(ApiKey.revoked_at >= since)
+    async with engine.connect() as connection:
+        return [(key_hash, at) for key_hash, at in (await connection.execute(statement)).all() if at is not None]
 
 
 async def revoke_api_key(db: AsyncSession, *, key_id: str, at: dt.datetime) -> ApiKey | None:

@@ -81,11 +81,18 @@ class Authenticator:
         raise AuthenticationFailed()
 
     def is_admin(self, credential: str) -> bool:
-        token = self._settings.admin_token
-        return token is not None and hmac.compare_digest(credential.encode(), token.get_secret_value().encode())
+        token = self._settings.admin_token.get_secret_value() if self._settings.admin_token is not None else ""
+        return bool(token) and hmac.compare_digest(credential.encode(), token.encode())
 
     def check_admin(self, credential: str | None) -> None:
-        """Admin routes: the admin token, or 401/403."""
+        """Admin routes: the admin token, or 401/403. Without one configured no credential is the admin's, and the
+        answer says how to turn the admin API on (which tells a caller nothing but that it is off)."""
+        if self._settings.admin_token is None or not self._settings.admin_token.get_secret_value():
+            raise PermissionDenied(
+                "The admin API is off on this deployment: set PARLEY_ADMIN_TOKEN to turn it on, and send that "
+                "token as the bearer credential.",
+                code="admin_api_disabled",
+            )
         if not credential:
             raise AuthenticationFailed()
         if not self.is_admin(credential):

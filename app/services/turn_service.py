@@ -456,9 +456,10 @@ async def continue_turn(
         if sorted(given) != sorted(expected):
             missing = sorted(set(expected) - set(given))
             unknown = sorted(set(given) - set(expected))
+            repeated = "some repeated" if len(given) != len(set(given)) else "none"
             raise ValidationFailed(
-                f"tool_outputs must answer exactly the required calls (missing: {missing or 'none'}; "
-                f"unknown or repeated: {unknown or ('repeated' if len(given) != len(set(given)) else 'none')}).",
+                f"tool_outputs must answer exactly the required calls (missing: {', '.join(missing) or 'none'}; "
+                f"unknown or repeated: {', '.join(unknown) or repeated}).",
                 param="tool_outputs",
                 code="tool_outputs_mismatch",
             )

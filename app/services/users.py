@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -75,13 +76,24 @@ async def list_keys(db: AsyncSession, *, user_id: str, limit: int, after: str | 
     return await users_repo.list_api_keys(db, user_id=user_id, limit=limit, after=after, order=order)
 
 
-async def revoke_key(db: AsyncSession, *, authenticator: Authenticator, key_id: str) -> ApiKey:
-    """Requests with the key answer 401 from now on, on every replica: on Postgres the others are told as the
-    revoke commits; one that cannot hear it stops trusting its cache within PARLEY_AUTH_CACHE_TTL_S. Revoking
-    twice is harmless."""
+async def keys_of_user_named(db: AsyncSession, *, name: str) -> tuple[User, Sequence[ApiKey]]:
+    """`parley keys list --user NAME`: the API-key user of that name and every key of theirs, revoked ones too."""
+    user = await users_repo.get_user_by_name(db, source=API_KEY_SOURCE, name=name)
+    if user is None:
+        raise NotFound(f"No user named '{name}' has API keys.", code="user_not_found", param="user")
+    return user, await users_repo.all_api_keys(db, user_id=user.id)
+
+
+async def revoke_key(db: AsyncSession, *, authenticator: Authenticator | None, key_id: str) -> ApiKey:
+    """Requests with the key answer 401 from now on, and the streams it opened end, on every replica: on Postgres
+    every replica is told as the revoke commits; on SQLite the server notices within a second or two (a revoke
+    made in another process, such as `parley keys revoke`); one that hears of neither stops trusting its cache
+    within PARLEY_AUTH_CACHE_TTL_S. `authenticator`: this process's, which forgets the key at once (None: a
+    process that serves nothing). Revoking twice is harmless."""
     key = await users_repo.revoke_api_key(db, key_id=key_id, at=utcnow())
     if key is None:
         raise NotFound(f"No API key with id '{key_id}'.", param="key_id")
     await users_repo.announce_revoked(db, key.key_hash)
-    authenticator.forget_key(key.key_hash)
+    if authenticator is not None:
+        authenticator.forget_key(key.key_hash)
     return key

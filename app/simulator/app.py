@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -13,20 +15,45 @@ from app.simulator import control, routes_conversations, routes_models, routes_r
 from app.simulator.api_errors import SimulatorError
 from app.simulator.middleware import SimulatorMiddleware, relative_path
 from app.simulator.prompts import DEFAULT_PROMPTS_PATH, PromptLibrary
-from app.simulator.state import SimulatorState
+from app.simulator.state import SimulatorConfig, SimulatorState
+from app.simulator.state_database import StateDatabase
 
 
 def create_simulator_app(
-    *, prompts_path: Path | None = None, control_routes: bool = True, control_token: str | None = None
+    *,
+    prompts_path: Path | None = None,
+    control_routes: bool = True,
+    control_token: str | None = None,
+    config: SimulatorConfig | None = None,
+    state_database_url: str | None = None,
 ) -> FastAPI:
     """An offline OpenAI API (Responses + Conversations) with control routes under `/_control`.
 
     The control routes are open by default (the standalone simulator on loopback, tests); `control_token`
     puts them behind `Authorization: Bearer <control_token>`, and `control_routes=False` leaves them out
     (404, as any unknown path). All state lives on the returned app, so two instances never share anything.
+
+    `config` is the pacing and size it starts with and goes back to at a reset (default: instant). With a
+    `state_database_url` its conversations and finished responses are also kept in that database (tables of
+    its own, created at start) and outlive the process; without one they live in memory only. The database
+    opens and closes with the app's lifespan: an app that mounts this one runs it from its own
+    (`simulator.router.lifespan_context(simulator)`), since a mounted app's lifespan does not run by itself.
     """
-    state = SimulatorState(PromptLibrary.load(prompts_path or DEFAULT_PROMPTS_PATH))
-    app = FastAPI(title="Parley OpenAI simulator", openapi_url=None, docs_url=None, redoc_url=None)
+    database = StateDatabase(state_database_url) if state_database_url is not None else None
+    state = SimulatorState(PromptLibrary.load(prompts_path or DEFAULT_PROMPTS_PATH), config=config, database=database)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if database is None:
+            yield
+            return
+        await database.open()
+        try:
+            yield
+        finally:
+            await database.close()
+
+    app = FastAPI(title="Parley OpenAI simulator", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.simulator = state
     for router in (routes_responses.router, routes_conversations.router, routes_models.router):
         app.include_router(router)

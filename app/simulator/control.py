@@ -81,5 +81,5 @@ async def list_requests(state: StateDep) -> Response:
 
 @router.post("/reset")
 async def reset(state: StateDep) -> Response:
-    state.reset()
+    await state.reset()
     return json_response({"reset": True})

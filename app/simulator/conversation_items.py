@@ -33,6 +33,9 @@ class ItemsPrefix:
     def decoded(self) -> list[JsonObject]:
         return [orjson.loads(encoded) for _, encoded in self.encoded[: self.length]]
 
+    def encoded_items(self) -> list[bytes]:
+        return [encoded for _, encoded in self.encoded[: self.length]]
+
 
 EMPTY_PREFIX = ItemsPrefix([], 0)
 
@@ -52,15 +55,19 @@ class ConversationItems:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._by_id
 
-    def extend(self, items: Iterable[JsonObject]) -> None:
+    def extend(self, items: Iterable[JsonObject]) -> list[tuple[str, bytes]]:
+        """Append `items`; returns them as kept: (id, JSON)."""
+        added: list[tuple[str, bytes]] = []
         for item in items:
             item_id = str(item["id"])
-            encoded = orjson.dumps(item)
-            self._encoded.append((item_id, encoded))
-            self._by_id[item_id] = encoded
+            entry = (item_id, orjson.dumps(item))
+            self._encoded.append(entry)
+            added.append(entry)
+            self._by_id[item_id] = entry[1]
             self.tokens += count_item_tokens((item,))
             if item.get("type") == "function_call":
                 self.call_ids.add(str(item.get("call_id")))
+        return added
 
     def find(self, item_id: str) -> JsonObject | None:
         encoded = self._by_id.get(item_id)
@@ -80,9 +87,11 @@ class ConversationItems:
             self.call_ids.discard(str(item.get("call_id")))
         return True
 
-    def prefix(self) -> ItemsPrefix:
-        """The items as they are now, for a response's history (no copy: later items only go after them)."""
-        return ItemsPrefix(self._encoded, len(self._encoded))
+    def prefix(self, length: int | None = None) -> ItemsPrefix:
+        """The items as they are now (or the first `length` of them), for a response's history (no copy: later
+        items only go after them)."""
+        count = len(self._encoded)
+        return ItemsPrefix(self._encoded, count if length is None else min(length, count))
 
     def page(self, *, newest_first: bool, after: str | None, limit: int) -> tuple[list[JsonObject], bool] | None:
         """Up to `limit` items in the order asked for, after the item `after` (or from the first), and whether

@@ -28,16 +28,44 @@ def obfuscation(delta_length: int, sequence_number: int) -> bytes:
 
 
 class DeltaFrames:
-    """`response.output_text.delta` or `response.function_call_arguments.delta` frames for one item."""
+    """The delta frames of one item: output text, function-call arguments or a reasoning summary's text."""
 
     __slots__ = ("_head", "_obfuscate")
 
-    def __init__(self, *, event_type: str, item_id: str, output_index: int, text: bool, obfuscate: bool) -> None:
-        fields = f'"type":"{event_type}","item_id":"{item_id}","output_index":{output_index},'
-        if text:
-            fields += '"content_index":0,"logprobs":[],'
+    def __init__(self, *, event_type: str, item_id: str, output_index: int, index_fields: str, obfuscate: bool) -> None:
+        fields = f'"type":"{event_type}","item_id":"{item_id}","output_index":{output_index},{index_fields}'
         self._head = f'event: {event_type}\ndata: {{{fields}"sequence_number":'.encode()
         self._obfuscate = obfuscate
+
+    @classmethod
+    def output_text(cls, *, item_id: str, output_index: int, obfuscate: bool) -> DeltaFrames:
+        return cls(
+            event_type="response.output_text.delta",
+            item_id=item_id,
+            output_index=output_index,
+            index_fields='"content_index":0,"logprobs":[],',
+            obfuscate=obfuscate,
+        )
+
+    @classmethod
+    def function_call_arguments(cls, *, item_id: str, output_index: int, obfuscate: bool) -> DeltaFrames:
+        return cls(
+            event_type="response.function_call_arguments.delta",
+            item_id=item_id,
+            output_index=output_index,
+            index_fields="",
+            obfuscate=obfuscate,
+        )
+
+    @classmethod
+    def reasoning_summary_text(cls, *, item_id: str, output_index: int, obfuscate: bool) -> DeltaFrames:
+        return cls(
+            event_type="response.reasoning_summary_text.delta",
+            item_id=item_id,
+            output_index=output_index,
+            index_fields='"summary_index":0,',
+            obfuscate=obfuscate,
+        )
 
     def build(self, sequence_number: int, delta: str) -> bytes:
         tail = b"}\n\n"

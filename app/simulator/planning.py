@@ -13,8 +13,10 @@ from app.simulator.faults import GenerationFault
 from app.simulator.generation import (
     count_tokens,
     function_arguments,
+    reasoning_summary,
     reasoning_tokens,
     reply_tokens,
+    split_tokens,
     stable_hash,
     tools_to_call,
 )
@@ -38,12 +40,14 @@ from app.simulator.runner import (
 )
 from app.simulator.state import CachedPrefix, ResponseContext, ResponseRecord, SimulatorState, StoredConversation
 
+SUMMARY_MODES = frozenset({"auto", "concise", "detailed"})
+
 
 def start_response(
     state: SimulatorState, params: CreateParams, fault: GenerationFault | None
 ) -> tuple[ResponseRecord, Generation]:
     """Resolve prompt, conversation and history, lock the conversation, and store the response: its record,
-    and the generation that produces it."""
+    and the generation that produces it. What it builds on must be in memory (`SimulatorState.recall`)."""
     prompt = state.prompts.resolve(params.prompt) if params.prompt is not None else None
     model = params.model or (prompt.model if prompt else None)
     if model is None:
@@ -91,7 +95,10 @@ def start_response(
         cached_tokens = min(cached_prefix.tokens, prefix_tokens)
 
     config = state.config
-    response = initial_response(params=params, model=model, instructions=instructions_echo, prompt=prompt)
+    reasoning: JsonObject = {**((prompt.reasoning or {}) if prompt else {}), **(params.reasoning or {})}
+    response = initial_response(
+        params=params, model=model, instructions=instructions_echo, prompt=prompt, reasoning=reasoning
+    )
     new_items = [item for item in params.input_items if item.get("type") != "item_reference"]
 
     def on_finish(status: str) -> None:
@@ -99,16 +106,25 @@ def start_response(
             if conversation.locked_by == response["id"]:
                 conversation.locked_by = None
             if status in ("completed", "incomplete"):
-                # Kept as JSON: later changes to the live objects do not reach the conversation's copy.
-                conversation.items.extend(new_items)
-                conversation.items.extend(response["output"])
-                conversation.cached_prefix = CachedPrefix(instructions_key, input_tokens)
+                state.append_items(
+                    conversation,
+                    [*new_items, *response["output"]],
+                    cached_prefix=CachedPrefix(instructions_key, input_tokens),
+                )
         # The final Response object is complete here (the terminal event only wraps it).
         record.settle()
+        state.response_finished(record)
 
     generation = Generation(
         response=response,
-        plan=_plan(params, model=model, history=history, conversation=conversation, output_tokens=config.output_tokens),
+        plan=_plan(
+            params,
+            model=model,
+            reasoning=reasoning,
+            history=history,
+            conversation=conversation,
+            output_tokens=config.output_tokens,
+        ),
         pacing=Pacing(config.tokens_per_second, config.first_token_delay_ms / 1000),
         fault=fault,
         input_tokens=input_tokens,
@@ -117,9 +133,11 @@ def start_response(
         obfuscate=params.include_obfuscation,
         on_finish=on_finish,
     )
-    record = ResponseRecord(
-        generation=generation,
-        context=ResponseContext(history, orjson.dumps(params.input_items)),
+    record = ResponseRecord.for_generation(
+        generation,
+        context=ResponseContext(
+            history, orjson.dumps(params.input_items), conversation.id if conversation is not None else None
+        ),
         input_tokens=input_tokens,
         instructions_key=instructions_key,
     )
@@ -148,6 +166,7 @@ def _plan(
     params: CreateParams,
     *,
     model: str,
+    reasoning: JsonObject,
     history: ItemsPrefix,
     conversation: StoredConversation | None,
     output_tokens: int | None,
@@ -163,10 +182,13 @@ def _plan(
         output_text(item.get("output")) for item in params.input_items if item.get("type") == "function_call_output"
     ]
     plan: list[PlannedItem] = []
-    effort = (params.reasoning or {}).get("effort")
-    hidden = reasoning_tokens(model=model, effort=effort, seed_text=user_text)
+    hidden = reasoning_tokens(model=model, effort=reasoning.get("effort"), seed_text=user_text)
     if hidden:
-        plan.append(PlannedReasoning(hidden))
+        # As the real service: summary text only when the request (or its prompt) asks for one.
+        summary = None
+        if reasoning.get("summary") in SUMMARY_MODES:
+            summary = split_tokens(reasoning_summary(user_text=user_text, tool_outputs=tool_outputs))
+        plan.append(PlannedReasoning(hidden, summary))
     calls = tools_to_call(
         tools=params.function_tools,
         tool_choice=params.tool_choice,

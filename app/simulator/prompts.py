@@ -21,6 +21,7 @@ class PromptVersion:
     model: str
     instructions: str
     variables: dict[str, str]
+    reasoning: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class ResolvedPrompt:
     model: str
     instructions: str
     variables: dict[str, Any] | None
+    reasoning: dict[str, Any] | None = None
+    """The prompt's reasoning options (`effort`, `summary`); a request's own override them field by field."""
 
 
 class PromptLibrary:
@@ -42,7 +45,10 @@ class PromptLibrary:
         prompts = {
             prompt_id: {
                 version: PromptVersion(
-                    model=spec["model"], instructions=spec["instructions"], variables=dict(spec.get("variables", {}))
+                    model=spec["model"],
+                    instructions=spec["instructions"],
+                    variables=dict(spec.get("variables", {})),
+                    reasoning=spec.get("reasoning"),
                 )
                 for version, spec in entry["versions"].items()
             }
@@ -76,7 +82,12 @@ class PromptLibrary:
         values = {**spec.variables, **{name: _variable_text(name, value) for name, value in (given or {}).items()}}
         instructions = _VARIABLE.sub(lambda match: values.get(match.group(1), match.group(0)), spec.instructions)
         return ResolvedPrompt(
-            id=prompt_id, version=version, model=spec.model, instructions=instructions, variables=given
+            id=prompt_id,
+            version=version,
+            model=spec.model,
+            instructions=instructions,
+            variables=given,
+            reasoning=spec.reasoning,
         )
 
 

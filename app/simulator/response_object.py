@@ -21,9 +21,10 @@ def initial_response(
     model: str,
     instructions: str | list[JsonObject] | None,
     prompt: ResolvedPrompt | None,
+    reasoning: JsonObject,
 ) -> JsonObject:
+    """The Response as `response.created` shows it; `reasoning` is the request's merged over its prompt's."""
     body = params.body
-    reasoning = params.reasoning or {}
     if is_reasoning_model(model):
         reasoning_echo = {"effort": reasoning.get("effort") or "medium", "summary": reasoning.get("summary")}
     else:

@@ -35,28 +35,28 @@ async def create_conversation(state: StateDep, body: JsonBodyDep) -> Response:
 
 @router.get("/{conversation_id}")
 async def get_conversation(conversation_id: str, state: StateDep) -> Response:
-    return json_response(_conversation(state, conversation_id).to_json())
+    return json_response((await _conversation(state, conversation_id)).to_json())
 
 
 @router.post("/{conversation_id}")
 async def update_conversation(conversation_id: str, state: StateDep, body: JsonBodyDep) -> Response:
-    conversation = _conversation(state, conversation_id)
+    conversation = await _conversation(state, conversation_id)
     if "metadata" not in body:
         raise missing_parameter("metadata")
-    conversation.metadata = metadata(body["metadata"])
+    state.set_metadata(conversation, metadata(body["metadata"]))
     return json_response(conversation.to_json())
 
 
 @router.delete("/{conversation_id}")
 async def delete_conversation(conversation_id: str, state: StateDep) -> Response:
-    conversation = _conversation(state, conversation_id)
-    del state.conversations[conversation.id]
+    conversation = await _conversation(state, conversation_id)
+    state.delete_conversation(conversation)
     return json_response({"id": conversation.id, "object": "conversation.deleted", "deleted": True})
 
 
 @router.get("/{conversation_id}/items")
 async def list_items(conversation_id: str, request: Request, state: StateDep) -> Response:
-    conversation = _conversation(state, conversation_id)
+    conversation = await _conversation(state, conversation_id)
     query = request.query_params
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
@@ -72,31 +72,31 @@ async def list_items(conversation_id: str, request: Request, state: StateDep) ->
 
 @router.post("/{conversation_id}/items")
 async def create_items(conversation_id: str, state: StateDep, body: JsonBodyDep) -> Response:
-    conversation = _conversation(state, conversation_id)
+    conversation = await _conversation(state, conversation_id)
     raw_items = optional_list(body, "items", max_length=MAX_ITEMS_PER_CALL)
     if raw_items is None:
         raise missing_parameter("items")
     items = parse_input(raw_items, param="items")
     check_no_duplicate_ids(conversation.items, items)
-    conversation.items.extend(items)
+    state.append_items(conversation, items)
     return json_response(_list(items, has_more=False))
 
 
 @router.get("/{conversation_id}/items/{item_id}")
 async def get_item(conversation_id: str, item_id: str, state: StateDep) -> Response:
-    return json_response(_item(_conversation(state, conversation_id), item_id))
+    return json_response(_item(await _conversation(state, conversation_id), item_id))
 
 
 @router.delete("/{conversation_id}/items/{item_id}")
 async def delete_item(conversation_id: str, item_id: str, state: StateDep) -> Response:
-    conversation = _conversation(state, conversation_id)
-    if not conversation.items.remove(item_id):
+    conversation = await _conversation(state, conversation_id)
+    if not state.remove_item(conversation, item_id):
         raise _item_not_found(item_id)
     return json_response(conversation.to_json())
 
 
-def _conversation(state: SimulatorState, conversation_id: str) -> StoredConversation:
-    conversation = state.conversations.get(conversation_id)
+async def _conversation(state: SimulatorState, conversation_id: str) -> StoredConversation:
+    conversation = await state.find_conversation(conversation_id)
     if conversation is None:
         raise conversation_not_found(conversation_id)
     return conversation

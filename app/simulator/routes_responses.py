@@ -46,6 +46,7 @@ async def create_response(request: Request, state: StateDep) -> Response:
     if isinstance(fault, ReplayFault):
         return Response(fault.sse.encode(), media_type=SSE_CONTENT_TYPE.decode())
     params = parse_create_params(parse_json_object(await request.body()))
+    await state.recall(conversation_id=params.conversation_id, response_id=params.previous_response_id)
     record, generation = start_response(state, params, fault)
     if params.background:
         record.log = EventLog()
@@ -77,10 +78,13 @@ async def _run_to_end(state: SimulatorState, generation: Generation) -> Response
 
 @router.get("/{response_id}")
 async def get_response(response_id: str, request: Request, state: StateDep) -> Response:
-    record = _record(state, response_id)
+    record = await _record(state, response_id)
     query = request.query_params
     if query.get("stream", "false").lower() != "true":
         return json_response(record.snapshot())
+    if record.log is None and record.background:
+        # Read back from the state database after a restart: its events were not kept.
+        raise SimulatorError(400, "This response's events are no longer available to stream.", param="stream")
     if record.log is None:
         raise SimulatorError(
             400,
@@ -97,7 +101,7 @@ async def get_response(response_id: str, request: Request, state: StateDep) -> R
 
 @router.post("/{response_id}/cancel")
 async def cancel_response(response_id: str, state: StateDep) -> Response:
-    record = _record(state, response_id)
+    record = await _record(state, response_id)
     if not record.background:
         raise SimulatorError(400, "Only responses created with background=true can be cancelled.", param=None)
     _stop(record)
@@ -106,9 +110,9 @@ async def cancel_response(response_id: str, state: StateDep) -> Response:
 
 @router.delete("/{response_id}")
 async def delete_response(response_id: str, state: StateDep) -> Response:
-    record = _record(state, response_id)
+    record = await _record(state, response_id)
     _stop(record)
-    del state.responses[record.id]
+    state.delete_response(record)
     return json_response({"id": record.id, "object": "response", "deleted": True})
 
 
@@ -124,8 +128,8 @@ def _stop(record: ResponseRecord) -> None:
         record.log.close()
 
 
-def _record(state: SimulatorState, response_id: str) -> ResponseRecord:
-    record = state.responses.get(response_id)
+async def _record(state: SimulatorState, response_id: str) -> ResponseRecord:
+    record = await state.find_response(response_id)
     if record is None:
         raise response_not_found(response_id)
     return record

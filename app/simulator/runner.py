@@ -43,6 +43,8 @@ class Pacing:
 @dataclass(frozen=True, slots=True)
 class PlannedReasoning:
     tokens: int
+    summary: list[str] | None = None
+    """The summary's tokens, when the request asked for one; they count as reasoning, not as output text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,7 @@ class Generation:
         self._max_output_tokens: int | None = response["max_output_tokens"]
         self._reasoning_tokens = 0
         self._visible_tokens = 0
+        self._paced_tokens = 0
         self._truncated = False
         self._first_token_at = 0.0
         self._open_target: JsonObject | None = None
@@ -206,14 +209,36 @@ class Generation:
             yield self._lifecycle("response.completed")
 
     def _reasoning(self, planned: PlannedReasoning) -> Generator[Step, None, None]:
-        item: JsonObject = {"id": new_id("rs"), "type": "reasoning", "summary": []}
+        item_id = new_id("rs")
+        item: JsonObject = {"id": item_id, "type": "reasoning", "summary": []}
         output_index = self._add_output(item)
         yield self._item_event("response.output_item.added", output_index, item)
         tokens = min(planned.tokens, self._budget())
         self._reasoning_tokens += tokens
         if tokens < planned.tokens:
             self._truncated = True
+        elif planned.summary:
+            yield from self._summary(planned.summary, item_id=item_id, output_index=output_index, item=item)
         yield self._item_event("response.output_item.done", output_index, item)
+
+    def _summary(
+        self, tokens: list[str], *, item_id: str, output_index: int, item: JsonObject
+    ) -> Generator[Step, None, None]:
+        part: JsonObject = {"type": "summary_text", "text": ""}
+        yield self._summary_event("response.reasoning_summary_part.added", item_id, output_index, {"part": part})
+        item["summary"].append(part)
+        yield from self._deltas(
+            tokens,
+            target=part,
+            key="text",
+            frames=DeltaFrames.reasoning_summary_text(
+                item_id=item_id, output_index=output_index, obfuscate=self._obfuscate
+            ),
+            counted=False,
+        )
+        text = part["text"]
+        yield self._summary_event("response.reasoning_summary_text.done", item_id, output_index, {"text": text})
+        yield self._summary_event("response.reasoning_summary_part.done", item_id, output_index, {"part": part})
 
     def _message(self, planned: PlannedMessage) -> Generator[Step, None, None]:
         item_id = new_id("msg")
@@ -233,13 +258,7 @@ class Generation:
             planned.tokens,
             target=part,
             key="text",
-            frames=DeltaFrames(
-                event_type="response.output_text.delta",
-                item_id=item_id,
-                output_index=output_index,
-                text=True,
-                obfuscate=self._obfuscate,
-            ),
+            frames=DeltaFrames.output_text(item_id=item_id, output_index=output_index, obfuscate=self._obfuscate),
         )
         yield self._event(
             {
@@ -271,12 +290,8 @@ class Generation:
             split_tokens(planned.arguments),
             target=item,
             key="arguments",
-            frames=DeltaFrames(
-                event_type="response.function_call_arguments.delta",
-                item_id=item_id,
-                output_index=output_index,
-                text=False,
-                obfuscate=self._obfuscate,
+            frames=DeltaFrames.function_call_arguments(
+                item_id=item_id, output_index=output_index, obfuscate=self._obfuscate
             ),
         )
         # Like the real service (and unlike the SDK's type in older releases), the done event has no `name`.
@@ -292,15 +307,18 @@ class Generation:
         yield self._item_event("response.output_item.done", output_index, item)
 
     def _deltas(
-        self, tokens: list[str], *, target: JsonObject, key: str, frames: DeltaFrames
+        self, tokens: list[str], *, target: JsonObject, key: str, frames: DeltaFrames, counted: bool = True
     ) -> Generator[Step, None, None]:
-        allowed = min(len(tokens), self._budget())
+        """Stream `tokens` into `target[key]`, paced; `counted` ones are output tokens (usage, the budget)."""
+        allowed = min(len(tokens), self._budget()) if counted else len(tokens)
         self._open_target, self._open_key, self._open_tokens, self._open_count = target, key, tokens, 0
         rate = self._pacing.tokens_per_second
         for index in range(allowed):
             if rate > 0:
-                yield self._first_token_at + self._visible_tokens / rate
-            self._visible_tokens += 1
+                yield self._first_token_at + self._paced_tokens / rate
+            self._paced_tokens += 1
+            if counted:
+                self._visible_tokens += 1
             self._open_count = index + 1
             if self._encode:
                 yield frames.build(self._next_sequence_number(), tokens[index])
@@ -383,6 +401,11 @@ class Generation:
 
     def _item_event(self, event_type: str, output_index: int, item: JsonObject) -> bytes:
         return self._event({"type": event_type, "output_index": output_index, "item": item})
+
+    def _summary_event(self, event_type: str, item_id: str, output_index: int, fields: JsonObject) -> bytes:
+        return self._event(
+            {"type": event_type, "item_id": item_id, "output_index": output_index, "summary_index": 0, **fields}
+        )
 
     def _part_event(self, event_type: str, item_id: str, output_index: int, part: JsonObject) -> bytes:
         return self._event(

@@ -1,4 +1,5 @@
-"""Everything one simulator instance remembers, kept in memory on its app (never in module globals)."""
+"""Everything one simulator instance remembers, kept in memory on its app (never in module globals), and, when
+it has a state database, written there too and read back from it after a restart."""
 
 from __future__ import annotations
 
@@ -12,14 +13,20 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from app.simulator.conversation_items import ConversationItems, ItemsPrefix
+from app.simulator.conversation_items import EMPTY_PREFIX, ConversationItems, ItemsPrefix
 from app.simulator.faults import Fault
 from app.simulator.ids import new_id
 from app.simulator.json_types import JsonObject
 from app.simulator.prompts import PromptLibrary
+from app.simulator.state_database import ConversationRow, ResponseRow, StateDatabase
 
 if TYPE_CHECKING:
     from app.simulator.runner import Generation
+
+
+# "A model's pace": a few hundred milliseconds to the first token, then tens of tokens a second.
+MODEL_TOKENS_PER_SECOND = 50.0
+MODEL_FIRST_TOKEN_DELAY_MS = 400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +36,18 @@ class SimulatorConfig:
     tokens_per_second: float = 0.0
     first_token_delay_ms: float = 0.0
     output_tokens: int | None = None
+
+    @classmethod
+    def at_speed(cls, speed: str | float) -> SimulatorConfig:
+        """`"instant"`: no delay at all; `"model"`: a model's pace; a number: that many times a model's pace."""
+        if speed == "instant":
+            return cls()
+        factor = 1.0 if speed == "model" else float(speed)
+        if factor <= 0:
+            raise ValueError(f"a simulator speed is 'model', 'instant' or a positive number, not {speed!r}")
+        return cls(
+            tokens_per_second=MODEL_TOKENS_PER_SECOND * factor, first_token_delay_ms=MODEL_FIRST_TOKEN_DELAY_MS / factor
+        )
 
     def to_json(self) -> JsonObject:
         return {
@@ -72,6 +91,8 @@ class StoredConversation:
     items: ConversationItems = field(default_factory=ConversationItems)
     locked_by: str | None = None
     cached_prefix: CachedPrefix | None = None
+    next_position: int = 0
+    """Where the next item goes in the state database (positions only grow: a deleted item leaves a gap)."""
 
     def to_json(self) -> JsonObject:
         return {"id": self.id, "object": "conversation", "created_at": self.created_at, "metadata": self.metadata}
@@ -134,18 +155,39 @@ class ResponseRecord:
     )
 
     def __init__(
-        self, *, generation: Generation, context: ResponseContext, input_tokens: int, instructions_key: int
+        self,
+        *,
+        response_id: str,
+        background: bool,
+        generation: Generation | None,
+        final: bytes = b"",
+        context: ResponseContext,
+        input_tokens: int,
+        instructions_key: int,
     ) -> None:
-        response = generation.response
-        self.id = str(response["id"])
-        self.background = bool(response["background"])
-        self.generation: Generation | None = generation
+        self.id = response_id
+        self.background = background
+        self.generation = generation
         self.context = context
         self.input_tokens = input_tokens
         self.instructions_key = instructions_key
         self.log: EventLog | None = None
         self.task: asyncio.Task[None] | None = None
-        self._final = b""
+        self._final = final
+
+    @classmethod
+    def for_generation(
+        cls, generation: Generation, *, context: ResponseContext, input_tokens: int, instructions_key: int
+    ) -> ResponseRecord:
+        response = generation.response
+        return cls(
+            response_id=str(response["id"]),
+            background=bool(response["background"]),
+            generation=generation,
+            context=context,
+            input_tokens=input_tokens,
+            instructions_key=instructions_key,
+        )
 
     def settle(self) -> None:
         """Drop the generation, keeping its final Response; called once it has finished."""
@@ -163,6 +205,22 @@ class ResponseRecord:
     def output(self) -> list[JsonObject]:
         return cast(list[JsonObject], self.snapshot()["output"])
 
+    def to_row(self) -> ResponseRow:
+        """A settled response as the state database keeps it."""
+        history = self.context.history
+        in_conversation = self.context.conversation_id is not None
+        return ResponseRow(
+            id=self.id,
+            response=self._final,
+            input=self.context.input,
+            history_conversation_id=self.context.conversation_id,
+            history_length=history.length,
+            history=None if in_conversation else b"[" + b",".join(history.encoded_items()) + b"]",
+            input_tokens=self.input_tokens,
+            instructions_key=self.instructions_key,
+            background=self.background,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ResponseContext:
@@ -170,30 +228,141 @@ class ResponseContext:
 
     history: ItemsPrefix
     input: bytes
+    conversation_id: str | None = None
+    """The conversation whose items `history` is a prefix of, if any."""
 
     def items(self) -> list[JsonObject]:
         return [*self.history.decoded(), *orjson.loads(self.input)]
 
 
 class SimulatorState:
-    def __init__(self, prompts: PromptLibrary) -> None:
+    """The working copy is in memory. With a `database`, every change is also queued for it, and an id that
+    memory does not hold is looked for there (`find_conversation`, `find_response`) before it counts as unknown.
+    """
+
+    def __init__(
+        self, prompts: PromptLibrary, *, config: SimulatorConfig | None = None, database: StateDatabase | None = None
+    ) -> None:
         self.prompts = prompts
-        self.config = SimulatorConfig()
+        self.default_config = config or SimulatorConfig()
+        self.config = self.default_config
+        self.database = database
         self.faults: deque[Fault] = deque()
         self.requests: list[RecordedRequest] = []
         self.conversations: dict[str, StoredConversation] = {}
         self.responses: dict[str, ResponseRecord] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Deleted here, perhaps not yet in the database: never to be read back from it.
+        self._deleted: set[str] = set()
 
     def next_fault(self) -> Fault | None:
         return self.faults.popleft() if self.faults else None
 
+    # -- conversations -------------------------------------------------------------------------------------
+
+    async def find_conversation(self, conversation_id: str) -> StoredConversation | None:
+        conversation = self.conversations.get(conversation_id)
+        if conversation is not None or self.database is None or conversation_id in self._deleted:
+            return conversation
+        row = await self.database.load_conversation(conversation_id)
+        if row is None:
+            return None
+        # Another request may have read it back meanwhile: the first copy wins.
+        return self.conversations.setdefault(conversation_id, _restored_conversation(row))
+
     def create_conversation(self, metadata: dict[str, str], items: list[JsonObject]) -> StoredConversation:
-        conversation = StoredConversation(
-            id=new_id("conv"), created_at=int(time.time()), metadata=metadata, items=ConversationItems(items)
-        )
+        conversation = StoredConversation(id=new_id("conv"), created_at=int(time.time()), metadata=metadata)
+        added = conversation.items.extend(items)
         self.conversations[conversation.id] = conversation
+        if self.database is not None:
+            conversation.next_position = len(added)
+            self.database.insert_conversation(
+                conversation_id=conversation.id,
+                created_at=conversation.created_at,
+                metadata=orjson.dumps(metadata),
+                items=added,
+            )
         return conversation
+
+    def set_metadata(self, conversation: StoredConversation, metadata: dict[str, str]) -> None:
+        conversation.metadata = metadata
+        if self.database is not None:
+            self.database.set_metadata(conversation_id=conversation.id, metadata=orjson.dumps(metadata))
+
+    def append_items(
+        self, conversation: StoredConversation, items: list[JsonObject], *, cached_prefix: CachedPrefix | None = None
+    ) -> None:
+        """Items go on the end (kept as JSON: later changes to the live objects do not reach the copy)."""
+        added = conversation.items.extend(items)
+        if cached_prefix is not None:
+            conversation.cached_prefix = cached_prefix
+        if self.database is not None:
+            self.database.append_items(
+                conversation_id=conversation.id,
+                first_position=conversation.next_position,
+                items=added,
+                cached_prefix=None if cached_prefix is None else (cached_prefix.instructions_key, cached_prefix.tokens),
+            )
+            conversation.next_position += len(added)
+
+    def remove_item(self, conversation: StoredConversation, item_id: str) -> bool:
+        removed = conversation.items.remove(item_id)
+        if removed and self.database is not None:
+            self.database.delete_item(conversation_id=conversation.id, item_id=item_id)
+        return removed
+
+    def delete_conversation(self, conversation: StoredConversation) -> None:
+        del self.conversations[conversation.id]
+        if self.database is not None:
+            self._deleted.add(conversation.id)
+            self.database.delete_conversation(conversation.id)
+
+    # -- responses -----------------------------------------------------------------------------------------
+
+    async def find_response(self, response_id: str) -> ResponseRecord | None:
+        record = self.responses.get(response_id)
+        if record is not None or self.database is None or response_id in self._deleted:
+            return record
+        row = await self.database.load_response(response_id)
+        if row is None:
+            return None
+        history = EMPTY_PREFIX
+        if row.history_conversation_id is not None:
+            conversation = await self.find_conversation(row.history_conversation_id)
+            if conversation is not None:
+                history = conversation.items.prefix(row.history_length)
+        elif row.history is not None:
+            history = ConversationItems(orjson.loads(row.history)).prefix()
+        restored = ResponseRecord(
+            response_id=row.id,
+            background=row.background,
+            generation=None,
+            final=row.response,
+            context=ResponseContext(history, row.input, row.history_conversation_id),
+            input_tokens=row.input_tokens,
+            instructions_key=row.instructions_key,
+        )
+        return self.responses.setdefault(response_id, restored)
+
+    async def recall(self, *, conversation_id: str | None, response_id: str | None) -> None:
+        """Bring what a new response builds on into memory, if it is only in the database."""
+        if conversation_id is not None:
+            await self.find_conversation(conversation_id)
+        if response_id is not None:
+            await self.find_response(response_id)
+
+    def response_finished(self, record: ResponseRecord) -> None:
+        """A stored response has settled: from now on it stays as it is, so it is kept for good."""
+        if self.database is not None and self.responses.get(record.id) is record:
+            self.database.insert_response(record.to_row())
+
+    def delete_response(self, record: ResponseRecord) -> None:
+        del self.responses[record.id]
+        if self.database is not None:
+            self._deleted.add(record.id)
+            self.database.delete_response(record.id)
+
+    # -- the process ---------------------------------------------------------------------------------------
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run work that outlives the request (background responses, the rest of a cut stream)."""
@@ -202,12 +371,29 @@ class SimulatorState:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def reset(self) -> None:
+    async def reset(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         self._tasks.clear()
-        self.config = SimulatorConfig()
+        self.config = self.default_config
         self.faults.clear()
         self.requests.clear()
         self.conversations.clear()
         self.responses.clear()
+        if self.database is not None:
+            self.database.clear()
+            # Written before the next request can look for an id in the database.
+            await self.database.flush()
+            self._deleted.clear()
+
+
+def _restored_conversation(row: ConversationRow) -> StoredConversation:
+    cached = None if row.cached_prefix is None else CachedPrefix(*row.cached_prefix)
+    return StoredConversation(
+        id=row.id,
+        created_at=row.created_at,
+        metadata=orjson.loads(row.metadata),
+        items=ConversationItems(orjson.loads(item) for item in row.items),
+        cached_prefix=cached,
+        next_position=row.next_position,
+    )

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import openai
 import orjson
 
+from app.db.migrate import schema_missing
 from app.errors import ParleyError, shutting_down
 from app.observability.context import bind_upstream_request_id
 from app.observability.metrics import Metrics, upstream_status_of
@@ -250,7 +251,10 @@ class TurnRunner:
             try:
                 await action()
             except Exception as error:
-                logger.warning(
+                # A database not migrated yet is said once at start and answered 503 on every request: repeating
+                # it here every few seconds would bury it.
+                logger.log(
+                    logging.DEBUG if schema_missing(error) else logging.WARNING,
                     "runner.background_failed: %s",
                     type(error).__name__,
                     extra={"action": getattr(action, "__name__", "?")},

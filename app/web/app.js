@@ -3,11 +3,13 @@
 
 import { ParleyClient, describeError } from "./parley.js";
 import { renderMarkdown } from "./markdown.js";
+import { exactCost, formatCost, formatCount } from "./format.js";
 
 const KEY_STORAGE = "parley.apiKey";
 const IN_FLIGHT = new Set(["queued", "in_progress"]);
 const PAGE_LIMIT = 100;
 const MAX_PAGES = 20;
+const COPIED_FOR_MS = 1500;
 
 /** @param {string} id @returns {any} */
 const $ = (id) => /** @type {any} */ (document.getElementById(id));
@@ -97,17 +99,21 @@ function icon(name) {
   return svg;
 }
 
-/** A decimal USD string as money: exact, trailing zeros trimmed. @param {string | null | undefined} value */
-function formatCost(value) {
-  if (value === null || value === undefined) return "cost unknown";
-  const [whole, fraction = ""] = String(value).split(".");
-  const trimmed = fraction.replace(/0+$/, "");
-  return `$${whole}.${trimmed.length < 2 ? trimmed.padEnd(2, "0") : trimmed}`;
+/** A cost as a person reads it, the exact figure on hover. @param {string | null | undefined} value */
+function costView(value) {
+  const node = el("span", "cost", formatCost(value));
+  node.title = exactCost(value);
+  return node;
 }
 
-/** @param {number} n */
-function formatCount(n) {
-  return new Intl.NumberFormat().format(n);
+/**
+ * A session's size: its turn_count counts turns, each one message sent and its answer.
+ * @param {number} turns
+ */
+function exchangesView(turns) {
+  const node = el("span", "exchanges", turns === 1 ? "1 exchange" : `${formatCount(turns)} exchanges`);
+  node.title = turns === 1 ? "1 message sent, with its answer" : `${formatCount(turns)} messages sent, each with its answer`;
+  return node;
 }
 
 /** @param {string | null} iso */
@@ -269,7 +275,7 @@ async function loadUsage() {
     const report = await state.client.request("GET", "/v1/usage?group_by=day");
     const totals = report.totals ?? {};
     const tokens = (totals.input_tokens ?? 0) + (totals.output_tokens ?? 0);
-    ui.usage.textContent = `This month: ${formatCost(totals.cost_usd ?? "0")} · ${formatCount(tokens)} tokens`;
+    ui.usage.replaceChildren("This month: ", costView(totals.cost_usd ?? "0"), ` · ${formatCount(tokens)} tokens`);
   } catch {
     ui.usage.textContent = "";
   }
@@ -287,10 +293,12 @@ function renderSessionList() {
       item.classList.add("active");
       open.setAttribute("aria-current", "page");
     }
-    open.append(el("span", "session-title", sessionTitle(session)));
-    const turns = session.turn_count === 1 ? "1 message" : `${session.turn_count} messages`;
+    const title = el("span", "session-title", sessionTitle(session));
+    title.title = sessionTitle(session);
+    const sub = el("span", "session-sub");
     const when = formatWhen(session.last_turn_at ?? session.created_at);
-    open.append(el("span", "session-sub", `${turns} · ${formatCost(session.total_cost_usd)} · ${when}`));
+    sub.append(exchangesView(session.turn_count), " · ", costView(session.total_cost_usd), ` · ${when}`);
+    open.append(title, sub);
     open.addEventListener("click", () => {
       setNavOpen(false);
       selectSession(session.id);
@@ -401,8 +409,7 @@ function renderHeader(session) {
     ui.meta.textContent = "";
     return;
   }
-  const turns = session.turn_count === 1 ? "1 message" : `${session.turn_count} messages`;
-  ui.meta.textContent = `${turns} · ${formatCost(session.total_cost_usd)}`;
+  ui.meta.replaceChildren(exchangesView(session.turn_count), " · ", costView(session.total_cost_usd));
 }
 
 /** @param {string} title @param {string} text */
@@ -549,10 +556,11 @@ function appendAssistant(turnId) {
   const avatar = el("div", "avatar", "P");
   avatar.setAttribute("aria-hidden", "true");
   const body = el("div", "msg-body");
+  const reasoning = reasoningView();
   const tools = el("div", "tool-calls");
   const content = el("div", "content markdown");
   const meta = el("div", "turn-meta");
-  body.append(tools, content, meta);
+  body.append(reasoning.root, tools, content, meta);
   root.append(avatar, body);
   ui.thread.append(root);
 
@@ -563,8 +571,10 @@ function appendAssistant(turnId) {
   const view = {
     root,
     text: "",
+    reasoning,
     render() {
       content.replaceChildren(renderMarkdown(view.text));
+      addCopyButtons(content);
     },
     /** Re-render at most once per frame, however fast the deltas come. */
     schedule() {
@@ -572,9 +582,7 @@ function appendAssistant(turnId) {
       pending = true;
       requestAnimationFrame(() => {
         pending = false;
-        const pinned = isPinned();
-        view.render();
-        if (pinned) scrollToBottom();
+        keepPinned(view.render);
       });
     },
     streaming() {
@@ -641,7 +649,7 @@ function appendAssistant(turnId) {
         tokens.title = detail.join(" · ");
         meta.append(tokens, el("span", "token-detail", detail.join(" · ")));
       }
-      meta.append(el("span", "cost", formatCost(turn.cost_usd)));
+      meta.append(costView(turn.cost_usd));
       if (turn.ttft_ms != null) meta.append(el("span", "ttft", `first token ${turn.ttft_ms} ms`));
       if (turn.error && (turn.status === "failed" || turn.status === "incomplete")) {
         const problem = el("p", "turn-error", describeError(turn.error));
@@ -655,6 +663,115 @@ function appendAssistant(turnId) {
 
 /** @typedef {ReturnType<typeof appendAssistant>} AssistantView */
 
+/**
+ * A reasoning model's summary of its thinking, as it streams (`response.reasoning_summary_text.delta`, one
+ * part per item and summary_index): a collapsible block above the answer, open while the model thinks and
+ * folded once the answer starts, unless the reader has opened or closed it. Text only reaches the page
+ * through renderMarkdown (text nodes).
+ */
+function reasoningView() {
+  const root = /** @type {HTMLDetailsElement} */ (el("details", "reasoning"));
+  root.hidden = true;
+  root.open = true;
+  const label = el("summary", "reasoning-label", "Reasoning");
+  const text = el("div", "reasoning-text markdown");
+  root.append(label, text);
+  let touched = false;
+  label.addEventListener("click", () => {
+    touched = true;
+  });
+  /** @type {Map<string, {node: HTMLElement, text: string}>} */
+  const parts = new Map();
+
+  /** @param {unknown} itemId @param {unknown} index */
+  function part(itemId, index) {
+    const key = `${itemId}:${index}`;
+    let found = parts.get(key);
+    if (!found) {
+      found = { node: el("div", "reasoning-part"), text: "" };
+      parts.set(key, found);
+      text.append(found.node);
+    }
+    return found;
+  }
+
+  /** @param {{node: HTMLElement, text: string}} target @param {string} value */
+  function show(target, value) {
+    target.text = value;
+    target.node.replaceChildren(renderMarkdown(value));
+    root.hidden = ![...parts.values()].some((p) => p.text);
+  }
+
+  return {
+    root,
+    /** @param {import("./parley.js").ParleyEvent} event */
+    observe(event) {
+      const { name, data } = event;
+      if (name === "response.reasoning_summary_text.delta" && typeof data?.delta === "string") {
+        const target = part(data.item_id, data.summary_index);
+        show(target, target.text + data.delta);
+      } else if (name === "response.reasoning_summary_text.done" && typeof data?.text === "string") {
+        show(part(data.item_id, data.summary_index), data.text);
+      } else if (name === "response.output_item.done" && data?.item?.type === "reasoning") {
+        const summary = Array.isArray(data.item.summary) ? data.item.summary : [];
+        summary.forEach((/** @type {any} */ piece, /** @type {number} */ index) => {
+          if (piece?.type === "summary_text" && typeof piece.text === "string") show(part(data.item.id, index), piece.text);
+        });
+      }
+    },
+    /** The answer has begun: fold the reasoning away, unless the reader chose. */
+    answering() {
+      if (!touched) root.open = false;
+    },
+  };
+}
+
+/**
+ * A "Copy" button on each code block of rendered Markdown. Its words are CSS content (data-label), so they
+ * never become part of the answer's text (its textContent, a selection, a copy of the whole answer).
+ * @param {HTMLElement} container
+ */
+function addCopyButtons(container) {
+  for (const pre of container.querySelectorAll("pre")) {
+    const block = el("div", "code-block");
+    const button = /** @type {HTMLButtonElement} */ (el("button", "copy-code"));
+    button.type = "button";
+    button.dataset.label = "Copy";
+    button.setAttribute("aria-label", "Copy code");
+    button.append(icon("copy"));
+    pre.replaceWith(block);
+    block.append(pre, button);
+  }
+}
+
+/** @param {HTMLButtonElement} button */
+async function copyCode(button) {
+  const code = button.closest(".code-block")?.querySelector("code");
+  if (!code) return;
+  const text = code.textContent ?? "";
+  let label = "Copied";
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    // No clipboard here (a page not on https or localhost, or permission refused): select the code instead.
+    getSelection()?.selectAllChildren(code);
+    label = "Selected: press Ctrl+C";
+  }
+  button.dataset.label = label;
+  button.setAttribute("aria-label", label);
+  button.classList.add("done");
+  setTimeout(() => {
+    button.dataset.label = "Copy";
+    button.setAttribute("aria-label", "Copy code");
+    button.classList.remove("done");
+  }, COPIED_FOR_MS);
+}
+
+ui.thread.addEventListener("click", (/** @type {MouseEvent} */ event) => {
+  const button = /** @type {HTMLElement | null} */ (event.target)?.closest?.(".copy-code");
+  if (button) copyCode(/** @type {HTMLButtonElement} */ (button));
+});
+
 function isPinned() {
   const m = ui.messages;
   return m.scrollHeight - m.scrollTop - m.clientHeight < 80;
@@ -662,6 +779,17 @@ function isPinned() {
 
 function scrollToBottom(force = false) {
   if (force || isPinned()) ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+/**
+ * Makes `change` to the thread and keeps a reader who was at the bottom there: an answer's tool calls,
+ * reasoning and closing line (tokens, cost) grow it as its text does, and a fast answer ends within a frame.
+ * @param {() => void} change
+ */
+function keepPinned(change) {
+  const pinned = isPinned();
+  change();
+  if (pinned) scrollToBottom(true);
 }
 
 /** @param {boolean} on */
@@ -688,15 +816,20 @@ function follow(view, open, hooks = {}) {
     onTurn: (turn) => {
       view.root.dataset.turnId = turn.id;
     },
-    onEvent: () => view.reconnecting(false),
+    onEvent: (event) =>
+      keepPinned(() => {
+        view.reconnecting(false);
+        view.reasoning.observe(event);
+      }),
     onDelta: (delta) => {
       view.text += delta;
+      view.reasoning.answering();
       view.schedule();
     },
-    onToolCall: (call) => view.toolCall(call),
-    onReconnect: () => view.reconnecting(true),
+    onToolCall: (call) => keepPinned(() => view.toolCall(call)),
+    onReconnect: () => keepPinned(() => view.reconnecting(true)),
     onDone: (turn) => {
-      view.finish(turn);
+      keepPinned(() => view.finish(turn));
       if (state.stream === stream) {
         state.stream = null;
         setStreaming(false);
@@ -742,13 +875,23 @@ async function sendMessage(text) {
     if (!session) return;
   }
   const sessionId = session.id;
+  const generation = state.generation;
   const userView = appendUser(text);
   const view = appendAssistant();
   scrollToBottom(true);
   follow(view, (callbacks) => state.client.send(sessionId, text, callbacks), {
-    onRejected: () => {
+    onRejected: async () => {
+      // No `turn.created` came back, but the server may still have stored the message (a failure upstream
+      // before the first byte is stored as a failed turn; a proxy can fail a stream the server answered).
+      // Show what the server has, as a reload would.
+      const stored = await storedTurnFor(sessionId, text);
+      if (generation !== state.generation) return;
+      if (stored) {
+        showStoredTurn(userView, stored);
+        return;
+      }
       userView.classList.add("not-sent");
-      userView.append(el("p", "not-sent-note", "Not sent"));
+      userView.append(el("p", "not-sent-note", stored === null ? "Not sent" : "Maybe not sent: reload to check"));
       if (!ui.input.value) {
         ui.input.value = text;
         autosize();
@@ -763,6 +906,45 @@ async function sendMessage(text) {
       .then(upsertSession)
       .catch(() => {});
   }
+}
+
+/**
+ * The turn the server stored for a message sent from this page whose stream never said which turn it was:
+ * the newest of the session's turns with this input that the page does not show yet. null when there is
+ * none (the server did not take the message); undefined when the server could not be asked.
+ * @param {string} sessionId
+ * @param {string} text
+ * @returns {Promise<Turn | null | undefined>}
+ */
+async function storedTurnFor(sessionId, text) {
+  let recent;
+  try {
+    recent = await state.client.listTurns(sessionId, { limit: 10, order: "desc" });
+  } catch {
+    return undefined;
+  }
+  const shown = new Set(Array.from(ui.thread.querySelectorAll("[data-turn-id]"), (node) => node.dataset.turnId));
+  return recent.data.find((turn) => !shown.has(turn.id) && turn.input === text) ?? null;
+}
+
+/**
+ * A message the server stored although its stream failed: its answer as the server has it (still being
+ * written, or ended), right after the message.
+ * @param {HTMLElement} userView
+ * @param {Turn} turn
+ */
+function showStoredTurn(userView, turn) {
+  const view = appendAssistant(turn.id);
+  userView.after(view.root);
+  if (IN_FLIGHT.has(turn.status)) {
+    clearError();
+    follow(view, (callbacks) => state.client.attach(turn.session_id, turn.id, callbacks));
+  } else {
+    // A failed turn keeps the banner: it says what went wrong. Otherwise the banner's failure was not the turn's.
+    if (turn.status !== "failed") clearError();
+    view.finish(turn);
+  }
+  refreshSession(turn.session_id);
 }
 
 ui.composer.addEventListener("submit", (/** @type {SubmitEvent} */ event) => {

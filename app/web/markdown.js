@@ -7,9 +7,10 @@
 // shown as the text it is. Links are kept only for http(s) URLs.
 //
 // Supported: paragraphs (single newlines kept as line breaks), fenced and indented code blocks, headings,
-// bullet and numbered lists (one level of nesting), block quotes, horizontal rules, inline code, bold,
-// italic, strikethrough, [links](https://…) and bare https:// URLs. It re-renders the whole text on
-// every update, which is what a streaming answer needs: an unclosed ``` fence renders as code so far.
+// bullet and numbered lists (one level of nesting), block quotes, horizontal rules, GitHub's pipe tables,
+// inline code, bold, italic, strikethrough, backslash escapes, [links](https://…) and bare https:// URLs. It
+// re-renders the whole text on every update, which is what a streaming answer needs: an unclosed ``` fence
+// renders as code so far, and a table's header row is a paragraph until its delimiter row has come.
 
 /**
  * @param {string} tag
@@ -46,6 +47,7 @@ const INLINE = new RegExp(
     /(?<!\w)_(?=[^\s_])([\s\S]*?[^\s_])_(?!\w)/.source, // 8: _italic_
     /~~(?=\S)([\s\S]*?\S)~~/.source, // 9: ~~strike~~
     /(https?:\/\/[^\s<>"'`]*[^\s<>"'`.,;:!?)\]])/.source, // 10: a bare URL
+    /\\([!-/:-@[-`{-~])/.source, // 11: a backslash-escaped punctuation mark, shown as itself
   ].join("|"),
 );
 
@@ -63,7 +65,7 @@ export function renderInline(parent, text) {
       return;
     }
     if (match.index > 0) parent.appendChild(document.createTextNode(rest.slice(0, match.index)));
-    const [whole, , code, linkText, linkHref, bold1, bold2, em1, em2, strike, bare] = match;
+    const [whole, , code, linkText, linkHref, bold1, bold2, em1, em2, strike, bare, escaped] = match;
     if (code !== undefined) {
       const node = el("code");
       // A code span's content is trimmed of one surrounding space, as CommonMark does.
@@ -105,6 +107,8 @@ export function renderInline(parent, text) {
       } else {
         parent.appendChild(document.createTextNode(bare));
       }
+    } else if (escaped !== undefined) {
+      parent.appendChild(document.createTextNode(escaped));
     }
     rest = rest.slice(match.index + whole.length);
   }
@@ -128,6 +132,35 @@ const RULE = /^ {0,3}([-*_])(?:\s*\1){2,}\s*$/;
 const BULLET = /^( *)([-*+])\s+(.*)$/;
 const ORDERED = /^( *)(\d{1,9})[.)]\s+(.*)$/;
 const QUOTE = /^ {0,3}>\s?(.*)$/;
+const TABLE_DELIMITER = /^ {0,3}\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$/;
+
+/**
+ * A table row's cells: split at the pipes that are not escaped, the outer ones dropped.
+ * @param {string} line
+ * @returns {string[]}
+ */
+function tableCells(line) {
+  let row = line.trim();
+  if (row.startsWith("|")) row = row.slice(1);
+  if (row.endsWith("|") && !row.endsWith("\\|")) row = row.slice(0, -1);
+  return row.split(/(?<!\\)\|/).map((cell) => cell.trim().replace(/\\\|/g, "|"));
+}
+
+/**
+ * Whether a table starts at lines[i]: a header row, then a delimiter row with as many cells.
+ * @param {string[]} lines
+ * @param {number} i
+ */
+function tableStarts(lines, i) {
+  const delimiter = lines[i + 1];
+  return (
+    delimiter !== undefined &&
+    lines[i].includes("|") &&
+    delimiter.includes("|") &&
+    TABLE_DELIMITER.test(delimiter) &&
+    tableCells(lines[i]).length === tableCells(delimiter).length
+  );
+}
 
 /** @param {string} line */
 function startsBlock(line) {
@@ -217,8 +250,16 @@ function renderBlocks(parent, lines) {
       i = renderList(parent, lines, i);
       continue;
     }
+    if (tableStarts(lines, i)) {
+      i = renderTable(parent, lines, i);
+      continue;
+    }
     const paragraph = [];
-    while (i < lines.length && lines[i].trim() && (paragraph.length === 0 || !startsBlock(lines[i]))) {
+    while (
+      i < lines.length &&
+      lines[i].trim() &&
+      (paragraph.length === 0 || !(startsBlock(lines[i]) || tableStarts(lines, i)))
+    ) {
       paragraph.push(lines[i].trim());
       i += 1;
     }
@@ -290,5 +331,53 @@ function renderList(parent, lines, start) {
   }
   flush();
   parent.appendChild(list);
+  return i;
+}
+
+/**
+ * A table starting at lines[start] (its header row); returns the index after it. Body rows go on until a blank
+ * line or another block; each has the header's number of cells (missing ones empty, extra ones dropped).
+ * @param {Node} parent
+ * @param {string[]} lines
+ * @param {number} start
+ * @returns {number}
+ */
+function renderTable(parent, lines, start) {
+  const header = tableCells(lines[start]);
+  const aligns = tableCells(lines[start + 1]).map((cell) => {
+    const left = cell.startsWith(":");
+    const right = cell.endsWith(":");
+    return left && right ? "center" : right ? "right" : left ? "left" : "";
+  });
+  /**
+   * @param {HTMLElement} section
+   * @param {string[]} cells
+   * @param {string} tag
+   */
+  const row = (section, cells, tag) => {
+    const tr = el("tr");
+    header.forEach((_, index) => {
+      const cell = el(tag);
+      if (aligns[index]) cell.dataset.align = aligns[index];
+      renderInline(cell, cells[index] ?? "");
+      tr.appendChild(cell);
+    });
+    section.appendChild(tr);
+  };
+  const table = el("table");
+  const head = el("thead");
+  row(head, header, "th");
+  table.appendChild(head);
+  let i = start + 2;
+  const body = el("tbody");
+  while (i < lines.length && lines[i].trim() && !startsBlock(lines[i])) {
+    row(body, tableCells(lines[i]), "td");
+    i += 1;
+  }
+  if (body.childNodes.length) table.appendChild(body);
+  // Wide tables scroll sideways on their own instead of widening the page.
+  const wrap = el("div", "table-wrap");
+  wrap.appendChild(table);
+  parent.appendChild(wrap);
   return i;
 }

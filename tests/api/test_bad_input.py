@@ -132,10 +132,10 @@ async def test_api_responses_are_not_cached_or_sniffed(client: httpx.AsyncClient
 @pytest.mark.parametrize(
     ("body", "param", "words"),
     [
-        ({"input": 5}, "input", "valid string"),
+        ({"input": 5}, "input", "must be a string or a list, not a number"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://10.0.0.1/x.png"}]}]},
-            "input.0.content.0.input_image.image_url",
+            "input.0.content.0.image_url",
             "https://",
         ),
     ],

@@ -52,15 +52,19 @@ async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
 class PageProblems:
     """What a page must never do: throw, break its Content-Security-Policy, or open a dialog (an XSS)."""
 
-    def __init__(self, page: Page) -> None:
+    def __init__(self, page: Page, *, blocked_on_purpose: tuple[str, ...] = ()) -> None:
+        """`blocked_on_purpose`: URLs whose blocking by the policy is expected (and reported in the console)."""
         self.errors: list[str] = []
         self.dialogs: list[str] = []
+        self.blocked_on_purpose = blocked_on_purpose
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
         page.on("console", self._console)
         page.on("dialog", self._dialog)
 
     def _console(self, message: ConsoleMessage) -> None:
-        if "Content Security Policy" in message.text:
+        if "Content Security Policy" in message.text and not any(
+            f"'{url}'" in message.text for url in self.blocked_on_purpose
+        ):
             self.errors.append(f"CSP: {message.text}")
 
     async def _dialog(self, dialog: Dialog) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -11,8 +13,8 @@ from playwright.async_api import Locator, Page
 
 ASSISTANT = "#thread .msg.assistant"
 
-# Samples the last answer's text length once per animation frame until its turn has ended; returns
-# [[status, length], ...]. Started before the message is sent, so it waits for answer number `count`.
+# Samples the last answer's shown text once per animation frame until its turn has ended; returns
+# [[status, text], ...]. Started before the message is sent, so it waits for answer number `count`.
 SAMPLE_GROWTH = """
 async (count) => {
   const samples = [];
@@ -22,7 +24,7 @@ async (count) => {
     if (answers.length >= count) {
       const answer = answers[count - 1];
       const status = answer.dataset.status;
-      samples.push([status, answer.querySelector('.content').textContent.length]);
+      samples.push([status, answer.querySelector('.content').textContent]);
       if (status !== 'streaming') break;
     }
     await new Promise((resolve) => requestAnimationFrame(resolve));
@@ -30,6 +32,40 @@ async (count) => {
   return samples;
 }
 """
+
+# The text a reader sees for each Markdown source, as the playground's own renderer (markdown.js) shows it.
+RENDER_MARKDOWN = """
+async (sources) => {
+  const {renderMarkdown} = await import('/web/markdown.js');
+  return sources.map((source) => {
+    const node = document.createElement('div');
+    node.append(renderMarkdown(source));
+    return node.textContent;
+  });
+}
+"""
+
+
+async def rendered(page: Page, markdown: str) -> str:
+    """What the page shows for the Markdown `markdown` (a stored answer's `output_text`)."""
+    [text] = await page.evaluate(RENDER_MARKDOWN, [markdown])
+    return str(text)
+
+
+async def assert_streamed_in_order(page: Page, shown: Sequence[str], markdown: str) -> None:
+    """Each of `shown` (the answer's text frame after frame) is the rendering of a prefix of `markdown`, and the
+    prefixes never go back: no text out of order, repeated or lost, though a frame may show a few characters
+    fewer than the one before (partial Markdown, such as `**bold` before its closing `**`, renders longer)."""
+    prefixes: list[str] = await page.evaluate(RENDER_MARKDOWN, [markdown[:end] for end in range(len(markdown) + 1)])
+    ends: dict[str, list[int]] = {}
+    for end, text in enumerate(prefixes):
+        ends.setdefault(text, []).append(end)
+    at = 0
+    for frame, text in enumerate(shown):
+        candidates = ends.get(text, [])
+        index = bisect.bisect_left(candidates, at)
+        assert index < len(candidates), f"frame {frame} shows {text!r}: no rendering of a prefix at least {at} long"
+        at = candidates[index]
 
 
 async def open_playground(page: Page, base_url: str, key: str) -> None:
@@ -144,3 +180,54 @@ def recorded_answer(deltas: list[str], *, before_text: Sequence[tuple[str, dict[
         body = {"type": name, **payload, "sequence_number": sequence}
         frames.append(f"event: {name}\ndata: {orjson.dumps(body).decode()}\n\n")
     return "".join(frames)
+
+
+def reasoning_summary(summaries: Sequence[str], *, item_id: str = "rs_1") -> list[tuple[str, dict[str, Any]]]:
+    """A reasoning item whose summary streams word by word, as `before_text` for `recorded_answer`."""
+    item: dict[str, Any] = {"id": item_id, "type": "reasoning", "summary": []}
+    events: list[tuple[str, dict[str, Any]]] = [("response.output_item.added", {"output_index": 0, "item": item})]
+    for index, text in enumerate(summaries):
+        where = {"item_id": item_id, "output_index": 0, "summary_index": index}
+        events.append(
+            ("response.reasoning_summary_part.added", {**where, "part": {"type": "summary_text", "text": ""}})
+        )
+        events.extend(
+            ("response.reasoning_summary_text.delta", {**where, "delta": word}) for word in re.findall(r"\s*\S+", text)
+        )
+        events.append(("response.reasoning_summary_text.done", {**where, "text": text}))
+    done = {**item, "summary": [{"type": "summary_text", "text": text} for text in summaries]}
+    events.append(("response.output_item.done", {"output_index": 0, "item": done}))
+    return events
+
+
+# An init script: the page's event streams pause before their first answer text until `window.releaseAnswer()`,
+# so a test can look at the page as it is mid-stream. (Frames pass whole; nothing else is changed.)
+HOLD_ANSWER_TEXT = """
+(() => {
+  const realFetch = window.fetch.bind(window);
+  let release;
+  const released = new Promise((resolve) => { release = resolve; });
+  window.releaseAnswer = () => release();
+  window.fetch = async (...args) => {
+    const response = await realFetch(...args);
+    if (!(response.headers.get('content-type') || '').startsWith('text/event-stream')) return response;
+    const decoder = new TextDecoder();
+    const encoder = new TextEncoder();
+    let buffer = '';
+    const body = response.body.pipeThrough(new TransformStream({
+      async transform(chunk, controller) {
+        buffer += decoder.decode(chunk, {stream: true});
+        let end;
+        while ((end = buffer.indexOf('\\n\\n')) !== -1) {
+          const frame = buffer.slice(0, end + 2);
+          buffer = buffer.slice(end + 2);
+          if (/^event: response\\.output_text\\.delta$/m.test(frame)) await released;
+          controller.enqueue(encoder.encode(frame));
+        }
+      },
+      flush(controller) { if (buffer) controller.enqueue(encoder.encode(buffer)); },
+    }));
+    return new Response(body, {status: response.status, statusText: response.statusText, headers: response.headers});
+  };
+})();
+"""

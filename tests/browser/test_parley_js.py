@@ -370,6 +370,25 @@ MARKDOWN_CASES = [
         "line one\nline two\n\n# Title\n> quoted",
         "<p>line one<br>line two</p><h3>Title</h3><blockquote><p>quoted</p></blockquote>",
     ),
+    # Backslash escapes show the character itself, outside code spans only.
+    (
+        r"snake\_case, 2\*3\*4, \<b\> and `a\_b`",
+        "<p>snake_case, 2*3*4, &lt;b&gt; and <code>a\\_b</code></p>",
+    ),
+    # A pipe table (cells rendered inline, an escaped pipe inside one, alignment, a short row padded); the
+    # paragraph before it ends where the header row begins.
+    (
+        "Compare:\n| Option | Good **at** |\n| :--- | ---: |\n| `a\\|b` | speed |\n| <i>x</i> |\n\nAfter.",
+        '<p>Compare:</p><div class="table-wrap"><table><thead><tr><th data-align="left">Option</th>'
+        '<th data-align="right">Good <strong>at</strong></th></tr></thead><tbody><tr>'
+        '<td data-align="left"><code>a|b</code></td><td data-align="right">speed</td></tr><tr>'
+        '<td data-align="left">&lt;i&gt;x&lt;/i&gt;</td><td data-align="right"></td></tr></tbody></table></div>'
+        "<p>After.</p>",
+    ),
+    # Mid-stream: until the delimiter row is whole, the header row is text; a row of dashes alone is a rule.
+    ("| Option | Good at |\n| --- |", "<p>| Option | Good at |<br>| --- |</p>"),
+    ("| Option |\n| --- |", '<div class="table-wrap"><table><thead><tr><th>Option</th></tr></thead></table></div>'),
+    ("---", "<hr>"),
 ]
 
 

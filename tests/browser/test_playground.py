@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import BrowserContext, Page, Request
+from playwright.async_api import Browser, BrowserContext, Locator, Page, Request, Route
 
+from tests.browser.conftest import PageProblems
 from tests.browser.playground import (
     ASSISTANT,
+    HOLD_ANSWER_TEXT,
     SAMPLE_GROWTH,
     answer,
+    assert_streamed_in_order,
     content_text,
     new_chat,
     open_playground,
+    reasoning_summary,
     recorded_answer,
+    rendered,
     send_message,
     wait_until_answered,
 )
@@ -28,6 +34,7 @@ from tests.turns.helpers import Simulator, open_stream, simulator_for, turn_of
 # Slow enough to watch: about 30 tokens a second.
 WATCHABLE = {"tokens_per_second": 30, "output_tokens": 45}
 LONG = {"tokens_per_second": 25, "output_tokens": 400}
+PHONE = {"width": 375, "height": 760}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +97,7 @@ async def test_the_page_is_served_with_a_strict_content_security_policy(http: ht
     assert "script-src 'self'" in policy
     assert "unsafe-inline" not in policy
     assert '<script type="module" src="/web/app.js">' in page.text
-    for module in ("app.js", "parley.js", "markdown.js"):
+    for module in ("app.js", "parley.js", "markdown.js", "format.js"):
         served = await http.get(f"/web/{module}")
         assert served.status_code == 200
         assert served.headers["content-type"].startswith("text/javascript")
@@ -110,17 +117,21 @@ async def test_an_answer_streams_in_token_by_token_and_survives_a_reload(
 
     statuses = [status for status, _ in samples]
     assert statuses[-1] == "completed"
-    streaming = [length for status, length in samples if status == "streaming"]
-    final = samples[-1][1]
-    # The text grew over many frames before turn.completed, never shrinking, never all at once.
-    partial = sorted({length for length in streaming if 0 < length < final})
-    assert len(partial) >= 5, samples
-    assert streaming == sorted(streaming)
-
     turn = await stored_turn(http, person, session_id, page, 1)
     assert turn["status"] == "completed"
+    # The stored answer is Markdown; the page shows it rendered (so the text compared here is not its source).
+    final = await rendered(page, turn["output_text"])
+    assert final != turn["output_text"]
+    assert samples[-1][1] == final
+    # The text grew over many frames before turn.completed, never all at once ...
+    partial = {text for status, text in samples if status == "streaming" and text and text != final}
+    assert len(partial) >= 5, samples
+    # ... and in order: each frame shows a longer start of the answer than the last (rendered as Markdown so
+    # far), never a jumble, a repeat or a step back.
+    await assert_streamed_in_order(page, [text for _, text in samples], turn["output_text"])
+
     first = answer(page, 1)
-    assert await content_text(first) == turn["output_text"]
+    assert await content_text(first) == final
     meta = await first.locator(".turn-meta").inner_text()
     assert f"{turn['usage']['total_tokens']} tokens" in meta
     assert "$0." in meta
@@ -135,7 +146,7 @@ async def test_an_answer_streams_in_token_by_token_and_survives_a_reload(
     await page.wait_for_selector("html[data-ready]")
     await wait_until_answered(page, 1)
     assert await page.locator("#thread .msg.user .bubble").inner_text() == "What should I pack for Lisbon in May?"
-    assert await content_text(answer(page, 1)) == turn["output_text"]
+    assert await content_text(answer(page, 1)) == final
     assert f"{turn['usage']['total_tokens']} tokens" in await answer(page, 1).locator(".turn-meta").inner_text()
     assert await page.locator("#session-title").inner_text() == "What should I pack for Lisbon in May?"
 
@@ -189,7 +200,7 @@ async def test_stop_cancels_the_turn_and_keeps_the_partial_answer(
     assert turn["status"] == "cancelled"
     kept = await content_text(stopped)
     assert len(kept) > 40
-    assert kept == turn["output_text"]
+    assert kept == await rendered(page, turn["output_text"])
     assert turn["usage"]["output_tokens"] < LONG["output_tokens"]
     assert await page.locator("#send").is_visible()
 
@@ -226,7 +237,7 @@ async def test_the_answer_continues_after_the_network_is_cut(
         turn = await stored_turn(http, person, session_id, page, 1)
         text = await content_text(finished)
         # No gap and no repeat: exactly the stored answer, which went on while the browser was away.
-        assert text == turn["output_text"]
+        assert text == await rendered(page, turn["output_text"])
         assert len(text) > cut_at
         assert resumes, "the page never re-attached"
         last_event_id = await resumes[-1].header_value("last-event-id")
@@ -241,7 +252,9 @@ EVENT_SOURCE_COLLECT = """
 (url) => new Promise((resolve, reject) => {
   const names = ['turn.created', 'response.created', 'response.in_progress', 'response.output_item.added',
     'response.output_item.done', 'response.content_part.added', 'response.content_part.done',
-    'response.output_text.delta', 'response.output_text.done', 'response.completed', 'turn.completed',
+    'response.output_text.delta', 'response.output_text.done', 'response.reasoning_summary_part.added',
+    'response.reasoning_summary_text.delta', 'response.reasoning_summary_text.done',
+    'response.reasoning_summary_part.done', 'response.completed', 'turn.completed',
     'turn.failed', 'turn.cancelled', 'turn.incomplete'];
   const events = [];
   const source = new EventSource(url);
@@ -373,7 +386,34 @@ async def test_parleys_own_tool_calls_show_while_they_happen(
     assert (await chip.locator(".tool-state").inner_text()).startswith("done")
     turn = await stored_turn(http, person, session_id, page, 1)
     assert "The tool returned" in turn["output_text"]
-    assert await content_text(reply) == turn["output_text"]
+    assert await content_text(reply) == await rendered(page, turn["output_text"])
+
+
+# How far below the visible part of the thread the end of the last answer (its tokens and cost line) is.
+LAST_LINE_HIDDEN_PX = """() => {
+  const thread = document.getElementById('messages').getBoundingClientRect();
+  const answers = document.querySelectorAll('#thread .msg.assistant');
+  return answers[answers.length - 1].querySelector('.turn-meta').getBoundingClientRect().bottom - thread.bottom;
+}"""
+
+
+async def test_a_reader_at_the_bottom_sees_each_answer_to_its_last_line(
+    page: Page, web: RunningParley, person: ApiUser, sim: Simulator
+) -> None:
+    """However fast an answer comes (the simulator at its instant pace: the whole answer within a frame), and
+    with a tool call, a reasoning summary and the closing line added around its text, a reader who stays at the
+    bottom of the thread sees each answer end there."""
+    await open_playground(page, web.base_url, person.key)
+    await new_chat(page)
+    questions = ["How do I count error lines in a server log?", "What is the current time in Lisbon?"] * 2
+    for number, question in enumerate(questions, start=1):
+        await send_message(page, question)
+        reply = await wait_until_answered(page, number)
+        assert await reply.get_attribute("data-status") == "completed"
+        await page.evaluate("() => new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 50)))")
+        assert await page.evaluate(LAST_LINE_HIDDEN_PX) <= 0, number
+    # The thread is taller than the window by then: the test is about scrolling.
+    assert await page.evaluate("() => document.getElementById('messages').scrollTop") > 0
 
 
 async def test_a_bad_key_is_explained(page: Page, web: RunningParley) -> None:
@@ -408,6 +448,9 @@ async def test_a_second_message_while_one_is_answered_elsewhere_is_explained(
         banner = page.locator("#error")
         await banner.wait_for()
         assert "still answering your previous message" in await banner.inner_text()
+        # The server did not take it (the page asks it before saying so).
+        await page.locator(".msg.user.not-sent .not-sent-note").wait_for()
+        assert await page.locator(".msg.user.not-sent .not-sent-note").inner_text() == "Not sent"
         assert await page.locator(".msg.user.not-sent").count() == 1
         assert await page.input_value("#input") == "me too"
         assert await page.locator(ASSISTANT).count() == 0
@@ -430,11 +473,15 @@ async def test_upstream_failures_are_explained(
     assert await banner.get_attribute("data-status") == "502"
     await page.click("#error-close")
 
+    # The server stored that message, with its failed turn: the thread shows it so, as a reload would.
+    first = await wait_until_answered(page, 1)
+    assert await first.get_attribute("data-status") == "failed"
+
     # After it: the terminal event.
     await sim.faults({"kind": "error_event", "after_events": 6, "code": "server_error"})
     await page.fill("#input", "")
     await send_message(page, "second try")
-    failed = await wait_until_answered(page, 1)
+    failed = await wait_until_answered(page, 2)
     assert await failed.get_attribute("data-status") == "failed"
     assert "internal problem" in await failed.locator(".turn-error").inner_text()
 
@@ -472,3 +519,253 @@ async def test_parley_js_answers_a_client_tool_and_the_turn_goes_on(
     assert outcome["done"]["status"] == "completed"
     assert '{"temp_c": 21}' in outcome["done"]["output_text"]
     assert outcome["done"]["output_text"].endswith(outcome["text"])
+
+
+LONG_TITLE = "Packing for Lisbon in May: layers, shoes for the cobbles, and where to find the best pastéis de nata"
+
+# Where a row's title and its action buttons are drawn, and whether the title is cut short with an ellipsis.
+ROW_GEOMETRY = """(row) => {
+  const box = (node) => { const r = node.getBoundingClientRect(); return {left: r.left, right: r.right, width: r.width}; };
+  const title = row.querySelector('.session-title');
+  return {
+    row: box(row),
+    title: box(title),
+    buttons: [...row.querySelectorAll('.session-actions button')].map(box),
+    cut: title.scrollWidth > title.clientWidth && getComputedStyle(title).textOverflow === 'ellipsis',
+  };
+}"""
+
+
+async def assert_actions_beside_title(row: Locator) -> None:
+    geometry = await row.evaluate(ROW_GEOMETRY)
+    assert geometry["cut"], geometry
+    assert len(geometry["buttons"]) == 2
+    for button in geometry["buttons"]:
+        assert button["width"] > 0, geometry
+        assert geometry["title"]["right"] <= button["left"], geometry
+        assert button["right"] <= geometry["row"]["right"], geometry
+
+
+async def test_a_long_title_is_cut_short_beside_its_actions_on_a_laptop_and_a_phone(
+    browser: Browser, page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser
+) -> None:
+    created = await http.post("/v1/sessions", json={"title": LONG_TITLE}, headers=person.headers)
+    session_id = created.json()["id"]
+    await open_playground(page, web.base_url, person.key)
+    row = page.locator(f"[data-session-id='{session_id}']")
+    await row.hover()
+    await assert_actions_beside_title(row)
+
+    phone = await browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    try:
+        tab = await phone.new_page()
+        problems = PageProblems(tab)
+        await open_playground(tab, web.base_url, person.key)
+        await tab.locator("#menu").tap()
+        await tab.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().left >= 0")
+        # No hover on a phone: the actions are there all the time, beside the title.
+        await assert_actions_beside_title(tab.locator(f"[data-session-id='{session_id}']"))
+        assert problems.errors == []
+    finally:
+        await phone.close()
+
+
+async def test_a_session_counts_its_exchanges(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    await open_playground(page, web.base_url, person.key)
+    session_id = await new_chat(page)
+    for number, text in enumerate(["First question", "Second question"], start=1):
+        await send_message(page, text)
+        await wait_until_answered(page, number)
+    row = page.locator(f"[data-session-id='{session_id}'] .session-sub")
+    await page.wait_for_function(
+        "(id) => document.querySelector(`[data-session-id='${id}'] .exchanges`)?.textContent === '2 exchanges'",
+        arg=session_id,
+    )
+    assert (await row.inner_text()).startswith("2 exchanges · $")
+    assert (await page.locator("#session-meta").inner_text()).startswith("2 exchanges · $")
+    # Two exchanges are four messages: the count says which it counts.
+    stored = (await http.get(f"/v1/sessions/{session_id}", headers=person.headers)).json()
+    messages = (await http.get(f"/v1/sessions/{session_id}/messages", headers=person.headers)).json()["data"]
+    assert stored["turn_count"] == 2
+    assert len(messages) == 4
+    assert "messages" not in await row.inner_text()
+
+
+FORMAT_CASES = {
+    "0.12345678": "$0.12",
+    "0.01000000": "$0.01",
+    "0.00999999": "$0.01",
+    "12.50000000": "$12.50",
+    "1234.5": "$1,234.50",
+    "1.005": "$1.01",
+    "0.00012340": "$0.0001234",
+    "0.00012345678": "$0.0001235",
+    "0.00000900": "$0.000009",
+    "0": "$0.00",
+}
+
+
+def cost_shown(cost: str) -> str:
+    """What the page should show for a stored cost: cents from $0.01 up, else 4 significant digits."""
+    amount = Decimal(cost)
+    if amount >= Decimal("0.01"):
+        return f"${amount.quantize(Decimal('0.01')):,}"
+    rounded = amount.quantize(Decimal(1).scaleb(amount.adjusted() - 3))
+    return f"${rounded.normalize():f}"
+
+
+async def test_costs_read_as_money_with_the_exact_figure_on_hover(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    await open_playground(page, web.base_url, person.key)
+    shown = await page.evaluate(
+        """async (values) => {
+          const {formatCost} = await import('/web/format.js');
+          return Object.fromEntries([...values, null].map((value) => [String(value), formatCost(value)]));
+        }""",
+        list(FORMAT_CASES),
+    )
+    assert shown == {**FORMAT_CASES, "null": "cost unknown"}
+
+    # A cheap answer (a fraction of a cent), a dear one (2,000 tokens of gpt-4.1) and an unpriced model's.
+    for model, tokens, size in (
+        ("gpt-4.1-nano", None, "tiny"),
+        ("gpt-4.1", 2000, "cents"),
+        ("my-own-fine-tune", None, "unknown"),
+    ):
+        await sim.configure(output_tokens=tokens)
+        created = await http.post("/v1/sessions", json={"model": model}, headers=person.headers)
+        session_id = created.json()["id"]
+        await page.goto(f"{web.base_url}/#{session_id}")
+        await page.wait_for_function("(id) => document.documentElement.dataset.loaded === id", arg=session_id)
+        await send_message(page, "How much does this cost?")
+        reply = await wait_until_answered(page, 1)
+        cost = reply.locator(".turn-meta .cost")
+        stored = (await stored_turn(http, person, session_id, page, 1))["cost_usd"]
+        if size == "unknown":
+            assert stored is None
+            assert await cost.inner_text() == "cost unknown"
+            assert "unknown" in (await cost.get_attribute("title") or "")
+            continue
+        assert (Decimal(stored) >= Decimal("0.01")) == (size == "cents"), stored
+        assert len(stored.split(".")[1]) == 8
+        assert await cost.inner_text() == cost_shown(stored)
+        assert await cost.get_attribute("title") == f"${stored} exactly"
+
+
+async def test_a_message_the_server_stored_is_never_shown_as_not_sent(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    await open_playground(page, web.base_url, person.key)
+    session_id = await new_chat(page)
+
+    # The upstream fails before its first byte: Parley answers 502, having stored the message and a failed turn.
+    await sim.faults({"kind": "http_error", "status": 500})
+    await send_message(page, "first try")
+    failed = await wait_until_answered(page, 1)
+    assert await failed.get_attribute("data-status") == "failed"
+    assert await failed.locator(".badge").inner_text() == "Failed"
+
+    # A proxy on the way fails a stream the server answered in full.
+    async def fail_after_the_server(route: Route) -> None:
+        served = await route.fetch()
+        assert served.status == 200
+        await route.fulfill(status=502, content_type="text/html", body="<h1>Bad gateway</h1>")
+
+    await page.route("**/messages", fail_after_the_server)
+    await page.fill("#input", "")
+    await send_message(page, "second try")
+    answered = await wait_until_answered(page, 2)
+    await page.unroute("**/messages")
+    assert await answered.get_attribute("data-status") == "completed"
+    stored = await stored_turn(http, person, session_id, page, 2)
+    assert stored["input"] == "second try"
+    assert stored["status"] == "completed"
+    assert await content_text(answered)
+
+    assert await page.locator(".msg.user.not-sent").count() == 0
+    assert await page.locator(".not-sent-note").count() == 0
+    before = await page.locator("#thread").inner_text()
+    await page.reload()
+    await page.wait_for_selector("html[data-ready]")
+    await wait_until_answered(page, 2)
+    assert await page.locator("#thread").inner_text() == before
+
+
+CODE = "def greet(name):\n    return f'<b>Hello, {name}!</b>'"
+
+
+async def test_a_code_block_has_a_copy_button(
+    context: BrowserContext, page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=web.base_url)
+    await sim.faults(
+        {"kind": "replay", "sse": recorded_answer(["Here:\n\n", f"```python\n{CODE}\n```\n", "\nThat's it."])}
+    )
+    await open_playground(page, web.base_url, person.key)
+    await new_chat(page)
+    await send_message(page, "Write a greeting function")
+    reply = await wait_until_answered(page, 1)
+
+    button = reply.locator(".code-block .copy-code")
+    assert await button.count() == 1
+    label = "node => getComputedStyle(node, '::after').content"
+    assert await button.evaluate(label) == '"Copy"'
+    await button.click()
+    await page.wait_for_function(
+        "() => getComputedStyle(document.querySelector('.copy-code'), '::after').content === '\"Copied\"'"
+    )
+    assert await page.evaluate("navigator.clipboard.readText()") == CODE
+    # The button's words are not part of the answer's text.
+    assert "Cop" not in await content_text(reply)
+    assert await reply.locator("pre code").inner_text() == CODE
+
+
+REASONING = ["**Planning** the answer: the user wants <b>a packing list</b>.", "Then keep it short."]
+
+
+async def test_a_reasoning_summary_shows_live_above_the_answer(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    await page.add_init_script(HOLD_ANSWER_TEXT)
+    await sim.faults(
+        {
+            "kind": "replay",
+            "sse": recorded_answer(["Pack ", "light ", "layers."], before_text=reasoning_summary(REASONING)),
+        }
+    )
+    await open_playground(page, web.base_url, person.key)
+    await new_chat(page)
+    await send_message(page, "What should I pack?")
+
+    # Mid-stream, before any answer text: the summary is there, open, above the (empty) answer.
+    reply = answer(page, 1)
+    block = reply.locator("details.reasoning")
+    await block.locator(".reasoning-part").nth(1).wait_for()
+    assert await reply.get_attribute("data-status") == "streaming"
+    assert await content_text(reply) == ""
+    assert await block.evaluate("node => node.open")
+    assert await block.locator("summary").inner_text() == "Reasoning"
+    text = await block.locator(".reasoning-text").inner_text()
+    assert "Planning the answer: the user wants <b>a packing list</b>." in text
+    assert "Then keep it short." in text
+    assert await block.locator("b").count() == 0
+    assert await block.locator("strong").inner_text() == "Planning"
+
+    await page.evaluate("window.releaseAnswer()")
+    reply = await wait_until_answered(page, 1)
+    assert await reply.get_attribute("data-status") == "completed"
+    assert await content_text(reply) == "Pack light layers."
+    # Once the answer has come, the summary folds away above it; a click opens it again.
+    assert not await block.evaluate("node => node.open")
+    assert not await block.locator(".reasoning-text").is_visible()
+    folded = await block.bounding_box()
+    content = await reply.locator(".content").bounding_box()
+    assert folded is not None
+    assert content is not None
+    assert folded["y"] + folded["height"] <= content["y"]
+    await block.locator("summary").click()
+    assert await block.locator(".reasoning-text").is_visible()
+    assert "Then keep it short." in await block.locator(".reasoning-text").inner_text()

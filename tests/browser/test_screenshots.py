@@ -7,18 +7,17 @@ docs/screenshots/*.png (shown in the README). SQLite only: this is about the pag
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 import pytest
 from playwright.async_api import Browser, Page
 
-from tests.browser.playground import new_chat, open_playground, recorded_answer, send_message, wait_until_answered
+from tests.browser.playground import new_chat, open_playground, send_message, wait_until_answered
 from tests.conftest import ApiUser, RunningParley, create_api_user, run_parley
 from tests.databases import sqlite_database
 from tests.turns.helpers import simulator_for
@@ -26,54 +25,19 @@ from tests.turns.helpers import simulator_for
 DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PHONE = {"width": 375, "height": 760}
 
-LISBON = (
-    "May is a lovely time for Lisbon: warm days around **22 °C**, cooler evenings and the odd shower.\n\n"
-    "- Light layers and a thin jacket for the evenings\n"
-    "- Comfortable shoes: the hills and *calçada* cobbles get slippery\n"
-    "- Sunscreen and sunglasses\n"
-    "- A compact umbrella, just in case\n\n"
-    "Check the forecast again the week before with `get_weather`, or on [IPMA](https://www.ipma.pt/en/)."
+# The open chat, answered by the built-in simulator as it answers anyone who runs Parley without an OpenAI key:
+# a table, a list with a code block, and one of Parley's own tools. (The simulator picks an answer's shape by a
+# hash of the question, so these questions are chosen for the shapes they get.)
+QUESTIONS = (
+    "Which database should I use for a small web app?",
+    "How do I count error lines in a server log?",
+    "Ask the calculator: what is 18 * 4 + 12?",
 )
-CHECKLIST = (
-    "Sure, here it is as plain text:\n\n"
-    "```text\n[ ] Light layers + thin jacket\n[ ] Comfortable walking shoes\n[ ] Sunscreen, sunglasses\n"
-    "[ ] Compact umbrella\n```\n\nHave a wonderful trip!"
-)
-WEATHER_CALL: dict[str, Any] = {
-    "output_index": 0,
-    "item": {
-        "id": "fc_weather",
-        "type": "function_call",
-        "status": "completed",
-        "call_id": "call_weather",
-        "name": "get_weather",
-        "arguments": '{"city": "Lisbon", "month": "May"}',
-    },
+# Older chats in the sidebar, each with one exchange.
+OTHER_CHATS = {
+    "Birthday ideas for Sam": "Gift ideas for a friend who loves hiking and coffee?",
+    "Refactor the billing module": "How should I split the billing module into smaller services?",
 }
-
-# As Parley shows one of its own tools (PARLEY_TOOLS): the model's call, then Parley running it. (Replayed in
-# one response here, for a tidy picture; for real they sit between two upstream responses.)
-WEATHER_TOOL_EVENTS = [
-    ("response.output_item.done", WEATHER_CALL),
-    (
-        "turn.tool_call.started",
-        {"call_id": "call_weather", "name": "get_weather", "arguments": WEATHER_CALL["item"]["arguments"]},
-    ),
-    (
-        "turn.tool_call.completed",
-        {
-            "call_id": "call_weather",
-            "name": "get_weather",
-            "output": '{"high_c": 22}',
-            "error": None,
-            "duration_ms": 41,
-        },
-    ),
-]
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"\s*\S+", text)
 
 
 @dataclass(frozen=True)
@@ -86,29 +50,28 @@ class Scene:
 
 @pytest.fixture(scope="module")
 async def scene(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
-    """A user with a few chats, the open one with two answers (Markdown, a tool call), made through the page."""
+    """A user with a few chats, the open one with three answers (Markdown, a tool call), made through the page."""
     async with sqlite_database(tmp_path_factory.mktemp("screens")) as url:
-        with run_parley(url, "sqlite") as parley:
+        with run_parley(url, "sqlite", tools=["current_time", "calculator"]) as parley:
             async with httpx.AsyncClient(base_url=parley.base_url, timeout=30) as http:
                 user = await create_api_user(http, name="ada")
-                for title in ("Birthday ideas for Sam", "Refactor the billing module"):
-                    await http.post("/v1/sessions", json={"title": title}, headers=user.headers)
-                sim = simulator_for(parley, http)
+                await simulator_for(parley, http).configure(tokens_per_second=0, first_token_delay_ms=0)
+                for title, question in OTHER_CHATS.items():
+                    created = await http.post("/v1/sessions", json={"title": title}, headers=user.headers)
+                    answered = await http.post(
+                        f"/v1/sessions/{created.json()['id']}/messages",
+                        json={"input": question, "stream": False},
+                        headers=user.headers,
+                    )
+                    assert answered.json()["status"] == "completed", answered.text
                 context = await browser.new_context(viewport={"width": 1280, "height": 800})
                 page = await context.new_page()
                 await open_playground(page, parley.base_url, user.key)
                 session_id = await new_chat(page)
-                await sim.faults(
-                    {
-                        "kind": "replay",
-                        "sse": recorded_answer(words(LISBON), before_text=WEATHER_TOOL_EVENTS),
-                    }
-                )
-                await send_message(page, "What should I pack for Lisbon in May?")
-                await wait_until_answered(page, 1)
-                await sim.faults({"kind": "replay", "sse": recorded_answer(words(CHECKLIST))})
-                await send_message(page, "Can you make that a checklist I can paste into my notes?")
-                await wait_until_answered(page, 2)
+                for number, question in enumerate(QUESTIONS, start=1):
+                    await send_message(page, question)
+                    answer = await wait_until_answered(page, number)
+                    assert await answer.get_attribute("data-status") == "completed"
                 await page.evaluate("document.activeElement?.blur()")
                 yield Scene(parley=parley, user=user, session_id=session_id, page=page)
                 await context.close()
@@ -119,7 +82,7 @@ async def open_scene(page: Page, scene: Scene) -> None:
     await page.fill("#key-input", scene.user.key)
     await page.click("#key-save")
     await page.wait_for_selector("html[data-ready]")
-    await wait_until_answered(page, 2)
+    await wait_until_answered(page, len(QUESTIONS))
     # The caret blinks and "just now" ages: take them out of the picture.
     await page.evaluate("document.activeElement?.blur()")
 
@@ -146,9 +109,12 @@ async def test_desktop(scene: Scene, tmp_path: Path, scheme: Literal["light", "d
     await page.emulate_media(color_scheme=scheme)
     assert await page.locator("#sidebar").is_visible()
     assert await page.locator(".session-item").count() == 3
-    assert await page.locator(".tool-call .tool-name").inner_text() == "get_weather"
-    assert await page.locator(".tool-call .tool-state").inner_text() == "done · 41 ms"
-    assert await page.locator("#thread pre code").count() == 1
+    assert await page.locator(".tool-call .tool-name").inner_text() == "calculator"
+    assert (await page.locator(".tool-call .tool-state").inner_text()).startswith("done · ")
+    assert await page.locator("#thread table").count() == 1
+    assert await page.locator("#thread .code-block pre code").count() == 1
+    assert await page.locator("#thread .code-block .copy-code").is_visible()
+    assert await page.locator("#thread .reasoning").count() == len(QUESTIONS)
     assert await page.evaluate("document.documentElement.scrollWidth") <= 1280
     name = "playground-desktop.png" if scheme == "light" else "playground-desktop-dark.png"
     await page.screenshot(path=tmp_path / name)

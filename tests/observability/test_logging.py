@@ -36,6 +36,8 @@ def _serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         PARLEY_SPOOL_DIR=str(tmp_path / "spool"),
         PARLEY_ADMIN_TOKEN=ADMIN_TOKEN,
         PARLEY_LOG_LEVEL="INFO",
+        # The embedded simulator answers at a model's pace by default; these tests read logs, not the pace.
+        PARLEY_SIMULATOR_SPEED="instant",
         **extra,
     )
     return env

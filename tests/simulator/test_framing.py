@@ -27,7 +27,8 @@ async def test_text_stream_has_the_real_event_order_and_framing(simulator: Simul
     types = [event.type for event in events]
     deltas = [event for event in events if event.type == "response.output_text.delta"]
     assert types == TEXT_ORDER + ["response.output_text.delta"] * len(deltas) + TEXT_END
-    assert 12 <= len(deltas) <= 40
+    # A Markdown answer of a few short paragraphs, lists, a table or code: tens of tokens, not thousands.
+    assert 40 <= len(deltas) <= 200
     assert_contiguous(events)
     for event in events:
         validate_with_sdk(event)

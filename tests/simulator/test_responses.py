@@ -35,7 +35,7 @@ async def test_non_streamed_response_is_a_complete_response_object(sdk: openai.A
 
     assert response.status == "completed"
     assert response.model == "gpt-4.1-mini-2025-04-14"
-    assert response.output_text.startswith('You said: "What is Parley?".')
+    assert "What is Parley" in response.output_text
     assert response.completed_at is not None
     assert response.service_tier == "default"
     assert response.metadata == {"k": "v"}

@@ -50,7 +50,8 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         422: "A field is invalid or unknown.",
         429: "Rate limited; see Retry-After.",
         502: "The upstream model service failed.",
-        503: "Parley is shutting down or its database is unavailable; see Retry-After.",
+        503: "Parley is shutting down or its database is unavailable (see Retry-After), or the database is not "
+        "migrated (database_not_migrated: run `parley migrate`).",
         504: "The upstream model service timed out.",
     }
     return {status: {"model": ErrorEnvelope, "description": descriptions[status]} for status in statuses}

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from app.api.deps import StateDep
 from app.api.schemas import Health
-from app.db.migrate import current_revision
+from app.db.migrate import NOT_MIGRATED, current_revision
 from app.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,15 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", responses={503: {"description": "Database unreachable or not migrated."}})
+@router.get(
+    "/readyz",
+    responses={
+        503: {
+            "description": "Database unreachable (database_unreachable) or not migrated "
+            "(database_not_migrated, migrations_pending)."
+        }
+    },
+)
 async def readyz(state: StateDep) -> Health:
     """The database is reachable and migrated to the head revision."""
     try:
@@ -33,6 +41,13 @@ async def readyz(state: StateDep) -> Health:
         logger.warning("readyz.database_unreachable", extra={"error": type(error).__name__})
         raise ServiceUnavailable("The database is not reachable.", code="database_unreachable") from error
     head = state.head_revision
+    if revision is None:
+        state.schema.behind("empty (never migrated)")
+        raise ServiceUnavailable(NOT_MIGRATED, code="database_not_migrated")
     if revision != head:
-        raise ServiceUnavailable(f"The database is at {revision}, not at head {head}.", code="migrations_pending")
+        state.schema.behind(f"at revision {revision}")
+        raise ServiceUnavailable(
+            f"The database is at revision {revision}, not at {head}: run `parley migrate`.", code="migrations_pending"
+        )
+    state.schema.current()
     return Health(status="ready", database="ok", revision=revision)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -11,29 +12,45 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
+# Swagger UI's and ReDoc's bundles (swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js) come from the
+# fastapi-offline package's files, served beside the playground's own under /web: /docs works offline.
+DOCS_ASSETS = ("fastapi_offline", "static")
 
-# Scripts, styles and fetches only from this origin, no inline script or style attribute, no plugins,
-# no framing. Model output is put on the page as text nodes; this is the second line of defence.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ]
-)
-PAGE_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    # Revalidate every time (cheap: ETag / Last-Modified), so a new deployment's modules load together.
-    "Cache-Control": "no-cache",
-}
+
+def content_security_policy(
+    *, script_src: Iterable[str] = (), style_src: Iterable[str] = (), worker_src: Iterable[str] = ()
+) -> str:
+    """Scripts, styles and fetches only from this origin (plus the given sources, e.g. one inline script's
+    hash), no plugins, no framing. Model output is put on the page as text nodes; this is the second line
+    of defence."""
+    return "; ".join(
+        [
+            "default-src 'self'",
+            " ".join(["script-src 'self'", *script_src]),
+            " ".join(["style-src 'self'", *style_src]),
+            " ".join(["worker-src 'self'", *worker_src]),
+            "img-src 'self' data:",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+def page_headers(policy: str) -> dict[str, str]:
+    return {
+        "Content-Security-Policy": policy,
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        # Revalidate every time (cheap: ETag / Last-Modified), so a new deployment's modules load together.
+        "Cache-Control": "no-cache",
+    }
+
+
+CONTENT_SECURITY_POLICY = content_security_policy()
+PAGE_HEADERS = page_headers(CONTENT_SECURITY_POLICY)
 
 router = APIRouter(include_in_schema=False)
 
@@ -56,4 +73,5 @@ class WebFiles(StaticFiles):
 
 
 def static_files() -> StaticFiles:
-    return WebFiles(directory=WEB_DIR, check_dir=False)
+    # The playground's own directory comes first: a file of the same name in the package never shadows it.
+    return WebFiles(directory=WEB_DIR, packages=[DOCS_ASSETS], check_dir=False)
