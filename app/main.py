@@ -21,6 +21,7 @@ from app.observability.request_id import RequestIdMiddleware
 from app.server.middleware import RequestGuardMiddleware, SecurityHeadersMiddleware
 from app.services.auth import Authenticator
 from app.services.pricing import Pricer
+from app.services.replicas import UnsharedLogWatch
 from app.services.reservations import RoundCosts
 from app.services.revocations import RevocationListener, RevocationPoller
 from app.services.server_tools import ServerTools
@@ -31,6 +32,7 @@ from app.services.turn_store import SqlTurnStore
 from app.settings import Settings
 from app.state import AppState
 from app.streaming.event_log import EventLogRegistry
+from app.streaming.redis_log import RedisEventLogs, connect
 from app.streaming.turn_runner import RunnerConfig, TurnRunner
 from app.upstream.client import build_openai_client
 from app.upstream.response_stream import StreamPolicy
@@ -130,12 +132,19 @@ def create_app(settings: Settings) -> FastAPI:
             await schema.check()
         sessionmaker = build_sessionmaker(engine)
         upstream = build_openai_client(settings, base_url=base_url)
-        logs = EventLogRegistry(retention_s=settings.resume_window_s)
         spool = Spool(settings.spool_dir)
         pricer = Pricer(settings.pricing_file)
         pricer.warm()
         costs = RoundCosts(settings, pricer)
-        app_metrics = Metrics(spool_depth=lambda: spool.depth)
+        app_metrics = Metrics(spool_depth=lambda: spool.depth, event_log_usage=lambda: (logs.bytes_held, logs.evicted))
+        shared_logs = (
+            RedisEventLogs(connect(settings.redis_url), metrics=app_metrics, resume_window_s=settings.resume_window_s)
+            if settings.redis_url
+            else None
+        )
+        logs = EventLogRegistry(
+            retention_s=settings.resume_window_s, max_bytes=settings.resume_max_bytes, sink=shared_logs
+        )
         tools = ServerTools(settings.tools)
         runner = TurnRunner(
             upstream=upstream,
@@ -163,6 +172,7 @@ def create_app(settings: Settings) -> FastAPI:
             server_tools=tools,
             upstream=upstream,
             costs=costs,
+            shared_logs=shared_logs,
         )
         app.state.parley = AppState(
             settings=settings,
@@ -194,6 +204,18 @@ def create_app(settings: Settings) -> FastAPI:
             # A mounted app's lifespan does not run by itself: the simulator's state database opens here, after
             # the migrations and before the runner (whose recovery may ask it for responses), and closes after.
             await simulator_lifespan.enter_async_context(simulator.router.lifespan_context(simulator))
+        if shared_logs is not None:
+            shared_logs.start()
+            logger.info("parley.event_log: shared by every replica on Redis")
+        unshared = (
+            UnsharedLogWatch(
+                sessionmaker, interval_s=settings.runner_sweep_interval_s, alive_within_s=settings.runner_orphan_after_s
+            )
+            if shared_logs is None
+            else None
+        )
+        if unshared is not None:
+            unshared.start()
         await runner.start()
         revocations.start()
         loop_lag = LoopLagWatch(app_metrics)
@@ -204,6 +226,11 @@ def create_app(settings: Settings) -> FastAPI:
             await loop_lag.stop()
             await revocations.stop()
             await runner.shutdown(settings.shutdown_grace_s)
+            if shared_logs is not None:
+                # After the runner: the frames of turns it ended go to Redis before the client closes.
+                await shared_logs.aclose()
+            if unshared is not None:
+                await unshared.stop()
             await simulator_lifespan.aclose()
             await upstream.close()
             await engine.dispose()

@@ -61,12 +61,26 @@ class Settings(BaseSettings):
     upstream_stall_timeout_s: float = Field(default=180.0, gt=0)
     upstream_max_attempts: int = Field(default=3, ge=1, le=10)
     upstream_max_retry_wait_s: float = Field(default=5.0, ge=0)
+    # How long a turn whose upstream stream was cut keeps re-attaching to its background response (each attempt
+    # that brings events starts the count again) before it is stored as failed.
     upstream_recovery_timeout_s: float = Field(default=15.0, ge=0)
+    # Turns run upstream as background responses (`background: true, store: true`): the response goes on when
+    # Parley's connection to it drops, Parley re-attaches from the last event it relayed, and cancel stops it
+    # upstream (billing stops). OpenAI keeps background responses about ten minutes for this, so an organisation
+    # with zero data retention must turn it off; then a cut stream ends its turn `failed` with the partial
+    # answer (the response is gone upstream), and a turn cannot outlive the connection that runs it.
+    upstream_background: bool = True
 
     # Turns and their event streams.
     secret_key: SecretStr | None = None
     stream_token_ttl_s: int = Field(default=3600, ge=60)
     resume_window_s: float = Field(default=900.0, ge=0)
+    # The in-memory resume window's size in bytes: the frames of this process's turn event logs (each counted
+    # with its ~41 bytes of overhead). Past it, finished turns' logs leave before their window, the one that
+    # finished first first, and a resume of one gets the stored turn's terminal event (from the shared log on
+    # Redis, when there is one); running turns' logs always stay. 256 MiB holds ~250 turns of 3,000 tokens
+    # (~1 MB each) or ~6,000 short ones (~40 KB). 0: a finished turn's log leaves at once.
+    resume_max_bytes: int = Field(default=268_435_456, ge=0)
     sse_ping_interval_s: float = Field(default=10.0, gt=0, le=15)
     sse_send_timeout_s: float = Field(default=30.0, gt=0)
     shutdown_grace_s: float = Field(default=15.0, ge=0)
@@ -128,6 +142,8 @@ class Settings(BaseSettings):
     rate_limit_concurrent_turns: int = Field(default=4, ge=0)  # in-flight turns per user; 0: no limit
     metrics_token: SecretStr | None = None
 
+    # Shares every turn's event log between replicas as a Redis Stream (e.g. redis://redis:6379/0), so any replica
+    # serves a resume of any turn. Unset: each process keeps its turns' logs in memory only.
     redis_url: str | None = None
     tools: Annotated[list[str], NoDecode] = []
     pricing_file: Path | None = None

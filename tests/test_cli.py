@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import RunningParley, create_api_user, run_parley
 from tests.databases import database, postgres_database
+from tests.observability.scrape import scrape_until
 from tests.servers import free_port
 from tests.turns.helpers import new_session, open_stream, simulator_for, sse_events
 
@@ -288,36 +289,42 @@ async def _cli_async(parley: RunningParley, cwd: Path, *args: str) -> subprocess
 
 @pytest.mark.timeout(60)
 async def test_a_revoke_from_the_command_line_reaches_the_running_server(
-    client: httpx.AsyncClient, parley: RunningParley, tmp_path: Path
+    database_url: str, backend: str, tmp_path: Path
 ) -> None:
     """As the admin API's revoke: the server stops taking the key and ends the streams it opened (Postgres tells the
-    server as the revoke commits; a SQLite server reads it within a second or two)."""
+    server as the revoke commits; a SQLite server reads it within a second or two). A server of its own: the
+    shared one's LISTEN connection may have been cut by another test, unnoticed for up to its ping interval."""
+    with run_parley(database_url, backend) as parley:
+        async with httpx.AsyncClient(base_url=parley.base_url, timeout=30) as client:
+            await _revoke_while_streaming(parley, client, tmp_path)
+
+
+async def _revoke_while_streaming(parley: RunningParley, client: httpx.AsyncClient, tmp_path: Path) -> None:
     sim = simulator_for(parley, client)
+    if parley.backend == "postgres":
+        await scrape_until(client, lambda scraped: scraped.value("parley_auth_revocations_listening") == 1)
     # A turn of ~20 s: still streaming when the key is revoked.
     await sim.configure(tokens_per_second=20, first_token_delay_ms=0, output_tokens=400)
-    try:
-        user = await create_api_user(client)
-        session_id = await new_session(client, user)
-        path = f"/v1/sessions/{session_id}/messages"
-        async with open_stream(client, "POST", path, json={"input": "a long one"}, headers=user.headers) as opened:
-            stream, source = opened
-            assert stream.status == 200
-            events = aiter(sse_events(source))
-            names = [(await anext(events)).event for _ in range(3)]
-            assert names[0] == "turn.created"
+    user = await create_api_user(client)
+    session_id = await new_session(client, user)
+    path = f"/v1/sessions/{session_id}/messages"
+    async with open_stream(client, "POST", path, json={"input": "a long one"}, headers=user.headers) as opened:
+        stream, source = opened
+        assert stream.status == 200
+        events = aiter(sse_events(source))
+        names = [(await anext(events)).event for _ in range(3)]
+        assert names[0] == "turn.created"
 
-            listed = await _cli_async(parley, tmp_path, "keys", "list", "--user", user.name)
-            [key_id] = [row.split()[0] for row in listed.stdout.strip().splitlines()[1:]]
-            revoked = await _cli_async(parley, tmp_path, "keys", "revoke", key_id)
-            assert revoked.returncode == 0, revoked.stderr
+        listed = await _cli_async(parley, tmp_path, "keys", "list", "--user", user.name)
+        [key_id] = [row.split()[0] for row in listed.stdout.strip().splitlines()[1:]]
+        revoked = await _cli_async(parley, tmp_path, "keys", "revoke", key_id)
+        assert revoked.returncode == 0, revoked.stderr
 
-            async with asyncio.timeout(5):
-                names += [sse.event async for sse in events]
-            assert "turn.completed" not in names  # cut, not finished
-        refused = await client.get("/v1/sessions", headers=user.headers)
-        assert refused.status_code == 401
-    finally:
-        await sim.configure(tokens_per_second=0, first_token_delay_ms=0, output_tokens=None)
+        async with asyncio.timeout(5):
+            names += [sse.event async for sse in events]
+        assert "turn.completed" not in names  # cut, not finished
+    refused = await client.get("/v1/sessions", headers=user.headers)
+    assert refused.status_code == 401
 
 
 async def test_commands_on_a_database_they_cannot_use(tmp_path: Path) -> None:

@@ -122,6 +122,10 @@ class Turn(Base):
     required_action: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON)
     pending_tool_outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(PortableJSON)
     last_event_id: Mapped[int | None] = mapped_column(Integer)
+    # While a background response of the turn runs: the upstream `sequence_number` of the last event of its
+    # newest response (the last of `response_ids`) that was relayed, as of its runner's last heartbeat. Where
+    # another process would re-attach (`GET /v1/responses/{id}?stream=true&starting_after=N`); None: from the start.
+    last_sequence_number: Mapped[int | None] = mapped_column(BigInteger)
     ttft_ms: Mapped[int | None] = mapped_column(Integer)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

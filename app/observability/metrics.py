@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -86,8 +86,46 @@ class _SpoolDepthCollector:
         return [family]
 
 
+class _EventLogCollector:
+    """The in-memory event logs' bytes and evictions, read from the registry when scraped (the append path
+    only adds to a plain integer)."""
+
+    def __init__(self, usage: Callable[[], tuple[int, int]]) -> None:
+        self._usage = usage
+
+    def _families(self) -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "parley_event_log_bytes",
+                "Bytes this process's turn event logs hold in memory (frames and their overhead), running and "
+                "finished; finished ones are evicted past PARLEY_RESUME_MAX_BYTES.",
+            ),
+            CounterMetricFamily(
+                "parley_event_log_evictions",
+                "Finished turns' event logs dropped before their resume window because the logs held more than "
+                "PARLEY_RESUME_MAX_BYTES (a resume of one gets the stored turn's terminal event).",
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        held, evicted = self._usage()
+        size, evictions = self._families()
+        size.add_metric([], held)
+        evictions.add_metric([], evicted)
+        return [size, evictions]
+
+
 class Metrics:
-    def __init__(self, *, spool_depth: Callable[[], int] | None = None, process: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        spool_depth: Callable[[], int] | None = None,
+        event_log_usage: Callable[[], tuple[int, int]] | None = None,
+        process: bool = True,
+    ) -> None:
         # No `_created` series: in the text format Prometheus stores each as a gauge of its own, doubling
         # the series for nothing. (A process-wide switch of prometheus_client; Parley owns its process.)
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -147,8 +185,33 @@ class Metrics:
             buckets=LOOP_LAG_BUCKETS_S,
             registry=registry,
         )
+        self.redis_available = Gauge(
+            "parley_redis_available",
+            "1 while the turn event logs shared on Redis (PARLEY_REDIS_URL) answer; 0 after a Redis call failed or "
+            "timed out, until one succeeds (turns go on and are stored; resumes of other replicas' turns get the "
+            "stored turn), and without PARLEY_REDIS_URL.",
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "parley_redis_errors",
+            "Redis calls of the shared event log that failed or timed out, by operation: append (a batch of "
+            "frames not written), read (a resume cut over to the stored turn); append_refused counts frames Redis "
+            "refused (their ids already written).",
+            ["op"],
+            registry=registry,
+        )
+        self.resume_fallbacks = Counter(
+            "parley_resume_fallbacks",
+            "Resumes of a turn this process does not run that got the stored turn (its terminal event) instead of "
+            "the shared event log, by reason: redis_error, missing (no stream: expired, or never written), gap "
+            "(frames missing from it), stalled (the turn ended and its stream did not).",
+            ["reason"],
+            registry=registry,
+        )
         if spool_depth is not None:
             registry.register(_SpoolDepthCollector(spool_depth))
+        if event_log_usage is not None:
+            registry.register(_EventLogCollector(event_log_usage))
         if process:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
@@ -220,6 +283,9 @@ class Metrics:
 
     def stream_closed(self) -> None:
         self.open_streams.dec()
+
+    def resume_fallback(self, reason: str) -> None:
+        self.resume_fallbacks.labels(reason=reason).inc()
 
 
 def _dollars(value: object) -> float:

@@ -230,11 +230,31 @@ START_TURN_POSTGRES = _start_turn_in_one_statement()
 
 
 async def set_response_ids(db: AsyncSession, ids_by_turn: dict[str, list[str]]) -> None:
-    """Several turns' upstream response ids in one executemany (turns that ended meanwhile are left alone)."""
+    """Several turns' upstream response ids in one executemany (turns that ended meanwhile are left alone).
+    The stored sequence number belonged to the newest response: it is cleared with them, until the next
+    heartbeat stores the pair (`set_positions`)."""
     if not ids_by_turn:
         return
     connection = await db.connection()
-    await connection.execute(FINISH_TURN, [{"turn_key": k, "response_ids": v} for k, v in ids_by_turn.items()])
+    await connection.execute(
+        FINISH_TURN,
+        [{"turn_key": k, "response_ids": v, "last_sequence_number": None} for k, v in ids_by_turn.items()],
+    )
+
+
+async def set_positions(db: AsyncSession, positions: dict[str, tuple[list[str], int]]) -> None:
+    """How far running turns have relayed their newest upstream response: response ids and the last sequence
+    number together, in one executemany (turns that ended meanwhile are left alone)."""
+    if not positions:
+        return
+    connection = await db.connection()
+    await connection.execute(
+        FINISH_TURN,
+        [
+            {"turn_key": turn_id, "response_ids": response_ids, "last_sequence_number": number}
+            for turn_id, (response_ids, number) in positions.items()
+        ],
+    )
 
 
 async def request_cancel(db: AsyncSession, *, turn_id: str, at: dt.datetime) -> None:
@@ -351,6 +371,14 @@ async def beat(db: AsyncSession, *, runner_id: str, at: dt.datetime) -> None:
 
 async def remove_heartbeat(db: AsyncSession, *, runner_id: str) -> None:
     await db.execute(delete(RunnerHeartbeat).where(RunnerHeartbeat.id == runner_id))
+
+
+async def count_live_runners(db: AsyncSession, *, beat_since: dt.datetime) -> int:
+    """The runners (Parley processes) that beat since then, on this database."""
+    count = await db.scalar(
+        select(func.count()).select_from(RunnerHeartbeat).where(RunnerHeartbeat.beat_at >= beat_since)
+    )
+    return int(count or 0)
 
 
 async def add_session_cost(db: AsyncSession, *, session_id: str, cost: Decimal | None, at: dt.datetime) -> None:

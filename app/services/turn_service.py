@@ -51,6 +51,7 @@ from app.settings import Settings
 from app.streaming.event_log import EventLogRegistry
 from app.streaming.frames import PING, RETRY_MS, encode_frame
 from app.streaming.outcome import TERMINAL_EVENT_OF_STATUS
+from app.streaming.redis_log import RedisEventLogs, SharedLogUnavailable
 from app.streaming.turn_runner import PriorTurn, TurnHandle, TurnJob, TurnRunner, wait_for
 from app.upstream.conversations import add_items
 
@@ -209,6 +210,9 @@ def resolve_upstream_body(
         "safety_identifier": safety_identifier(principal.user_id),
         "metadata": {"parley_session_id": session.id, "parley_turn_id": turn_id},
     }
+    if settings.upstream_background:
+        # Kept with the turn's request, so whoever finishes the turn knows it may re-attach or cancel upstream.
+        body["background"] = True
     tools = [*server_tools, *request.tools]
     if tools:
         body["tools"] = tools
@@ -558,6 +562,7 @@ class TurnService:
         server_tools: ServerTools,
         upstream: openai.AsyncOpenAI,
         costs: RoundCosts,
+        shared_logs: RedisEventLogs | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -567,6 +572,8 @@ class TurnService:
         self.server_tools = server_tools
         self.upstream = upstream
         self.costs = costs
+        # Every replica's turn logs, on Redis: resumes of turns this process does not run read them.
+        self.shared_logs = shared_logs
 
     def stream_url(self, turn: Turn, *, base_url: str, principal: Principal) -> str:
         """The turn's `/events` URL with a token for exactly this turn, for a browser's EventSource; made for
@@ -673,7 +680,11 @@ class TurnService:
         async with self.sessionmaker() as db:
             turn = await get_turn(db, principal=principal, session_id=session_id, turn_id=turn_id)
         log = self.logs.get(turn.id)
-        if log is not None:
+        # A closed log of a turn in flight again went on elsewhere (tool outputs answered on another replica):
+        # with shared logs, that one's is read instead.
+        if log is not None and not (
+            self.shared_logs is not None and log.closed and turn.status in TURN_IN_FLIGHT_STATUSES
+        ):
             return None if log.closed and after >= len(log) else log.read(after)
         if (
             turn.status not in TURN_IN_FLIGHT_STATUSES
@@ -681,12 +692,56 @@ class TurnService:
             and after >= turn.last_event_id
         ):
             return None
-        return self._frames_after(turn, after, shutdown=shutdown)
+        if self.shared_logs is not None:
+            return self._shared_frames_after(turn, after, shutdown=shutdown)
+        return self._stored_frames_after(turn, after, shutdown=shutdown)
 
     def _frames_after(self, turn: Turn, after: int, *, shutdown: anyio.Event | None) -> AsyncGenerator[bytes, None]:
-        """From this process's event log when it has the turn's; otherwise from the stored turn."""
+        """From this process's event log when it has the turn's; otherwise from the shared one, or the stored
+        turn."""
         log = self.logs.get(turn.id)
-        return log.read(after) if log is not None else self._stored_frames_after(turn, after, shutdown=shutdown)
+        if log is not None:
+            return log.read(after)
+        if self.shared_logs is not None:
+            return self._shared_frames_after(turn, after, shutdown=shutdown)
+        return self._stored_frames_after(turn, after, shutdown=shutdown)
+
+    async def _shared_frames_after(
+        self, turn: Turn, after: int, *, shutdown: anyio.Event | None
+    ) -> AsyncGenerator[bytes, None]:
+        """A turn this process does not have the log of, from its stream on Redis: every event after `after`,
+        then the live ones. Whenever the stream cannot go on (Redis failing, the stream expired or missing
+        frames, or quiet although the turn has ended) the rest comes from the stored turn: its terminal event."""
+        assert self.shared_logs is not None
+        reader = self.shared_logs.reader(turn.id, after)
+        frames = reader.frames()
+        reason: str | None = None
+        quiet_since_end = 0
+        try:
+            async for chunk in frames:
+                if chunk:
+                    quiet_since_end = 0
+                    yield chunk
+                    continue
+                # Nothing new for a while: stop with this server, and look at the turn.
+                if not self.runner.accepting or (shutdown is not None and shutdown.is_set()):
+                    return
+                ended = (await self._load(turn.id)).status not in TURN_IN_FLIGHT_STATUSES
+                quiet_since_end = quiet_since_end + 1 if ended else 0
+                # Its stream gets the terminal event right after the turn is stored: a whole quiet read after
+                # the turn was seen stored means it never will (its writes failed).
+                if quiet_since_end >= 2:
+                    reason = "stalled"
+                    break
+        except SharedLogUnavailable as unavailable:
+            reason = unavailable.reason
+        finally:
+            await frames.aclose()
+        if reason is None:
+            return
+        self.runner.metrics.resume_fallback(reason)
+        async for chunk in self._stored_frames_after(turn, reader.position, shutdown=shutdown):
+            yield chunk
 
     async def _stored_frames_after(
         self, turn: Turn, after: int, *, shutdown: anyio.Event | None

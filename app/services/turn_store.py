@@ -29,7 +29,7 @@ from app.services.reservations import MONEY_STEP, RoundCosts
 from app.services.spool import Spool
 from app.services.turn_service import iso, render_turn
 from app.streaming.outcome import TurnOutcome
-from app.streaming.turn_runner import OrphanedTurn, RoundRefused, TurnJob
+from app.streaming.turn_runner import OrphanedTurn, RoundRefused, TurnJob, UpstreamPosition
 from app.streaming.turn_state import ResponseOutcome
 
 logger = logging.getLogger(__name__)
@@ -308,9 +308,18 @@ class SqlTurnStore:
         async with self._sessionmaker() as db:
             return await turns_repo.cancel_requested_among(db, turn_ids)
 
-    async def beat(self, runner_id: str) -> None:
+    async def beat(self, runner_id: str, positions: dict[str, UpstreamPosition]) -> None:
+        """The runner is alive, and its turns' background responses were relayed this far (one statement for
+        them all, in the same transaction)."""
         async with self._sessionmaker() as db, db.begin():
             await turns_repo.beat(db, runner_id=runner_id, at=utcnow())
+            await turns_repo.set_positions(
+                db,
+                {
+                    turn_id: (list(position.response_ids), position.sequence_number)
+                    for turn_id, position in positions.items()
+                },
+            )
 
     async def remove_heartbeat(self, runner_id: str) -> None:
         async with self._sessionmaker() as db, db.begin():
@@ -331,6 +340,7 @@ class SqlTurnStore:
                 ),
                 response_ids=list(turn.response_ids or []),
                 output_text=turn.output_text or "",
+                last_sequence_number=turn.last_sequence_number,
                 cancel_requested=turn.cancel_requested_at is not None,
             )
             for turn in turns

@@ -116,6 +116,18 @@ def response_not_found(response_id: str) -> SimulatorError:
     return not_found(f"Response with id '{response_id}' not found.")
 
 
+def background_refused() -> SimulatorError:
+    """An organisation with zero data retention: background responses are kept about ten minutes, so it may not
+    make them. (The real service's exact words are not documented; the parameter it names is.)"""
+    return SimulatorError(
+        400,
+        "Background mode is not available to organizations with zero data retention: background responses are "
+        "stored for about ten minutes.",
+        param="background",
+        code="unsupported_value",
+    )
+
+
 def conversation_locked() -> SimulatorError:
     return SimulatorError(
         400,

@@ -15,7 +15,7 @@ from app.simulator import control, routes_conversations, routes_models, routes_r
 from app.simulator.api_errors import SimulatorError
 from app.simulator.middleware import SimulatorMiddleware, relative_path
 from app.simulator.prompts import DEFAULT_PROMPTS_PATH, PromptLibrary
-from app.simulator.state import SimulatorConfig, SimulatorState
+from app.simulator.state import BACKGROUND_RETENTION_S, SimulatorConfig, SimulatorState
 from app.simulator.state_database import StateDatabase
 
 
@@ -26,6 +26,8 @@ def create_simulator_app(
     control_token: str | None = None,
     config: SimulatorConfig | None = None,
     state_database_url: str | None = None,
+    background_retention_s: float = BACKGROUND_RETENTION_S,
+    zero_data_retention: bool = False,
 ) -> FastAPI:
     """An offline OpenAI API (Responses + Conversations) with control routes under `/_control`.
 
@@ -38,9 +40,19 @@ def create_simulator_app(
     its own, created at start) and outlive the process; without one they live in memory only. The database
     opens and closes with the app's lifespan: an app that mounts this one runs it from its own
     (`simulator.router.lifespan_context(simulator)`), since a mounted app's lifespan does not run by itself.
+
+    A background response's events can be streamed again for `background_retention_s` after it ended (about ten
+    minutes, as OpenAI keeps them). `zero_data_retention` plays an organisation that stores nothing: it refuses
+    background responses (400, `param: background`).
     """
     database = StateDatabase(state_database_url) if state_database_url is not None else None
-    state = SimulatorState(PromptLibrary.load(prompts_path or DEFAULT_PROMPTS_PATH), config=config, database=database)
+    state = SimulatorState(
+        PromptLibrary.load(prompts_path or DEFAULT_PROMPTS_PATH),
+        config=config,
+        database=database,
+        background_retention_s=background_retention_s,
+        zero_data_retention=zero_data_retention,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -23,7 +23,8 @@ class HttpErrorFault(_Fault):
 
 
 class CutFault(_Fault):
-    """Send `after_events` events, then drop the connection; the response itself carries on to its end."""
+    """Send `after_events` events, then drop the connection. A background response carries on to its end (and
+    can be streamed again); any other is lost with its connection, as on the real service."""
 
     kind: Literal["cut"]
     after_events: int = Field(ge=0)

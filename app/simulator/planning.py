@@ -113,7 +113,11 @@ def start_response(
                 )
         # The final Response object is complete here (the terminal event only wraps it).
         record.settle()
-        state.response_finished(record)
+        if status == "cancelled" and not response["background"]:
+            # Only its client leaving stops a non-background response: the real service keeps nothing of it.
+            state.forget_response(record)
+        else:
+            state.response_finished(record)
 
     generation = Generation(
         response=response,

@@ -1,12 +1,24 @@
 """The Responses API: create (streamed or not, background or not), retrieve (also as a resumable stream),
-cancel and delete."""
+cancel and delete.
+
+As on the real service, a background response runs on its own, whoever listens, and its events can be streamed
+again from any sequence number for `SimulatorState.background_retention_s` (about ten minutes) after it ended;
+a non-background response is known only once it has finished (while it runs, and after its client left, its id
+answers 404).
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.simulator.api_errors import SimulatorError, conversation_locked, invalid_type, response_not_found
+from app.simulator.api_errors import (
+    SimulatorError,
+    background_refused,
+    conversation_locked,
+    invalid_type,
+    response_not_found,
+)
 from app.simulator.create_params import parse_create_params
 from app.simulator.deps import StateDep
 from app.simulator.faults import (
@@ -26,7 +38,6 @@ from app.simulator.streaming import (
     DroppedResponse,
     GenerationStream,
     LogStream,
-    drain,
     pump_into_log,
 )
 from app.simulator.validation import parse_json_object
@@ -46,27 +57,40 @@ async def create_response(request: Request, state: StateDep) -> Response:
     if isinstance(fault, ReplayFault):
         return Response(fault.sse.encode(), media_type=SSE_CONTENT_TYPE.decode())
     params = parse_create_params(parse_json_object(await request.body()))
+    if params.background and state.zero_data_retention:
+        raise background_refused()
     await state.recall(conversation_id=params.conversation_id, response_id=params.previous_response_id)
     record, generation = start_response(state, params, fault)
     if params.background:
         record.log = EventLog()
-        record.task = state.spawn(pump_into_log(generation.batches(), record.log))
+        record.task = state.spawn(_run_in_background(state, record, generation, record.log))
         if params.stream:
             return LogStream(record.log, start=0, cut_by=generation)
         if isinstance(fault, CutFault):
             return DroppedResponse()
         return json_response(generation.snapshot())
     if params.stream:
-        return GenerationStream(generation, spawn=state.spawn)
-    return await _run_to_end(state, generation)
+        return GenerationStream(generation)
+    return await _run_to_end(generation)
 
 
-async def _run_to_end(state: SimulatorState, generation: Generation) -> Response:
+async def _run_in_background(
+    state: SimulatorState, record: ResponseRecord, generation: Generation, log: EventLog
+) -> None:
+    try:
+        await pump_into_log(generation.batches(), log)
+    finally:
+        state.retain_events(record)
+
+
+async def _run_to_end(generation: Generation) -> Response:
     """A non-streamed call: the whole generation, then the final Response (or the error it failed with)."""
     batches = generation.batches()
     async for _ in batches:
         if generation.cut_at is not None:
-            state.spawn(drain(batches))
+            # The connection is lost, and with it a response that is not in the background.
+            await batches.aclose()
+            generation.abandon()
             return DroppedResponse()
     response = generation.snapshot()
     if response["status"] == "failed":
@@ -130,6 +154,6 @@ def _stop(record: ResponseRecord) -> None:
 
 async def _record(state: SimulatorState, response_id: str) -> ResponseRecord:
     record = await state.find_response(response_id)
-    if record is None:
+    if record is None or not record.known:
         raise response_not_found(response_id)
     return record

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 # "A model's pace": a few hundred milliseconds to the first token, then tens of tokens a second.
 MODEL_TOKENS_PER_SECOND = 50.0
 MODEL_FIRST_TOKEN_DELAY_MS = 400.0
+# How long a background response's events can be streamed again after it ended ("about 10 minutes", OpenAI's
+# background guide); its Response object stays (it was stored).
+BACKGROUND_RETENTION_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,17 @@ class ResponseRecord:
             instructions_key=instructions_key,
         )
 
+    @property
+    def known(self) -> bool:
+        """A non-background response is stored once it has finished; until then its id is unknown (404)."""
+        return self.background or self.generation is None or self.generation.finished
+
+    def drop_events(self) -> None:
+        """The background retention is over: its events can no longer be streamed (memory is given back)."""
+        log = self.log
+        if log is not None and log.closed:
+            self.log = None
+
     def settle(self) -> None:
         """Drop the generation, keeping its final Response; called once it has finished."""
         generation = self.generation
@@ -241,9 +255,18 @@ class SimulatorState:
     """
 
     def __init__(
-        self, prompts: PromptLibrary, *, config: SimulatorConfig | None = None, database: StateDatabase | None = None
+        self,
+        prompts: PromptLibrary,
+        *,
+        config: SimulatorConfig | None = None,
+        database: StateDatabase | None = None,
+        background_retention_s: float = BACKGROUND_RETENTION_S,
+        zero_data_retention: bool = False,
     ) -> None:
         self.prompts = prompts
+        self.background_retention_s = background_retention_s
+        # An organisation with zero data retention: background responses are refused.
+        self.zero_data_retention = zero_data_retention
         self.default_config = config or SimulatorConfig()
         self.config = self.default_config
         self.database = database
@@ -356,8 +379,17 @@ class SimulatorState:
         if self.database is not None and self.responses.get(record.id) is record:
             self.database.insert_response(record.to_row())
 
+    def forget_response(self, record: ResponseRecord) -> None:
+        """A response that ended without being stored (a non-background one whose client left)."""
+        if self.responses.get(record.id) is record:
+            del self.responses[record.id]
+
+    def retain_events(self, record: ResponseRecord) -> None:
+        """A background response has ended: its events stay streamable for the retention period."""
+        asyncio.get_running_loop().call_later(self.background_retention_s, record.drop_events)
+
     def delete_response(self, record: ResponseRecord) -> None:
-        del self.responses[record.id]
+        self.responses.pop(record.id, None)
         if self.database is not None:
             self._deleted.add(record.id)
             self.database.delete_response(record.id)

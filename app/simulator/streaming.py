@@ -2,14 +2,16 @@
 the connection on purpose (the `cut` fault).
 
 Dropping works by returning without finishing the body: the server then closes the connection without the
-final chunk, which a client sees as a network failure mid-stream (uvicorn logs one line about it).
+final chunk, which a client sees as a network failure mid-stream (uvicorn logs one line about it). A
+non-background response lives only as long as its connection, as on the real service: a client that leaves
+and a cut both stop it, and its id is unknown from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any
 
 from starlette.responses import Response
@@ -20,8 +22,6 @@ from app.simulator.state import EventLog
 
 SSE_CONTENT_TYPE = b"text/event-stream; charset=utf-8"
 _SSE_HEADERS = [(b"content-type", SSE_CONTENT_TYPE)]
-
-Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
 class _AsgiResponse(Response):
@@ -36,20 +36,20 @@ class _AsgiResponse(Response):
 
 
 class GenerationStream(_AsgiResponse):
-    """A non-background stream: the request drives the generation, and a client leaving stops it."""
+    """A non-background stream: the request drives the generation, and the connection ending (the client
+    leaving, or a `cut`) stops it."""
 
-    def __init__(self, generation: Generation, *, spawn: Spawn) -> None:
+    def __init__(self, generation: Generation) -> None:
         super().__init__()
         self._generation = generation
-        self._spawn = spawn
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         batches = self._generation.batches()
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         outcome = await _until_disconnect(self._send(batches, send), receive)
         if outcome is None:
-            # The real service stops generating when a non-background stream's client leaves. We end such a
-            # response as `cancelled`, billed for the tokens produced so far, so a GET shows what happened.
+            # The real service stops generating when a non-background stream's client leaves, and keeps nothing
+            # of it: the response ends `cancelled` (the conversation is unlocked, nothing added) and is forgotten.
             await batches.aclose()
             self._generation.abandon()
         elif outcome:
@@ -64,7 +64,9 @@ class GenerationStream(_AsgiResponse):
                     await send(
                         {"type": "http.response.body", "body": b"".join(batch[: cut_at - sent]), "more_body": True}
                     )
-                self._spawn(drain(batches))
+                # The connection is lost, so the response is: stopped before the client can see the drop.
+                await batches.aclose()
+                self._generation.abandon()
                 return False
             await send({"type": "http.response.body", "body": b"".join(batch), "more_body": True})
             sent += len(batch)
@@ -103,12 +105,6 @@ class DroppedResponse(_AsgiResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-
-async def drain(batches: AsyncIterator[list[bytes]]) -> None:
-    """Let a generation run to its end with nobody listening."""
-    async for _ in batches:
-        pass
 
 
 async def pump_into_log(batches: AsyncIterator[list[bytes]], log: EventLog) -> None:

@@ -3,25 +3,39 @@
 The runner appends; any number of readers (the POST's own stream, resumers) iterate from where they are.
 Readers never block the writer: a slow reader only falls behind in the shared list, so memory is bounded
 by the turn's size, not by the number or speed of readers. A log stays in memory for the resume window
-after its turn ends. It is the seam for replicas without sticky routing: a Redis Streams log would offer
-the same methods.
+after its turn ends, and while the finished turns' logs fit in the registry's byte cap (oldest out first).
+
+With Redis (`PARLEY_REDIS_URL`) a log also hands each frame to a sink (`streaming.redis_log`) that writes it
+to the turn's Redis Stream for the other replicas; this process's readers still read the memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncGenerator
+from typing import Protocol
 
 from app.streaming.frames import PING, RETRY_MS, encode_frame
+
+# What a frame costs beyond its bytes: the bytes object's header and the list's pointer to it.
+FRAME_OVERHEAD = sys.getsizeof(b"") + 8
+
+
+class FrameSink(Protocol):
+    """Where a shared log's frames also go; both calls return at once (the sink writes in the background)."""
+
+    def frame(self, turn_id: str, event_id: int, frame: bytes) -> None: ...
+    def closed(self, turn_id: str, event_id: int) -> None: ...
 
 
 class EventLog:
     """One turn's frames, in order; event ids count from `base + 1`."""
 
-    __slots__ = ("_changed", "_frames", "base", "closed_at", "turn_id")
+    __slots__ = ("_changed", "_frames", "base", "closed_at", "registry", "size", "turn_id")
 
-    def __init__(self, turn_id: str, *, base: int = 0) -> None:
+    def __init__(self, turn_id: str, *, base: int = 0, registry: EventLogRegistry | None = None) -> None:
         self.turn_id = turn_id
         # Ids up to `base` were sent by an earlier log of the same turn (a turn that went on after
         # `turn.requires_action` in another process, or after its first log expired).
@@ -30,6 +44,9 @@ class EventLog:
         # Set at the next append or close, for the readers waiting; made only when one waits.
         self._changed: asyncio.Event | None = None
         self.closed_at: float | None = None
+        # The bytes it holds (frames and their overhead), counted into its registry's while it is in one.
+        self.size = 0
+        self.registry = registry
 
     def __len__(self) -> int:
         """The id of the last event (0 when empty)."""
@@ -44,18 +61,30 @@ class EventLog:
         if self.closed_at is not None:
             raise RuntimeError(f"event log of {self.turn_id} is closed")
         event_id = len(self) + 1
-        self._frames.append(encode_frame(event_id, name, data, retry_ms=RETRY_MS if event_id == 1 else None))
+        frame = encode_frame(event_id, name, data, retry_ms=RETRY_MS if event_id == 1 else None)
+        self._frames.append(frame)
+        size = len(frame) + FRAME_OVERHEAD
+        self.size += size
+        registry = self.registry
+        if registry is not None:
+            registry.bytes_held += size
+            if registry.bytes_held > registry.max_bytes:
+                registry.evict()
         self._wake()
         return event_id
 
     def close(self) -> None:
         if self.closed_at is None:
             self.closed_at = time.monotonic()
+            if self.registry is not None:
+                self.registry.note_closed(self)
             self._wake()
 
     def reopen(self) -> None:
         """The turn goes on (tool outputs arrived): new events follow the old ones, ids continuing."""
         self.closed_at = None
+        if self.registry is not None:
+            self.registry.note_reopened(self)
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, None
@@ -82,31 +111,92 @@ class EventLog:
                 await self._changed.wait()
 
 
-class EventLogRegistry:
-    """This process's event logs by turn id, each kept `retention_s` after it closed."""
+class SharedEventLog(EventLog):
+    """A log whose frames, and its close, also go to a sink that other processes read (a Redis Stream)."""
 
-    def __init__(self, *, retention_s: float) -> None:
+    __slots__ = ("sink",)
+
+    def __init__(
+        self, turn_id: str, *, sink: FrameSink, base: int = 0, registry: EventLogRegistry | None = None
+    ) -> None:
+        super().__init__(turn_id, base=base, registry=registry)
+        self.sink = sink
+
+    def append(self, name: str, data: bytes) -> int:
+        event_id = super().append(name, data)
+        self.sink.frame(self.turn_id, event_id, self._frames[-1])
+        return event_id
+
+    def close(self) -> None:
+        if self.closed_at is None:
+            super().close()
+            self.sink.closed(self.turn_id, len(self))
+
+
+class EventLogRegistry:
+    """This process's event logs by turn id. A closed log is kept `retention_s` after it closed, and only while
+    all the logs hold at most `max_bytes`: past that, closed logs leave, the one that closed first first
+    (running turns' logs always stay). With a `sink`, the logs it makes are shared."""
+
+    def __init__(self, *, retention_s: float, max_bytes: int | None = None, sink: FrameSink | None = None) -> None:
         self.retention_s = retention_s
+        self.max_bytes = sys.maxsize if max_bytes is None else max_bytes
+        self.sink = sink
+        # Kept up to date by the logs' appends: the frames' bytes of every log here.
+        self.bytes_held = 0
+        # Closed logs that left before their window because of `max_bytes`.
+        self.evicted = 0
         self._logs: dict[str, EventLog] = {}
+        # The closed logs, in the order they closed.
+        self._closed: dict[str, EventLog] = {}
 
     def create(self, turn_id: str, *, base: int = 0) -> EventLog:
-        log = self._logs[turn_id] = EventLog(turn_id, base=base)
+        previous = self._logs.get(turn_id)
+        if previous is not None:
+            self._drop(previous)
+        log = (
+            EventLog(turn_id, base=base, registry=self)
+            if self.sink is None
+            else SharedEventLog(turn_id, base=base, registry=self, sink=self.sink)
+        )
+        self._logs[turn_id] = log
         return log
 
     def get(self, turn_id: str) -> EventLog | None:
         return self._logs.get(turn_id)
 
+    def note_closed(self, log: EventLog) -> None:
+        self._closed[log.turn_id] = log
+        if self.bytes_held > self.max_bytes:
+            self.evict()
+
+    def note_reopened(self, log: EventLog) -> None:
+        self._closed.pop(log.turn_id, None)
+
+    def evict(self) -> None:
+        """Over `max_bytes`: drop closed logs, the oldest first, until under it or none is left. Readers already
+        reading one finish it; a resume then gets the stored turn's terminal event, as after the window."""
+        while self.bytes_held > self.max_bytes and self._closed:
+            self._drop(next(iter(self._closed.values())))
+            self.evicted += 1
+
     def expire(self, now: float | None = None) -> int:
         """Drop the logs that closed longer than the window ago; returns how many."""
         now = time.monotonic() if now is None else now
         expired = [
-            turn_id
-            for turn_id, log in self._logs.items()
-            if log.closed_at is not None and now - log.closed_at > self.retention_s
+            log for log in self._closed.values() if log.closed_at is not None and now - log.closed_at > self.retention_s
         ]
-        for turn_id in expired:
-            del self._logs[turn_id]
+        for log in expired:
+            self._drop(log)
         return len(expired)
+
+    def _drop(self, log: EventLog) -> None:
+        if self._logs.get(log.turn_id) is log:
+            del self._logs[log.turn_id]
+        if self._closed.get(log.turn_id) is log:
+            del self._closed[log.turn_id]
+        self.bytes_held -= log.size
+        log.registry = None
 
     def __len__(self) -> int:
         return len(self._logs)

@@ -1,8 +1,11 @@
 """The turn runner: each turn runs in a task owned by the application, not by the request.
 
 A browser that disconnects only stops reading the event log; the upstream stream is still read to its end
-and the turn is stored and billed. Cancel, shutdown and recovery of turns left behind by a dead process
-all end in the same place: one `TurnOutcome`, persisted once, then exactly one terminal event.
+and the turn is stored and billed. A turn runs upstream as a background response (`PARLEY_UPSTREAM_BACKGROUND`):
+when its stream is cut, the runner re-attaches from the last event it relayed, and a turn that ends before its
+response did (cancel, shutdown, a stall) cancels the response upstream. Cancel, shutdown and recovery of turns
+left behind by a dead process all end in the same place: one `TurnOutcome`, persisted once, then exactly one
+terminal event.
 """
 
 from __future__ import annotations
@@ -21,28 +24,40 @@ import openai
 import orjson
 
 from app.db.migrate import schema_missing
-from app.errors import ParleyError, shutting_down
+from app.errors import InvalidRequest, ParleyError, shutting_down
 from app.observability.context import bind_upstream_request_id
 from app.observability.metrics import Metrics, upstream_status_of
 from app.streaming.event_log import EventLog, EventLogRegistry
 from app.streaming.outcome import TurnOutcome
 from app.streaming.turn_state import ResponseOutcome, TurnState, rate_limit_headers
-from app.upstream.conversations import add_items
+from app.upstream.conversations import add_items, settle_unfinished_turn
 from app.upstream.event_parser import SSESplitter
 from app.upstream.failures import STREAM_READ_ERRORS, timed_out
 from app.upstream.response_stream import (
+    BACKGROUND_REFUSED,
     StreamPolicy,
     UpstreamStream,
+    cancel_response,
     open_stream,
+    resume_stream,
     retrieve_response,
     streaming_client,
 )
 
 logger = logging.getLogger(__name__)
 
-UNFINISHED_RESPONSE_STATUSES = frozenset({"queued", "in_progress"})
 # How a stream that ended early is counted among upstream errors.
 STREAM_FAILURE_CODES = {"stalled": "upstream_timeout", "cut": "upstream_disconnected"}
+# A cut stream re-attached this many times in a row without bringing an event is given up.
+MAX_BARREN_REATTACHES = 5
+# Cancel and the conversation's items after a turn ended early: short calls, never the stream's long timeout.
+CONTROL_TIMEOUT_S = 10.0
+SETTLE_ATTEMPTS = 3
+
+
+def runs_in_background(body: dict[str, Any]) -> bool:
+    """The turn's upstream responses are background ones: they outlive a connection, and can be cancelled."""
+    return body.get("background") is True
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +115,20 @@ class OrphanedTurn:
     job: TurnJob
     response_ids: list[str]
     output_text: str
+    # The last upstream sequence_number of its newest response that its process stored (heartbeat), if any.
+    last_sequence_number: int | None = None
     # Someone asked to cancel it before its process stopped: only then does an upstream `cancelled` mean
     # cancelled (an upstream whose client vanished reports `cancelled` too).
     cancel_requested: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPosition:
+    """How far a running turn has relayed its background response: enough to re-attach after
+    `sequence_number` (its newest response is the last of `response_ids`)."""
+
+    response_ids: tuple[str, ...]
+    sequence_number: int
 
 
 class TurnStore(Protocol):
@@ -111,7 +137,7 @@ class TurnStore(Protocol):
     async def store_response_ids(self, turn_id: str, response_ids: list[str]) -> None: ...
     async def finish(self, job: TurnJob, outcome: TurnOutcome) -> dict[str, Any]: ...
     async def cancel_requests(self, turn_ids: list[str]) -> list[str]: ...
-    async def beat(self, runner_id: str) -> None: ...
+    async def beat(self, runner_id: str, positions: dict[str, UpstreamPosition]) -> None: ...
     async def remove_heartbeat(self, runner_id: str) -> None: ...
     async def claim_orphans(self, runner_id: str, stale_before: dt.datetime) -> list[OrphanedTurn]: ...
     async def replay_spool(self) -> int: ...
@@ -134,12 +160,26 @@ class RunnerConfig:
 class TurnHandle:
     """A running turn as this process sees it: its log, and futures for 'upstream opened' and 'done'."""
 
-    __slots__ = ("cancel_reason", "done", "job", "log", "opened", "reading", "side_tasks", "task")
+    __slots__ = (
+        "body",
+        "cancel_reason",
+        "done",
+        "job",
+        "log",
+        "opened",
+        "reading",
+        "side_tasks",
+        "state",
+        "stored_position",
+        "task",
+    )
 
     def __init__(self, job: TurnJob, log: EventLog) -> None:
         loop = asyncio.get_running_loop()
         self.job = job
         self.log = log
+        # The body of the upstream call now running (the turn's first, or a later round's).
+        self.body = job.upstream_body
         self.opened: asyncio.Future[None] = loop.create_future()
         self.done: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.cancel_reason: str | None = None  # "cancelled" | "shutdown"
@@ -148,6 +188,9 @@ class TurnHandle:
         self.reading: asyncio.Timeout | None = None
         # The turn's writes that run beside the relay (its response ids), made when there is one.
         self.side_tasks: set[asyncio.Task[None]] | None = None
+        # What the relay has learnt, and the position of its background response the heartbeat stored last.
+        self.state: TurnState | None = None
+        self.stored_position: UpstreamPosition | None = None
         # Nobody may be waiting on `opened` (the client left); don't let asyncio warn about it.
         self.opened.add_done_callback(_consume_exception)
 
@@ -156,6 +199,14 @@ class TurnHandle:
         If that request is cancelled, `opened` is cancelled with it, and the runner only ever sets `opened`
         after checking `done()`: the turn goes on."""
         await self.opened
+
+    def position(self) -> UpstreamPosition | None:
+        """Where its background response's stream would go on from, while one is being relayed."""
+        state = self.state
+        if state is None or not runs_in_background(self.job.upstream_body) or state.unfinished_response_id is None:
+            return None
+        number = state.last_sequence_number()
+        return None if number is None else UpstreamPosition(tuple(state.response_ids), number)
 
     def interrupt(self, reason: str) -> None:
         """Cancel or shutdown: the first reason is kept, and a read of the upstream in progress ends now."""
@@ -198,6 +249,10 @@ class TurnRunner:
         self.metrics = metrics if metrics is not None else Metrics(process=False)
         self.tools = tools
         self._streaming = streaming_client(upstream, config.stream_policy)
+        self._control = upstream.with_options(
+            max_retries=1, timeout=openai.Timeout(CONTROL_TIMEOUT_S, connect=config.stream_policy.connect_timeout_s)
+        )
+        self._said_background_refused = False
         self.accepting = True
         self._handles: dict[str, TurnHandle] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -262,7 +317,18 @@ class TurnRunner:
             await asyncio.sleep(interval)
 
     async def _beat(self) -> None:
-        await self.store.beat(self.id)
+        """The process is alive; with it, how far each background response has been relayed (only those that
+        moved since the last beat): not a write per event, and at most a heartbeat behind."""
+        positions: dict[str, UpstreamPosition] = {}
+        for turn_id, handle in self._handles.items():
+            position = handle.position()
+            if position is not None and position != handle.stored_position:
+                positions[turn_id] = position
+        await self.store.beat(self.id, positions)
+        for turn_id, position in positions.items():
+            running = self._handles.get(turn_id)
+            if running is not None:
+                running.stored_position = position
 
     async def _poll_cancels(self) -> None:
         running = [turn_id for turn_id, h in self._handles.items() if not h.done.done()]
@@ -319,6 +385,7 @@ class TurnRunner:
     async def _run(self, handle: TurnHandle) -> None:
         job = handle.job
         state = TurnState(started_at=job.started_at)
+        handle.state = state
         if job.prior is not None:
             state.text_parts.append(job.prior.text)
             state.response_ids.extend(job.prior.response_ids)
@@ -326,10 +393,14 @@ class TurnRunner:
         steps = 0
         try:
             while True:
+                handle.body = body
                 try:
                     stream = await open_stream(self._streaming, body, self.config.stream_policy)
                 except ParleyError as error:
                     self.metrics.upstream_error(stage="open", status=upstream_status_of(error), code=error.code)
+                    if error.code == BACKGROUND_REFUSED and not self._said_background_refused:
+                        self._said_background_refused = True
+                        logger.error("upstream.background_refused: %s", error.message)
                     outcome = self._outcome(state, "failed")
                     outcome.error = {"code": error.code, "message": error.message, "status": error.status_code}
                     # Stored before the client hears of it: a retry right after the 429 finds the session free.
@@ -376,7 +447,8 @@ class TurnRunner:
                     await self._finish(handle, state, outcome)
                     return
                 outcome = await self._decide(handle, state, failure)
-                if failure in STREAM_FAILURE_CODES or (failure is None and outcome.status == "failed"):
+                # A cut is counted where it happens (`_relay`), once for each, re-attached or not.
+                if failure == "stalled" or (failure is None and outcome.status == "failed"):
                     code = STREAM_FAILURE_CODES.get(failure or "") or (outcome.error or {}).get("code")
                     self.metrics.upstream_error(stage="stream", status=200, code=code)
                 await self._finish(handle, state, outcome)
@@ -446,31 +518,100 @@ class TurnRunner:
         return outputs, for_client
 
     async def _relay(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> str | None:
-        """Relay upstream events into the log until the stream ends. Returns why it ended early ("cancelled",
-        "shutdown", "stalled", "cut") or None when it ended by itself. The read runs under a deadline that a
-        cancel or a shutdown moves to now (`TurnHandle.interrupt`): asyncio's own way to cancel a block of this
-        task, and only that block."""
+        """Relay upstream events into the log until the response ends. Returns why it ended early ("cancelled",
+        "shutdown", "stalled", "cut") or None when it ended by itself. A background response whose stream is cut
+        is re-attached after the last event relayed, so the log goes on with no gap and no repeat. The reads run
+        under a deadline that a cancel or a shutdown moves to now (`TurnHandle.interrupt`): asyncio's own way to
+        cancel a block of this task, and only that block."""
+        current: UpstreamStream | None = stream
         try:
-            if handle.cancel_reason is not None:
-                return handle.cancel_reason
             try:
-                async with asyncio.timeout(None) as reading:
-                    handle.reading = reading
-                    await self._read(handle, stream, state)
+                if handle.cancel_reason is None:
+                    async with asyncio.timeout(None) as reading:
+                        handle.reading = reading
+                        barren = 0
+                        while current is not None:
+                            relayed = state.events_relayed
+                            try:
+                                await self._read(handle, current, state)
+                                return None
+                            except _Stalled:
+                                return "stalled"
+                            except _Cut:
+                                self.metrics.upstream_error(
+                                    stage="stream", status=200, code=STREAM_FAILURE_CODES["cut"]
+                                )
+                                barren = 0 if state.events_relayed > relayed else barren + 1
+                                if barren >= MAX_BARREN_REATTACHES or not self._resumable(handle, state):
+                                    return "cut"
+                            closing, current = current, None
+                            with contextlib.suppress(Exception):
+                                await closing.aclose()
+                            current = await self._reattach(handle, state)
+                        return "cut"
+            except TimeoutError:
+                if handle.cancel_reason is None:
+                    raise
             finally:
                 handle.reading = None
-        except TimeoutError:
-            if handle.cancel_reason is None:
-                raise
+            # Interrupted by a cancel or a shutdown, before or while reading.
+            if current is not None and runs_in_background(handle.job.upstream_body) and state.round_response_id is None:
+                await self._learn_response_id(handle, current, state)
             return handle.cancel_reason
-        except _Stalled:
-            return "stalled"
-        except _Cut:
-            return "cut"
         finally:
-            with contextlib.suppress(Exception):
-                await stream.aclose()
-        return None
+            if current is not None:
+                with contextlib.suppress(Exception):
+                    await current.aclose()
+
+    async def _learn_response_id(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> None:
+        """Cancelled or shut down before its background response said its id (the first event): read on until
+        it does, briefly, so that the response can be cancelled rather than left running and billed."""
+        splitter = SSESplitter()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CONTROL_TIMEOUT_S / 5):
+                async for chunk in stream.chunks():
+                    for name, data in splitter.feed(chunk):
+                        handle.log.append(name, data)
+                        if state.observe(name, data) is not None:
+                            return
+
+    @staticmethod
+    def _resumable(handle: TurnHandle, state: TurnState) -> bool:
+        return (
+            runs_in_background(handle.job.upstream_body)
+            and state.unfinished_response_id is not None
+            and state.last_sequence_number() is not None
+        )
+
+    async def _reattach(self, handle: TurnHandle, state: TurnState) -> UpstreamStream | None:
+        """`GET /v1/responses/{id}?stream=true&starting_after=N` for the response whose stream was cut, N the
+        sequence number of the last event relayed; tried again until `recovery_timeout_s` has passed. None when
+        the upstream refuses it (the response is gone) or does not answer in time."""
+        response_id = state.unfinished_response_id
+        after = state.last_sequence_number()
+        if response_id is None or after is None:
+            return None
+        deadline = time.monotonic() + self.config.recovery_timeout_s
+        delay = 0.1
+        while True:
+            try:
+                stream = await resume_stream(self._streaming, response_id, starting_after=after)
+            except ParleyError as error:
+                logger.warning(
+                    "upstream.reattach_failed: %s",
+                    error.code,
+                    extra={"turn_id": handle.job.turn_id, "response_id": response_id, "starting_after": after},
+                )
+                if isinstance(error, InvalidRequest) or time.monotonic() + delay > deadline:
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            logger.info(
+                "upstream.reattached",
+                extra={"turn_id": handle.job.turn_id, "response_id": response_id, "starting_after": after},
+            )
+            return stream
 
     async def _read(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> None:
         """The upstream body, split into events: each appended to the log as it is, then observed."""
@@ -523,7 +664,7 @@ class TurnRunner:
             if last is not None and last.output_text and len(last.output_text) > len(outcome.output_text):
                 outcome.output_text = last.output_text
         else:
-            outcome = await self._recover(state, failure)
+            outcome = await self._recover(handle, state, failure)
         outcome.responses = [state.outcomes[r] for r in response_ids if r in state.outcomes] + [
             r for r in outcome.responses if r.response_id not in state.outcomes
         ]
@@ -533,8 +674,12 @@ class TurnRunner:
             )
         return outcome
 
-    async def _recover(self, state: TurnState, failure: str) -> TurnOutcome:
-        """The stream ended early: ask the upstream how the response really ended (usage, text)."""
+    async def _recover(self, handle: TurnHandle, state: TurnState, failure: str) -> TurnOutcome:
+        """The relay ended before the response did. A background response still running upstream is cancelled
+        (its billing stops, and its usage comes back with it); a non-background one is gone already (the
+        upstream stops it when its client leaves, and never stores it). Then the conversation is made to hold
+        what the history will show (`_settle_conversation`)."""
+        job = handle.job
         response_ids = list(state.response_ids)
         statuses = {"cancelled": "cancelled", "shutdown": "incomplete", "stalled": "failed", "cut": "failed"}
         errors = {
@@ -546,18 +691,21 @@ class TurnRunner:
         outcome = TurnOutcome(
             status=statuses[failure], output_text=state.text, response_ids=response_ids, error=errors[failure]
         )
-        response_id = state.current_response_id
-        if response_id is None or response_id in state.outcomes:
+        response_id = state.unfinished_response_id
+        background = runs_in_background(job.upstream_body)
+        if response_id is None and (background or state.round_response_id is not None):
+            # Its response finished, or (in the background) none is known that could be cancelled: the
+            # conversation is the upstream's to keep.
             return outcome
-        # A cut stream may still be finishing upstream; a cancelled or stalled one is looked at once.
-        wait = self.config.recovery_timeout_s if failure == "cut" else min(2.0, self.config.recovery_timeout_s)
-        recovered = await self._retrieve_settled(response_id, wait)
-        if recovered is None:
-            return outcome
-        outcome.responses.append(recovered)
-        if failure == "cut" and recovered.status in ("completed", "incomplete"):
+        response = await cancel_response(self._control, response_id) if response_id and background else None
+        recovered = ResponseOutcome.from_response(response) if response is not None else None
+        if recovered is not None:
+            outcome.responses.append(recovered)
+        answer = state.round_text
+        if failure == "cut" and recovered is not None and recovered.status in ("completed", "incomplete"):
+            # It finished upstream before the cancel reached it: the whole answer is there.
             outcome.status = recovered.status
-            outcome.output_text = recovered.output_text or state.text
+            answer = recovered.output_text or answer
             outcome.error = (
                 None
                 if recovered.status == "completed"
@@ -566,20 +714,34 @@ class TurnRunner:
                     "message": "The upstream response ended incomplete.",
                 }
             )
+        outcome.output_text = state.text_before_round + await self._settle_conversation(
+            job.turn_id, handle.body, response, answer
+        )
         return outcome
 
-    async def _retrieve_settled(self, response_id: str, wait_s: float) -> ResponseOutcome | None:
-        deadline = time.monotonic() + wait_s
-        delay = 0.1
-        while True:
-            response = await retrieve_response(self.upstream, response_id)
-            if response is None:
-                return None
-            outcome = ResponseOutcome.from_response(response)
-            if outcome.status not in UNFINISHED_RESPONSE_STATUSES or time.monotonic() + delay > deadline:
-                return outcome
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    async def _settle_conversation(
+        self, turn_id: str, body: dict[str, Any], response: dict[str, Any] | None, answer: str
+    ) -> str:
+        """After a round (the upstream call made with `body`) that did not finish by itself, the session's
+        conversation must hold what Parley's history shows: the round's input, then its partial answer. Returns
+        the answer the conversation holds (the upstream's own, if it kept the response), which is what is stored."""
+        conversation = body.get("conversation")
+        if not isinstance(conversation, str):
+            return answer
+        raw_input = body.get("input")
+        input_items = [{"role": "user", "content": raw_input}] if isinstance(raw_input, str) else list(raw_input or [])
+        for attempt in range(1, SETTLE_ATTEMPTS + 1):
+            try:
+                return await settle_unfinished_turn(
+                    self._control, conversation, input_items=input_items, response=response, answer=answer
+                )
+            except Exception as error:  # the turn still ends; the history and the conversation may then differ
+                # A response that stopped a moment ago may still hold the conversation.
+                if isinstance(error, ParleyError) and error.code == "conversation_locked" and attempt < SETTLE_ATTEMPTS:
+                    await asyncio.sleep(0.5 * attempt)
+                    continue
+                logger.warning("runner.conversation_not_settled: %s", type(error).__name__, extra={"turn_id": turn_id})
+        return answer
 
     async def _finish(self, handle: TurnHandle, state: TurnState, outcome: TurnOutcome) -> None:
         """Persist once, then send the one terminal event (the stored turn) and close the log."""
@@ -631,11 +793,26 @@ class TurnRunner:
             response_ids=list(orphan.response_ids),
             error={"code": "interrupted", "message": "The process running this turn stopped."},
         )
-        recovered = await self._retrieve_settled(orphan.response_ids[-1], 0) if orphan.response_ids else None
+        response: dict[str, Any] | None = None
+        if orphan.response_ids:
+            # Nobody relays its background response any more: it is stopped (an orphan is not taken over yet), and
+            # comes back as it ended. A non-background one stopped with its client (and is gone, on OpenAI).
+            last = orphan.response_ids[-1]
+            background = runs_in_background(job.upstream_body)
+            response = await (
+                cancel_response(self._control, last) if background else retrieve_response(self.upstream, last)
+            )
+        recovered = ResponseOutcome.from_response(response) if response is not None else None
         if recovered is not None:
             outcome.responses.append(recovered)
             if recovered.status in ("completed", "incomplete", "failed", "cancelled"):
                 outcome.output_text = recovered.output_text or orphan.output_text
+        # Settled only when its one round's input is known: the request's (a later round's input was not stored).
+        if len(orphan.response_ids) == 1 and (recovered is None or recovered.status not in ("completed", "incomplete")):
+            answer = (recovered.output_text if recovered is not None else None) or ""
+            settled = await self._settle_conversation(job.turn_id, job.upstream_body, response, answer)
+            if settled != answer:
+                outcome.output_text = settled
         if recovered is not None and recovered.status in ("completed", "incomplete", "failed"):
             outcome.status = recovered.status
             outcome.error = (

@@ -89,6 +89,13 @@ class TurnState:
     stream_request_id: str | None = None
     stream_rate_limits: dict[str, str] | None = None
     response_meta: dict[str, tuple[str | None, dict[str, str] | None]] = field(default_factory=dict)
+    # The data of the last event relayed, kept as it is: its sequence number is read only when asked for
+    # (`last_sequence_number`), not on every event.
+    last_data: bytes | None = None
+    # The round being relayed (one upstream response): where its text starts in `text_parts`, and its id once
+    # its `response.created` came.
+    round_start: int = 0
+    round_response_id: str | None = None
 
     @property
     def text(self) -> str:
@@ -100,6 +107,8 @@ class TurnState:
         self.error_event = None
         self.stream_request_id = request_id
         self.stream_rate_limits = rate_limits
+        self.round_start = len(self.text_parts)
+        self.round_response_id = None
 
     def function_calls(self) -> list[dict[str, str]]:
         """The function calls of the response that just completed."""
@@ -113,6 +122,7 @@ class TurnState:
     def observe(self, name: str, data: bytes) -> str | None:
         """Note what matters in one event; returns a new response id when one appears."""
         self.events_relayed += 1
+        self.last_data = data
         if name == "response.output_text.delta":
             delta = orjson.loads(data).get("delta")
             if isinstance(delta, str):
@@ -126,6 +136,7 @@ class TurnState:
             if isinstance(response_id, str) and response_id not in self.response_ids:
                 self.response_ids.append(response_id)
                 self.response_meta[response_id] = (self.stream_request_id, self.stream_rate_limits)
+                self.round_response_id = response_id
                 return response_id
             return None
         if name in TERMINAL_RESPONSE_EVENTS:
@@ -142,6 +153,32 @@ class TurnState:
             source = nested if isinstance(nested, dict) else payload
             self.error_event = {"code": source.get("code"), "message": source.get("message")}
         return None
+
+    @property
+    def text_before_round(self) -> str:
+        return "".join(self.text_parts[: self.round_start])
+
+    @property
+    def round_text(self) -> str:
+        """The text of the round being relayed (the turn's earlier rounds are in the conversation already)."""
+        return "".join(self.text_parts[self.round_start :])
+
+    @property
+    def unfinished_response_id(self) -> str | None:
+        """The response being relayed, while its terminal event has not come."""
+        response_id = self.round_response_id
+        return response_id if response_id is not None and response_id not in self.outcomes else None
+
+    def last_sequence_number(self) -> int | None:
+        """The upstream `sequence_number` of the last event relayed: where a re-attached stream goes on from."""
+        if self.last_data is None:
+            return None
+        try:
+            payload = orjson.loads(self.last_data)
+        except orjson.JSONDecodeError:
+            return None
+        number = payload.get("sequence_number") if isinstance(payload, dict) else None
+        return number if isinstance(number, int) and not isinstance(number, bool) else None
 
     @property
     def ttft_ms(self) -> int | None:

@@ -1,4 +1,5 @@
-"""Opening one streamed `responses.create` call and reading its raw bytes through the SDK's streaming response.
+"""Opening one streamed `responses.create` call and reading its raw bytes through the SDK's streaming response;
+re-attaching to a background response's stream, and cancelling it.
 
 The SDK's automatic retries are off for this call: a retry after OpenAI accepted the request would
 append to the conversation and bill twice. Parley retries only where the upstream provably did not start:
@@ -99,6 +100,8 @@ async def open_stream(client: openai.AsyncOpenAI, body: dict[str, Any], policy: 
                 and (wait is None or wait <= policy.max_retry_wait_s)
             )
             if not retry:
+                if body.get("background") and refuses_background(error):
+                    raise background_refused(error) from error
                 raise map_open_error(error) from error
             delay = wait if wait is not None else 0.5 * 2 ** (attempt - 1)
         except openai.APIConnectionError as error:
@@ -108,6 +111,56 @@ async def open_stream(client: openai.AsyncOpenAI, body: dict[str, Any], policy: 
             delay = 0.25 * 2 ** (attempt - 1)
         logger.warning("upstream.retrying", extra={"attempt": attempt, "delay_s": delay, **failure})
         await asyncio.sleep(delay)
+
+
+async def resume_stream(client: openai.AsyncOpenAI, response_id: str, *, starting_after: int) -> UpstreamStream:
+    """GET /v1/responses/{id}?stream=true&starting_after=N on a `streaming_client`: a background response's
+    events after sequence number N, then the live ones. Failures as `map_open_error` maps them."""
+    try:
+        raw = await client.responses.with_raw_response.retrieve(response_id, stream=True, starting_after=starting_after)
+    except openai.OpenAIError as error:
+        raise map_open_error(error) from error
+    return UpstreamStream(raw.http_response, raw.request_id)
+
+
+async def cancel_response(client: openai.AsyncOpenAI, response_id: str) -> dict[str, Any] | None:
+    """POST /v1/responses/{id}/cancel: a background response stops (and its billing with it). Returns the
+    Response as it ended (cancelled, or as it had already finished: a cancel is idempotent) as plain JSON; None
+    when it cannot be had."""
+    try:
+        raw = await client.responses.with_raw_response.cancel(response_id)
+        parsed: Any = raw.http_response.json()
+    except (openai.OpenAIError, ValueError) as error:
+        logger.warning("upstream.cancel_failed", extra={"response_id": response_id, "error": type(error).__name__})
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+# What the upstream says when it will not run a background response: an organisation with zero data retention
+# stores nothing, and background mode needs `store: true`. Its exact words are not documented, so any 400 that
+# names `background` or `store` counts.
+_BACKGROUND_PARAMS = frozenset({"background", "store"})
+
+
+def refuses_background(error: openai.APIStatusError) -> bool:
+    if error.status_code != 400:
+        return False
+    body = error.body if isinstance(error.body, dict) else {}
+    message = str(body.get("message") or error.message).lower()
+    return body.get("param") in _BACKGROUND_PARAMS or "background" in message
+
+
+BACKGROUND_REFUSED = "background_refused"
+
+
+def background_refused(error: openai.APIStatusError) -> UpstreamError:
+    body = error.body if isinstance(error.body, dict) else {}
+    said = body.get("message") if isinstance(body.get("message"), str) else error.message
+    return UpstreamError(
+        f"The upstream refuses background responses ({said}). This deployment must set "
+        "PARLEY_UPSTREAM_BACKGROUND=false (turns then do not survive a lost upstream connection).",
+        code=BACKGROUND_REFUSED,
+    )
 
 
 def map_open_error(error: openai.OpenAIError) -> ParleyError:

@@ -250,7 +250,8 @@ async def test_the_answer_continues_after_the_network_is_cut(
 
 EVENT_SOURCE_COLLECT = """
 (url) => new Promise((resolve, reject) => {
-  const names = ['turn.created', 'response.created', 'response.in_progress', 'response.output_item.added',
+  const names = ['turn.created', 'response.created', 'response.queued', 'response.in_progress',
+    'response.output_item.added',
     'response.output_item.done', 'response.content_part.added', 'response.content_part.done',
     'response.output_text.delta', 'response.output_text.done', 'response.reasoning_summary_part.added',
     'response.reasoning_summary_text.delta', 'response.reasoning_summary_text.done',

@@ -9,6 +9,8 @@ import openai
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
+from app.simulator import create_simulator_app
+from tests.servers import serve
 from tests.simulator.conftest import AUTH, Simulator
 from tests.simulator.sse import assert_contiguous, parse_frames, validate_with_sdk
 
@@ -134,6 +136,58 @@ async def test_background_raw_resume_framing(simulator: Simulator) -> None:
     events = parse_frames(resumed.content)
     assert_contiguous(events, first=4)
     assert events[-1].type == "response.completed"
+
+
+async def test_a_running_plain_response_is_not_found_until_it_finished(
+    sdk: openai.AsyncOpenAI, simulator: Simulator
+) -> None:
+    """Not in the background, a response is stored only once it has finished (the real service answers 404 while
+    it runs): there is nothing to poll, re-attach to or cancel."""
+    await simulator.configure(tokens_per_second=100, output_tokens=40)
+    stream = await sdk.responses.create(model="gpt-4.1-mini", input="Not yet", stream=True)
+    first = [event async for event in _take(stream, 4)]
+    response_id = first[0].response.id  # type: ignore[union-attr]
+
+    for call in (sdk.responses.retrieve, sdk.responses.cancel):
+        with pytest.raises(openai.NotFoundError):
+            await call(response_id)
+    rest = [event async for event in stream]
+    stored = await sdk.responses.retrieve(response_id)
+
+    assert rest[-1].type == "response.completed"
+    assert stored.status == "completed"
+
+
+async def test_background_events_are_kept_for_the_retention_period() -> None:
+    with serve(create_simulator_app(background_retention_s=0.3)) as url:
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0) as sdk:
+            created = await sdk.responses.create(model="gpt-4.1-mini", input="Keep me", background=True)
+            final = (await _poll_until_done(sdk, created.id))[-1]
+            replay = await sdk.responses.retrieve(created.id, stream=True, starting_after=-1)
+            events = [event async for event in replay]
+            await asyncio.sleep(0.6)
+
+            with pytest.raises(openai.BadRequestError) as expired:
+                await sdk.responses.retrieve(created.id, stream=True, starting_after=-1)
+            kept = await sdk.responses.retrieve(created.id)
+
+    assert final.status == "completed"
+    assert events[-1].type == "response.completed"
+    assert expired.value.param == "stream"
+    assert kept.status == "completed"
+    assert kept.output_text == final.output_text
+
+
+async def test_an_organisation_with_zero_data_retention_refuses_background_mode() -> None:
+    with serve(create_simulator_app(zero_data_retention=True)) as url:
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0) as sdk:
+            with pytest.raises(openai.BadRequestError) as refused:
+                await sdk.responses.create(model="gpt-4.1-mini", input="Later", background=True, stream=True)
+            plain = await sdk.responses.create(model="gpt-4.1-mini", input="Now")
+
+    assert refused.value.param == "background"
+    assert "background" in refused.value.message.lower()
+    assert plain.status == "completed"
 
 
 async def _take(stream: openai.AsyncStream[ResponseStreamEvent], count: int) -> AsyncIterator[ResponseStreamEvent]:

@@ -52,9 +52,8 @@ async def test_http_errors_use_openai_bodies_and_retry_after(sdk: openai.AsyncOp
     assert afterwards.status == "completed"
 
 
-async def test_cut_drops_the_connection_but_the_response_completes(
-    sdk: openai.AsyncOpenAI, simulator: Simulator
-) -> None:
+async def test_cut_of_a_plain_stream_loses_the_response(sdk: openai.AsyncOpenAI, simulator: Simulator) -> None:
+    """As on the real service: a response not in the background lives as long as its connection."""
     conversation = await sdk.conversations.create()
     await simulator.configure(output_tokens=30)
     await simulator.faults({"kind": "cut", "after_events": 5})
@@ -66,11 +65,43 @@ async def test_cut_drops_the_connection_but_the_response_completes(
     events = parse_frames(bytes(received))
     assert len(events) == 5
     assert_contiguous(events)
-    final = await _wait_for_status(sdk, events[0].data["response"]["id"], "completed")
+    response_id = events[0].data["response"]["id"]
+    for query in ({}, {"stream": "true"}):
+        gone = await simulator.http.get(f"/v1/responses/{response_id}", params=query, headers=AUTH)
+        assert gone.status_code == 404, gone.text
+        assert gone.json()["error"]["message"] == f"Response with id '{response_id}' not found."
+    assert [item async for item in sdk.conversations.items.list(conversation.id)] == []
+    follow_up = await sdk.responses.create(**BODY, conversation=conversation.id)  # type: ignore[call-overload]
+    assert follow_up.status == "completed"
+
+
+async def test_cut_of_a_background_stream_leaves_the_response_running(
+    sdk: openai.AsyncOpenAI, simulator: Simulator
+) -> None:
+    conversation = await sdk.conversations.create()
+    await simulator.configure(output_tokens=30)
+    await simulator.faults({"kind": "cut", "after_events": 5})
+    received = bytearray()
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        await _read_stream(
+            simulator, {**BODY, "stream": True, "background": True, "conversation": conversation.id}, into=received
+        )
+
+    head = parse_frames(bytes(received))
+    assert len(head) == 5
+    response_id = head[0].data["response"]["id"]
+    final = await _wait_for_status(sdk, response_id, "completed")
     assert final.usage is not None
     assert final.usage.output_tokens == 30
     items = [item async for item in sdk.conversations.items.list(conversation.id)]
     assert len(items) == 2
+    resumed = await simulator.http.get(
+        f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": "4"}, headers=AUTH
+    )
+    tail = parse_frames(resumed.content)
+    assert_contiguous(head + tail)
+    assert tail[-1].type == "response.completed"
 
 
 async def test_cut_of_a_non_streamed_call_is_a_connection_error(sdk: openai.AsyncOpenAI, simulator: Simulator) -> None:

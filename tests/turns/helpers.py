@@ -14,6 +14,9 @@ from httpx_sse import EventSource, ServerSentEvent, aconnect_sse
 
 from tests.conftest import ADMIN_TOKEN, ApiUser, RunningParley
 
+# Any bearer value will do for the simulator's /v1 routes.
+UPSTREAM_AUTH = {"Authorization": "Bearer sk-test"}
+
 
 @dataclass
 class Event:
@@ -157,10 +160,22 @@ class Simulator:
         return calls
 
     async def retrieve(self, response_id: str) -> dict[str, Any]:
-        response = await self.client.get(
-            f"{self.base_url}/v1/responses/{response_id}", headers={"Authorization": "Bearer sk-test"}
-        )
+        response = await self.client.get(f"{self.base_url}/v1/responses/{response_id}", headers=UPSTREAM_AUTH)
         return dict(response.json())
+
+    async def conversation_messages(self, conversation_id: str) -> list[tuple[str, str]]:
+        """(role, text) of each message item of an upstream conversation, oldest first: what the next turn reads."""
+        listed = await self.client.get(
+            f"{self.base_url}/v1/conversations/{conversation_id}/items",
+            params={"order": "asc", "limit": 100},
+            headers=UPSTREAM_AUTH,
+        )
+        assert listed.status_code == 200, listed.text
+        return [
+            (item["role"], "".join(part.get("text", "") for part in item["content"]))
+            for item in listed.json()["data"]
+            if item["type"] == "message"
+        ]
 
 
 async def conversation_of(client: httpx.AsyncClient, user: ApiUser, session_id: str) -> str:

@@ -32,6 +32,7 @@ async def test_cancel_mid_answer(
 ) -> None:
     await sim.configure(**SLOW)
     session_id = await new_session(client, user)
+    conversation = await conversation_of(client, user, session_id)
     async with open_stream(
         client, "POST", f"/v1/sessions/{session_id}/messages", json={"input": "talk slowly"}, headers=user.headers
     ) as (stream, source):
@@ -63,17 +64,37 @@ async def test_cancel_mid_answer(
     stored = await turn_of(client, user, session_id, turn_id)
     assert stored["status"] == "cancelled"
     assert stored["output_text"] == turn["output_text"]
-    # Usage as far as the upstream knows it (retrieved after the cancel); never a made-up zero cost.
+    # The background response was cancelled upstream (its billing stops), and came back with its usage so far;
+    # never a made-up zero cost.
+    (response_id,) = stored["response_ids"]
+    upstream_calls = [r["method"] for r in await sim.requests() if r["path"] == f"/v1/responses/{response_id}/cancel"]
+    assert upstream_calls == ["POST"]
+    upstream = await sim.retrieve(response_id)
+    assert upstream["status"] == "cancelled"
+    assert stored["usage"]["output_tokens"] == upstream["usage"]["output_tokens"] > 0
     assert stored["cost_usd"] is None or stored["cost_usd"] != "0.00000000"
     async with db_engine.connect() as connection:
         rows = (await connection.execute(select(UsageRecord).where(UsageRecord.turn_id == turn_id))).all()
     assert len(rows) == 1
-    assert rows[0].response_id == stored["response_ids"][0]
+    assert rows[0].response_id == response_id
     assert rows[0].status == "cancelled"
+    # What the next turn reads upstream is what the history shows: the question and the partial answer.
+    history = (await client.get(f"/v1/sessions/{session_id}/messages", headers=user.headers)).json()["data"]
+    assert [(m["role"], m["content"]) for m in history] == [("user", "talk slowly"), ("assistant", turn["output_text"])]
+    assert await sim.conversation_messages(conversation) == [
+        ("user", "talk slowly"),
+        ("assistant", turn["output_text"]),
+    ]
     # The session is free again.
     await sim.configure(tokens_per_second=0, output_tokens=None)
     after = await send(client, user, session_id, {"input": "next"})
     assert after.names[-1] == "turn.completed"
+    assert await sim.conversation_messages(conversation) == [
+        ("user", "talk slowly"),
+        ("assistant", turn["output_text"]),
+        ("user", "next"),
+        ("assistant", after.text),
+    ]
 
 
 async def test_cancel_of_a_finished_turn_returns_it_unchanged(client: httpx.AsyncClient, user: ApiUser) -> None:

@@ -114,3 +114,46 @@ def test_closed_logs_leave_after_the_window_and_not_before() -> None:
     assert logs.get("turn_new") is None
     assert logs.get("turn_running") is running  # open logs stay whatever the time
     assert len(logs) == 1
+
+
+def test_past_the_byte_cap_the_oldest_finished_logs_leave_first() -> None:
+    probe = EventLog("turn_probe")
+    _fill(probe, 10)
+    turn_size = probe.size
+    logs = EventLogRegistry(retention_s=600, max_bytes=3 * turn_size)
+    first, second = logs.create("turn_1"), logs.create("turn_2")
+    running = logs.create("turn_running")
+    for log in (first, second, running):
+        _fill(log, 10)
+    second.close()  # the second turn finishes first
+    first.close()
+    assert logs.bytes_held == 3 * turn_size
+    assert logs.evicted == 0
+
+    _fill(running, 1)  # over the cap: the log that closed first leaves
+    assert logs.get("turn_2") is None
+    assert logs.get("turn_1") is first
+    assert logs.evicted == 1
+    assert logs.bytes_held <= 3 * turn_size
+
+    _fill(running, 30)  # running logs stay whatever they hold
+    assert logs.get("turn_1") is None
+    assert logs.get("turn_running") is running
+    assert logs.bytes_held == running.size
+    assert logs.evicted == 2
+
+
+def test_a_reopened_log_is_running_again_and_stays() -> None:
+    probe = EventLog("turn_probe")
+    _fill(probe, 10)
+    logs = EventLogRegistry(retention_s=600, max_bytes=2 * probe.size)
+    waiting = logs.create("turn_waiting")
+    _fill(waiting, 10)
+    waiting.close()  # turn.requires_action
+    waiting.reopen()  # the tool outputs came
+    other = logs.create("turn_other")
+    _fill(other, 11)
+    assert logs.get("turn_waiting") is waiting
+    other.close()  # the only finished log, over the cap: it leaves at once
+    assert logs.get("turn_other") is None
+    assert logs.expire(now=float("inf")) == 0  # nothing closed is left to expire

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.models import UsageRecord
 from app.simulator import create_simulator_app
 from tests.conftest import ApiUser, RunningParley, create_api_user, run_parley
 from tests.servers import free_port, serve
-from tests.turns.helpers import Simulator, conversation_of, new_session, send, simulator_for, turn_of
+from tests.turns.helpers import (
+    UPSTREAM_AUTH,
+    Simulator,
+    attach,
+    conversation_of,
+    new_session,
+    send,
+    simulator_for,
+    turn_of,
+)
 
 STALL_TIMEOUT_S = 1.0
 
@@ -123,24 +136,128 @@ async def test_conversation_locked_is_409(http: httpx.AsyncClient, person: ApiUs
     assert response.json()["error"]["code"] == "conversation_locked"
 
 
-async def test_cut_after_some_events_recovers_the_response(
-    http: httpx.AsyncClient, person: ApiUser, simulator: Simulator
+async def test_a_cut_stream_is_reattached_with_no_gap_and_no_repeat(
+    http: httpx.AsyncClient, person: ApiUser, simulator: Simulator, db_engine: AsyncEngine
 ) -> None:
+    # The same question undisturbed, for comparison (the simulator answers an input the same way every time).
+    undisturbed = await send(http, person, await new_session(http, person), {"input": "Tell me about Porto."})
     session_id = await new_session(http, person)
     await simulator.faults({"kind": "cut", "after_events": 6})
-    stream = await send(http, person, session_id)
+
+    stream = await send(http, person, session_id, {"input": "Tell me about Porto."})
+
+    # The connection dropped after six upstream events; the background response went on, and Parley
+    # re-attached after the sixth: every event once, in order, as if nothing had happened.
     assert stream.status == 200
-    relayed = [n for n in stream.names if not n.startswith("turn.")]
-    assert len(relayed) == 6
-    assert sum(n.startswith("turn.") for n in stream.names) == 2
+    assert stream.ids == list(range(1, len(stream.events) + 1))
+    assert stream.names == undisturbed.names
+    relayed = [event.data for event in stream.events if not event.name.startswith("turn.")]
+    assert [data["sequence_number"] for data in relayed] == list(range(len(relayed)))
     final = stream.terminal.data["turn"]
-    # The upstream finished the response though the stream broke: Parley asked it how it ended.
+    expected = undisturbed.terminal.data["turn"]
     assert stream.terminal.name == "turn.completed"
-    assert final["usage"]["output_tokens"] > 0
-    upstream = await simulator.retrieve(final["response_ids"][0])
-    assert final["output_text"] == "".join(
-        c["text"] for item in upstream["output"] if item["type"] == "message" for c in item["content"]
-    )
+    assert final["output_text"] == stream.text == expected["output_text"]
+    assert final["usage"] == expected["usage"]
+    assert final["cost_usd"] == expected["cost_usd"]
+    (response_id,) = final["response_ids"]
+    async with db_engine.connect() as connection:
+        rows = (await connection.execute(select(UsageRecord).where(UsageRecord.turn_id == final["id"]))).all()
+    assert [(row.response_id, row.status, row.output_tokens) for row in rows] == [
+        (response_id, "completed", expected["usage"]["output_tokens"])
+    ]
+    reattached = [
+        request
+        for request in await simulator.requests()
+        if request["method"] == "GET" and request["path"] == f"/v1/responses/{response_id}"
+    ]
+    assert [request["query"] for request in reattached] == [{"stream": "true", "starting_after": "5"}]
+    # A listener that joins afterwards replays the same events.
+    replayed = await attach(http, person, session_id, final["id"], last_event_id=0)
+    assert [(event.id, event.raw) for event in replayed.events] == [(event.id, event.raw) for event in stream.events]
+
+
+async def test_a_cut_stream_without_background_mode_fails_and_keeps_the_partial_text(
+    database_url: str, backend: str
+) -> None:
+    with run_parley(database_url, backend, upstream_background=False) as parley:
+        async with httpx.AsyncClient(base_url=parley.base_url, timeout=30) as client:
+            person = await create_api_user(client)
+            simulator = simulator_for(parley, client)
+            await simulator.configure(tokens_per_second=0, first_token_delay_ms=0, output_tokens=40)
+            # Cut three deltas into the answer (a reasoning summary may come first): where that is, an undisturbed
+            # turn on the same input shows; Parley's turn.created comes before the upstream's events.
+            undisturbed = await send(client, person, await new_session(client, person), {"input": "Cut me off."})
+            first_delta = undisturbed.names.index("response.output_text.delta") - 1
+            session_id = await new_session(client, person)
+            conversation = await conversation_of(client, person, session_id)
+            await simulator.faults({"kind": "cut", "after_events": first_delta + 3})
+
+            stream = await send(client, person, session_id, {"input": "Cut me off."})
+
+            final = stream.terminal.data["turn"]
+            assert stream.terminal.name == "turn.failed"
+            assert final["error"]["code"] == "upstream_disconnected"
+            assert final["output_text"] == stream.text
+            assert stream.text
+            assert final["usage"] is None
+            assert final["cost_usd"] is None
+            (call,) = await simulator.response_calls(conversation)
+            assert "background" not in call["body"]
+            # Parley did not ask for the response again: there is nothing to ask for.
+            requests = await simulator.requests()
+            assert not [r for r in requests if r["method"] == "GET" and r["path"].startswith("/v1/responses/")]
+            # A response that was not in the background is gone with its connection.
+            (response_id,) = final["response_ids"]
+            for query in ({}, {"stream": "true"}):
+                gone = await client.get(
+                    f"{parley.simulator_url}/v1/responses/{response_id}", params=query, headers=UPSTREAM_AUTH
+                )
+                assert gone.status_code == 404, gone.text
+            # The history keeps the partial answer, and so does the conversation the next turn reads.
+            history = (await client.get(f"/v1/sessions/{session_id}/messages", headers=person.headers)).json()
+            assert [(m["role"], m["content"], m["status"]) for m in history["data"]] == [
+                ("user", "Cut me off.", "completed"),
+                ("assistant", stream.text, "failed"),
+            ]
+            assert await simulator.conversation_messages(conversation) == [
+                ("user", "Cut me off."),
+                ("assistant", stream.text),
+            ]
+            after = await send(client, person, session_id, {"input": "Go on."})
+            assert after.terminal.name == "turn.completed"
+
+
+async def test_an_upstream_that_refuses_background_mode_says_which_setting_to_change(
+    database_url: str, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An organisation with zero data retention stores nothing, so it refuses background responses."""
+    port = free_port()
+    upstream = {"openai_api_key": "sk-test", "openai_base_url": f"http://127.0.0.1:{port}/v1"}
+    with serve(create_simulator_app(zero_data_retention=True), port=port):
+        with run_parley(database_url, backend, **upstream) as parley:
+            async with httpx.AsyncClient(base_url=parley.base_url, timeout=30) as client:
+                person = await create_api_user(client)
+                session_id = await new_session(client, person)
+                with caplog.at_level(logging.ERROR, logger="app.streaming.turn_runner"):
+                    refused = await _post(client, person, session_id)
+                    again = await _post(client, person, session_id)
+                assert refused.status_code == again.status_code == 502
+                error = refused.json()["error"]
+                assert error["code"] == "background_refused"
+                assert "PARLEY_UPSTREAM_BACKGROUND=false" in error["message"]
+                turns = (await client.get(f"/v1/sessions/{session_id}/turns", headers=person.headers)).json()["data"]
+                assert [t["status"] for t in turns] == ["failed", "failed"]
+                assert all("PARLEY_UPSTREAM_BACKGROUND=false" in t["error"]["message"] for t in turns)
+                said = [
+                    r.getMessage() for r in caplog.records if r.getMessage().startswith("upstream.background_refused")
+                ]
+                assert len(said) == 1, said  # one clear line, not one per turn
+                assert "PARLEY_UPSTREAM_BACKGROUND=false" in said[0]
+        with run_parley(database_url, backend, upstream_background=False, **upstream) as parley:
+            async with httpx.AsyncClient(base_url=parley.base_url, timeout=30) as client:
+                person = await create_api_user(client)
+                session_id = await new_session(client, person)
+                assert (await send(client, person, session_id)).terminal.name == "turn.completed"
 
 
 async def test_stall_past_the_timeout_fails_the_turn_and_keeps_the_partial_text(
@@ -161,6 +278,16 @@ async def test_stall_past_the_timeout_fails_the_turn_and_keeps_the_partial_text(
     assert turn["status"] == "failed"
     assert turn["error"]["code"] == "upstream_timeout"
     assert turn["response_ids"]
+    # Parley stopped waiting, so it stopped the background response too: billed for what it made, and no more.
+    upstream = await simulator.retrieve(turn["response_ids"][0])
+    assert upstream["status"] == "cancelled"
+    assert turn["usage"] == {
+        "input_tokens": upstream["usage"]["input_tokens"],
+        "cached_input_tokens": upstream["usage"]["input_tokens_details"]["cached_tokens"],
+        "output_tokens": upstream["usage"]["output_tokens"],
+        "reasoning_tokens": upstream["usage"]["output_tokens_details"]["reasoning_tokens"],
+        "total_tokens": upstream["usage"]["total_tokens"],
+    }
 
 
 async def test_error_event_fails_the_turn(http: httpx.AsyncClient, person: ApiUser, simulator: Simulator) -> None:

@@ -72,6 +72,25 @@ class Simulator:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
+    async def status_of(self, response_id: str) -> int:
+        response = await self.http.get(
+            f"{self.base_url}/v1/responses/{response_id}", headers={"Authorization": "Bearer sk-test"}
+        )
+        return response.status_code
+
+    async def conversation_messages(self, conversation_id: str) -> list[tuple[str, str]]:
+        listed = await self.http.get(
+            f"{self.base_url}/v1/conversations/{conversation_id}/items",
+            params={"order": "asc", "limit": 100},
+            headers={"Authorization": "Bearer sk-test"},
+        )
+        assert listed.status_code == 200, listed.text
+        return [
+            (item["role"], "".join(part.get("text", "") for part in item["content"]))
+            for item in listed.json()["data"]
+            if item["type"] == "message"
+        ]
+
 
 @contextmanager
 def running_simulator() -> Iterator[str]:
@@ -505,14 +524,14 @@ async def _kill_mid_turn(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_sigkill_mid_turn_then_restart_reconciles(backend: str, tmp_path: Path) -> None:
-    """F-18: turns a SIGKILLed process left in flight are finished by the next process, with the upstream
-    response's text and usage when a response id was stored. Both end failed/interrupted: the upstream
-    response whose client vanished ends `cancelled`, but nobody cancelled the turn."""
+    """F-18, without background mode: turns a SIGKILLed process left in flight are finished by the next process,
+    both failed/interrupted, and their sessions go on. The upstream stopped the response that lost its client and
+    kept nothing of it: the answer died with the process (background mode keeps it: the next test)."""
     async with database(backend, tmp_path) as url, engine_for(url) as engine:
         with running_simulator() as simulator_url:
             async with httpx.AsyncClient(timeout=10) as control:
                 simulator = Simulator(simulator_url, control)
-                env = parley_env(database_url=url, simulator_url=simulator_url)
+                env = parley_env(database_url=url, simulator_url=simulator_url, PARLEY_UPSTREAM_BACKGROUND="false")
                 killed = await _kill_mid_turn(tmp_path, simulator, env, engine)
                 api, streaming, silent = killed.api, killed.streaming, killed.silent
                 response_id = streaming.response_id
@@ -530,14 +549,14 @@ async def test_sigkill_mid_turn_then_restart_reconciles(backend: str, tmp_path: 
                     api.http = http
                     row = await poll_row(engine, streaming.turn_id, lambda r: r.status not in IN_FLIGHT, timeout=10)
                     silent_row = await poll_row(engine, silent.turn_id, lambda r: r.status not in IN_FLIGHT, timeout=10)
-                    upstream = await simulator.retrieve(response_id)
 
-                    assert upstream["status"] == "cancelled", upstream["status"]
+                    assert await simulator.status_of(response_id) == 404
                     assert row.status == "failed", (row.status, row.error, parley.output[-2000:])
                     assert row.error["code"] == "interrupted", row.error
                     assert row.response_ids == [response_id]
-                    assert row.output_text.startswith(streaming.text), "the reconciled text lost streamed deltas"
-                    assert [u.response_id for u in await usage_rows(engine, [row.id])] == [response_id]
+                    assert row.output_text == ""
+                    assert row.cost_usd is None
+                    assert await usage_rows(engine, [row.id]) == []
 
                     assert silent_row.status == "failed", silent_row.status
                     assert silent_row.error["code"] == "interrupted", silent_row.error
@@ -573,6 +592,63 @@ async def test_sigkill_mid_turn_then_restart_reconciles(backend: str, tmp_path: 
                     assert retried.status_code == 200, retried.text
                     assert retried.json()["id"] != silent.turn_id
                     assert retried.json()["status"] == "completed"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_sigkill_mid_background_turn_then_restart_keeps_its_answer(backend: str, tmp_path: Path) -> None:
+    """In background mode (the default) the response outlives the process that relayed it. The dead process
+    had stored how far it relayed it (with its heartbeat); the next process, which does not take turns over
+    yet, stops the response and stores the turn failed/interrupted with the answer and usage it has so far, and
+    the conversation the next turn reads holds that answer."""
+    async with database(backend, tmp_path) as url, engine_for(url) as engine:
+        with running_simulator() as simulator_url:
+            async with httpx.AsyncClient(timeout=10) as control:
+                simulator = Simulator(simulator_url, control)
+                await simulator.configure(**SLOW)
+                env = parley_env(database_url=url, simulator_url=simulator_url)
+                async with parley_serve(tmp_path, env) as parley, new_client(parley.base_url) as http:
+                    api = await Api.with_new_user(http)
+                    session_id = await api.new_session()
+                    conversation = (await http.get(f"/v1/sessions/{session_id}", headers=api.headers)).json()[
+                        "conversation_id"
+                    ]
+                    record, task = api.start_stream(session_id, "Tell me a long story.", wanted_deltas=6)
+                    try:
+                        await until_progressed([record])
+                        left = await poll_row(
+                            engine, record.turn_id, lambda row: row.last_sequence_number is not None, timeout=10
+                        )
+                        parley.process.kill()
+                        assert await parley.wait_exit(10) is not None
+                        await asyncio.wait_for(task, 10)
+                    finally:
+                        await cancel_all([task])
+                response_id = record.response_id
+                assert response_id is not None
+                assert left.response_ids == [response_id]
+                assert left.last_sequence_number > 0
+
+                await simulator.configure(**FAST)
+                async with parley_serve(tmp_path, env) as parley, new_client(parley.base_url) as http:
+                    api.http = http
+                    row = await poll_row(engine, record.turn_id, lambda r: r.status not in IN_FLIGHT, timeout=10)
+                    upstream = await simulator.retrieve(response_id)
+
+                    assert row.status == "failed", (row.status, row.error, parley.output[-2000:])
+                    assert row.error["code"] == "interrupted", row.error
+                    assert upstream["status"] == "cancelled", upstream["status"]
+                    assert row.output_text.startswith(record.text), "the reconciled text lost streamed deltas"
+                    (usage,) = await usage_rows(engine, [row.id])
+                    assert usage.response_id == response_id
+                    assert usage.output_tokens == upstream["usage"]["output_tokens"] > 0
+                    assert await simulator.conversation_messages(conversation) == [
+                        ("user", "Tell me a long story."),
+                        ("assistant", row.output_text),
+                    ]
+                    after = await api.send_and_wait(session_id, "Are you back?")
+                    assert after.status_code == 200, after.text
+                    assert after.json()["status"] == "completed", after.json()
 
 
 @pytest.mark.timeout(60)

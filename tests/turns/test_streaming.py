@@ -24,7 +24,8 @@ async def test_event_sequence_and_framing(client: httpx.AsyncClient, user: ApiUs
 
     assert stream.ids == list(range(1, len(stream.events) + 1))
     assert stream.names[0] == "turn.created"
-    assert stream.names[1:3] == ["response.created", "response.in_progress"]
+    # A background response upstream (PARLEY_UPSTREAM_BACKGROUND): queued before it runs.
+    assert stream.names[1:4] == ["response.created", "response.queued", "response.in_progress"]
     assert "response.output_text.delta" in stream.names
     assert stream.names[-2] == "response.completed"
     assert stream.names[-1] == "turn.completed"
@@ -86,6 +87,7 @@ async def test_what_goes_upstream(client: httpx.AsyncClient, user: ApiUser, sim:
     assert body["conversation"] == conversation
     assert body["stream"] is True
     assert body["store"] is True
+    assert body["background"] is True
     # Only the new input goes up; the conversation holds the rest.
     assert body["input"] == [{"role": "user", "content": "second"}]
     assert body["prompt"] == {"id": "pmpt_parley_demo", "version": "1", "variables": {"user_name": "Grace"}}
