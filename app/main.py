@@ -78,9 +78,7 @@ def runner_config(settings: Settings) -> RunnerConfig:
             max_attempts=settings.upstream_max_attempts,
             max_retry_wait_s=settings.upstream_max_retry_wait_s,
         ),
-        heartbeat_interval_s=settings.runner_heartbeat_interval_s,
-        orphan_after_s=settings.runner_orphan_after_s,
-        sweep_interval_s=settings.runner_sweep_interval_s,
+        lease_s=settings.turn_lease_s,
         cancel_poll_interval_s=settings.runner_cancel_poll_interval_s,
         recovery_timeout_s=settings.upstream_recovery_timeout_s,
     )
@@ -208,9 +206,7 @@ def create_app(settings: Settings) -> FastAPI:
             shared_logs.start()
             logger.info("parley.event_log: shared by every replica on Redis")
         unshared = (
-            UnsharedLogWatch(
-                sessionmaker, interval_s=settings.runner_sweep_interval_s, alive_within_s=settings.runner_orphan_after_s
-            )
+            UnsharedLogWatch(sessionmaker, interval_s=settings.turn_lease_s / 4, alive_within_s=settings.turn_lease_s)
             if shared_logs is None
             else None
         )

@@ -85,9 +85,10 @@ class Settings(BaseSettings):
     sse_send_timeout_s: float = Field(default=30.0, gt=0)
     shutdown_grace_s: float = Field(default=15.0, ge=0)
     cancel_wait_s: float = Field(default=10.0, ge=0)
-    runner_heartbeat_interval_s: float = Field(default=5.0, gt=0)
-    runner_orphan_after_s: float = Field(default=30.0, gt=0)
-    runner_sweep_interval_s: float = Field(default=15.0, gt=0)
+    # Each running turn is held by its process's lease: the process renews it (a heartbeat) every quarter of
+    # this, and once its last renewal is three quarters of this old another replica (or the same one restarted)
+    # takes its turns over, within this long of the process dying.
+    turn_lease_s: float = Field(default=10.0, gt=0)
     runner_cancel_poll_interval_s: float = Field(default=1.0, gt=0)
 
     # The embedded simulator: mounted at /simulator when no OpenAI key is configured.

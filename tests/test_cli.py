@@ -385,8 +385,7 @@ async def test_an_unmigrated_postgres_says_so_once(tmp_path: Path) -> None:
             PARLEY_DATABASE_URL=url,
             PARLEY_ADMIN_TOKEN="admin-token-for-this-test",
             # The runner's loops go round many times while the test runs.
-            PARLEY_RUNNER_HEARTBEAT_INTERVAL_S="0.1",
-            PARLEY_RUNNER_SWEEP_INTERVAL_S="0.1",
+            PARLEY_TURN_LEASE_S="0.4",
         )
         with parley_serve(tmp_path, env) as served:
             requests = [

@@ -208,6 +208,12 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.turns_taken_over = Counter(
+            "parley_turns_taken_over",
+            "Turns this process took over from a process that stopped renewing its lease (died), and went on with "
+            "from the upstream.",
+            registry=registry,
+        )
         if spool_depth is not None:
             registry.register(_SpoolDepthCollector(spool_depth))
         if event_log_usage is not None:
@@ -286,6 +292,9 @@ class Metrics:
 
     def resume_fallback(self, reason: str) -> None:
         self.resume_fallbacks.labels(reason=reason).inc()
+
+    def turn_taken_over(self) -> None:
+        self.turns_taken_over.inc()
 
 
 def _dollars(value: object) -> float:

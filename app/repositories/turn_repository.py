@@ -242,6 +242,13 @@ async def set_response_ids(db: AsyncSession, ids_by_turn: dict[str, list[str]]) 
     )
 
 
+async def set_tool_outputs(db: AsyncSession, turn_id: str, outputs: list[dict[str, Any]]) -> None:
+    """The outputs of Parley's own tools in a running turn's latest round, before that round is sent upstream
+    (a turn that ended meanwhile is left alone)."""
+    connection = await db.connection()
+    await connection.execute(FINISH_TURN, {"turn_key": turn_id, "pending_tool_outputs": outputs})
+
+
 async def set_positions(db: AsyncSession, positions: dict[str, tuple[list[str], int]]) -> None:
     """How far running turns have relayed their newest upstream response: response ids and the last sequence
     number together, in one executemany (turns that ended meanwhile are left alone)."""

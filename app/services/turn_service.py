@@ -748,13 +748,19 @@ class TurnService:
     ) -> AsyncGenerator[bytes, None]:
         """A turn this process does not have the log of: its terminal event once it has ended. One run by
         another process is watched until it ends, but not past this server's shutdown (the browser then
-        resumes from another replica)."""
+        resumes from another replica); if this process takes it over meanwhile (its process died), the rest
+        comes from the log it goes on in."""
         yield PING
         final = turn
         while final.status in TURN_IN_FLIGHT_STATUSES:
             if not self.runner.accepting or (shutdown is not None and shutdown.is_set()):
                 return
             await asyncio.sleep(POLL_INTERVAL_S)
+            taken_over = self.logs.get(turn.id)
+            if taken_over is not None:
+                async for chunk in taken_over.read(after):
+                    yield chunk
+                return
             final = await self._load(turn.id)
         # A turn reconciled after its process died has no stored event count: its terminal event is numbered
         # after whatever the client saw, so a resuming browser still gets it.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
@@ -67,6 +68,12 @@ class SqlTurnStore:
         self._pending_ids[turn_id] = response_ids
         if self._ids_writer is None or self._ids_writer.done():
             self._ids_writer = asyncio.create_task(self._write_response_ids(), name="parley-response-ids")
+
+    async def store_tool_outputs(self, turn_id: str, outputs: list[dict[str, Any]]) -> None:
+        """A running turn's tool outputs of its latest round, stored before they are sent upstream: a process
+        taking the turn over uses them rather than running a finished call again."""
+        async with self._sessionmaker() as db, db.begin():
+            await turns_repo.set_tool_outputs(db, turn_id, outputs)
 
     async def _write_response_ids(self) -> None:
         while self._pending_ids:
@@ -337,11 +344,16 @@ class SqlTurnStore:
                     upstream_body=turn.request,
                     created_turn=render_turn(turn, stream_url=None),
                     stream_url="",
+                    # Its age, on this process's clock: the taken-over turn's duration counts from its start.
+                    started_at=time.monotonic() - max((utcnow() - turn.created_at).total_seconds(), 0.0),
                 ),
                 response_ids=list(turn.response_ids or []),
                 output_text=turn.output_text or "",
                 last_sequence_number=turn.last_sequence_number,
                 cancel_requested=turn.cancel_requested_at is not None,
+                # Its earlier part ended `requires_action`, which numbered its events.
+                continued=turn.last_event_id is not None,
+                tool_outputs=list(turn.pending_tool_outputs or []),
             )
             for turn in turns
         ]

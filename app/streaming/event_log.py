@@ -15,6 +15,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Protocol
 
 from app.streaming.frames import PING, RETRY_MS, encode_frame
@@ -23,11 +24,22 @@ from app.streaming.frames import PING, RETRY_MS, encode_frame
 FRAME_OVERHEAD = sys.getsizeof(b"") + 8
 
 
+@dataclass(frozen=True, slots=True)
+class StoredFrames:
+    """What a shared log holds of one turn: `frames` from event 1 on when none is missing (empty otherwise), and
+    the id of the last event it holds (0 for none)."""
+
+    frames: list[bytes]
+    last_id: int
+
+
 class FrameSink(Protocol):
-    """Where a shared log's frames also go; both calls return at once (the sink writes in the background)."""
+    """Where a shared log's frames also go; `frame` and `closed` return at once (the sink writes in the
+    background). `stored` reads a turn's frames back, for a process taking the turn over; None when it cannot."""
 
     def frame(self, turn_id: str, event_id: int, frame: bytes) -> None: ...
     def closed(self, turn_id: str, event_id: int) -> None: ...
+    async def stored(self, turn_id: str) -> StoredFrames | None: ...
 
 
 class EventLog:
@@ -72,6 +84,18 @@ class EventLog:
                 registry.evict()
         self._wake()
         return event_id
+
+    def restore(self, frames: list[bytes]) -> None:
+        """Hold frames the turn already sent, from event 1 on, for this process's readers (a turn taken over
+        from a process that died): they are in the shared log already and are not written again."""
+        if len(self) != 0:
+            raise RuntimeError(f"event log of {self.turn_id} is not empty")
+        self._frames.extend(frames)
+        size = sum(len(frame) for frame in frames) + FRAME_OVERHEAD * len(frames)
+        self.size += size
+        if self.registry is not None:
+            self.registry.bytes_held += size
+        self._wake()
 
     def close(self) -> None:
         if self.closed_at is None:
@@ -164,6 +188,10 @@ class EventLogRegistry:
 
     def get(self, turn_id: str) -> EventLog | None:
         return self._logs.get(turn_id)
+
+    async def stored(self, turn_id: str) -> StoredFrames | None:
+        """The turn's frames in the shared log, when logs are shared and it answers."""
+        return None if self.sink is None else await self.sink.stored(turn_id)
 
     def note_closed(self, log: EventLog) -> None:
         self._closed[log.turn_id] = log

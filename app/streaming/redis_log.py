@@ -4,7 +4,8 @@ The process running a turn keeps its log in memory (`event_log`) and serves its 
 Redis adds nothing to their latency. Each frame also goes to the turn's stream, in the background: the frames
 appended since the last write go in one command (a Lua script that XADDs each, then sets the key's expiry),
 with at most one write in flight, so the relay never waits for Redis and a busy relay writes bigger batches.
-Any other replica replays a stream after `Last-Event-ID` and then follows it live with XREAD BLOCK.
+Any other replica replays a stream after `Last-Event-ID` and then follows it live with XREAD BLOCK; one taking
+over the turn of a process that died reads the whole stream back (XRANGE) and goes on after its last entry.
 
 Entry ids are the event ids: event n is `n-0`, and the log's close after event n is `n-1` (a turn that goes
 on after `turn.requires_action` continues with `n+1-0`). Redis refuses an id not above the stream's last, so
@@ -33,6 +34,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.observability.metrics import Metrics
+from app.streaming.event_log import StoredFrames
 from app.streaming.frames import PING
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ RETRY_S = 1.0
 LINGER_S = 0.005
 # A reader blocks this long for new entries before its caller is given a chance to look at the turn.
 BLOCK_S = 2.0
+# Reading a whole turn's stream back (a takeover): a long turn is thousands of entries.
+TAKEOVER_READ_TIMEOUT_S = 5.0
 READ_COUNT = 1000
 # While a turn runs its stream lives this much longer than the resume window (a turn may be quiet for minutes).
 RUNNING_EXTRA_TTL_S = 3600
@@ -216,6 +220,28 @@ class RedisEventLogs:
 
     def reader(self, turn_id: str, after: int) -> StreamReader:
         return StreamReader(self, turn_id, after)
+
+    async def stored(self, turn_id: str) -> StoredFrames | None:
+        """The turn's whole stream (XRANGE), for a process taking the turn over: its frames when none is
+        missing, and its last event id; None when Redis does not answer."""
+        try:
+            async with asyncio.timeout(TAKEOVER_READ_TIMEOUT_S):
+                entries: list[Any] = await self.client.xrange(KEY % turn_id) or []
+        except ERRORS as error:
+            self.failed("read", error)
+            return None
+        self.answered()
+        frames: list[bytes] = []
+        last_id = 0
+        complete = True
+        for entry_id, fields in entries:
+            number, _, sequence = bytes(entry_id).partition(b"-")
+            if sequence != b"0":  # a close, after which the turn went on (tool outputs came)
+                continue
+            complete = complete and int(number) == last_id + 1
+            last_id = int(number)
+            frames.append(fields[b"f"])
+        return StoredFrames(frames if complete else [], last_id)
 
 
 class StreamReader:

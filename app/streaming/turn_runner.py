@@ -3,9 +3,11 @@
 A browser that disconnects only stops reading the event log; the upstream stream is still read to its end
 and the turn is stored and billed. A turn runs upstream as a background response (`PARLEY_UPSTREAM_BACKGROUND`):
 when its stream is cut, the runner re-attaches from the last event it relayed, and a turn that ends before its
-response did (cancel, shutdown, a stall) cancels the response upstream. Cancel, shutdown and recovery of turns
-left behind by a dead process all end in the same place: one `TurnOutcome`, persisted once, then exactly one
-terminal event.
+response did (cancel, shutdown, a stall) cancels the response upstream. Each process holds its turns by a lease
+(its heartbeat); a turn whose process died is taken over by a live one, which rebuilds what the turn relayed and
+goes on from there (`_take_over`), or, when it cannot, reconciled from the upstream (`_reconcile`). Cancel,
+shutdown, takeover and reconciling all end in the same place: one `TurnOutcome`, persisted once, then exactly
+one terminal event.
 """
 
 from __future__ import annotations
@@ -120,6 +122,24 @@ class OrphanedTurn:
     # Someone asked to cancel it before its process stopped: only then does an upstream `cancelled` mean
     # cancelled (an upstream whose client vanished reports `cancelled` too).
     cancel_requested: bool = False
+    # It went on after `turn.requires_action` (the client's tool outputs): reconciled, not taken over.
+    continued: bool = False
+    # The outputs of Parley's own tools stored for its latest round (`TurnStore.store_tool_outputs`).
+    tool_outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Takeover:
+    """Where a turn taken over from a dead process goes on: its state rebuilt from what was relayed, the stream
+    of its unfinished response re-attached (None when its last round had ended), and its tools' known outputs."""
+
+    state: TurnState
+    stream: UpstreamStream | None
+    # The stream starts at its response's first event (the log had none of it), not after the last relayed.
+    from_start: bool
+    tool_outputs: dict[str, dict[str, Any]]
+    # The calls whose `turn.tool_call.completed` event is in the log already.
+    announced: set[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +155,7 @@ class TurnStore(Protocol):
     """Persistence the runner needs; implemented over the database in `services.turn_store`."""
 
     async def store_response_ids(self, turn_id: str, response_ids: list[str]) -> None: ...
+    async def store_tool_outputs(self, turn_id: str, outputs: list[dict[str, Any]]) -> None: ...
     async def finish(self, job: TurnJob, outcome: TurnOutcome) -> dict[str, Any]: ...
     async def cancel_requests(self, turn_ids: list[str]) -> list[str]: ...
     async def beat(self, runner_id: str, positions: dict[str, UpstreamPosition]) -> None: ...
@@ -149,12 +170,25 @@ class TurnStore(Protocol):
 @dataclass(frozen=True, slots=True)
 class RunnerConfig:
     stream_policy: StreamPolicy
-    heartbeat_interval_s: float = 5.0
-    orphan_after_s: float = 30.0
-    sweep_interval_s: float = 15.0
+    # The lease on a process's turns (`PARLEY_TURN_LEASE_S`): renewed every quarter of it, presumed lost once
+    # its last renewal is three quarters old, looked for every quarter, so a dead process's turns are taken
+    # over within the lease of its death while a live one has two renewals to spare.
+    lease_s: float = 10.0
     cancel_poll_interval_s: float = 1.0
     recovery_timeout_s: float = 15.0
     max_tool_steps: int = 8
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.lease_s / 4
+
+    @property
+    def orphan_after_s(self) -> float:
+        return self.lease_s * 3 / 4
+
+    @property
+    def sweep_interval_s(self) -> float:
+        return self.lease_s / 4
 
 
 class TurnHandle:
@@ -172,6 +206,7 @@ class TurnHandle:
         "state",
         "stored_position",
         "task",
+        "ttft_unknown",
     )
 
     def __init__(self, job: TurnJob, log: EventLog) -> None:
@@ -191,6 +226,8 @@ class TurnHandle:
         # What the relay has learnt, and the position of its background response the heartbeat stored last.
         self.state: TurnState | None = None
         self.stored_position: UpstreamPosition | None = None
+        # Taken over after its first token: the time to it was the dead process's to measure.
+        self.ttft_unknown = False
         # Nobody may be waiting on `opened` (the client left); don't let asyncio warn about it.
         self.opened.add_done_callback(_consume_exception)
 
@@ -342,6 +379,12 @@ class TurnRunner:
         await self.store.replay_spool()
         stale_before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.config.orphan_after_s)
         for orphan in await self.store.claim_orphans(self.id, stale_before):
+            if self._can_take_over(orphan):
+                try:
+                    await self._take_over(orphan)
+                    continue
+                except Exception:  # claimed by this runner now: it must still end, or it would stay in flight
+                    logger.exception("runner.takeover_failed", extra={"turn_id": orphan.job.turn_id})
             await self._reconcile(orphan)
 
     # --- turns ------------------------------------------------------------------------------------
@@ -382,43 +425,37 @@ class TurnRunner:
         handle.interrupt("cancelled")
         return True
 
-    async def _run(self, handle: TurnHandle) -> None:
+    async def _run(self, handle: TurnHandle, takeover: Takeover | None = None) -> None:
         job = handle.job
-        state = TurnState(started_at=job.started_at)
+        state = TurnState(started_at=job.started_at) if takeover is None else takeover.state
         handle.state = state
         if job.prior is not None:
             state.text_parts.append(job.prior.text)
             state.response_ids.extend(job.prior.response_ids)
         body = job.upstream_body
         steps = 0
+        if takeover is not None and len(state.response_ids) > 1:
+            # Taken over in a later round: what that round sent, for settling the conversation if it fails.
+            steps = len(state.response_ids) - 1
+            body = {**job.upstream_body, "input": list(takeover.tool_outputs.values())}
         try:
             while True:
                 handle.body = body
-                try:
-                    stream = await open_stream(self._streaming, body, self.config.stream_policy)
-                except ParleyError as error:
-                    self.metrics.upstream_error(stage="open", status=upstream_status_of(error), code=error.code)
-                    if error.code == BACKGROUND_REFUSED and not self._said_background_refused:
-                        self._said_background_refused = True
-                        logger.error("upstream.background_refused: %s", error.message)
-                    outcome = self._outcome(state, "failed")
-                    outcome.error = {"code": error.code, "message": error.message, "status": error.status_code}
-                    # Stored before the client hears of it: a retry right after the 429 finds the session free.
-                    await self._finish(handle, state, outcome)
-                    if not handle.opened.done():
-                        handle.opened.set_exception(error)
-                    return
-                if not handle.opened.done():
-                    handle.opened.set_result(None)
-                state.begin_stream(stream.request_id, rate_limit_headers(stream.headers))
-                self.metrics.rate_limits(state.stream_rate_limits)
-                bind_upstream_request_id(stream.request_id)
-                failure = await self._relay(handle, stream, state)
+                known: dict[str, dict[str, Any]] = {}
+                announced: set[str] = set()
+                if takeover is not None:
+                    failure = await self._resume(handle, state, takeover)
+                    known, announced, takeover = takeover.tool_outputs, takeover.announced, None
+                else:
+                    stream = await self._open(handle, state, body)
+                    if stream is None:
+                        return
+                    failure = await self._relay(handle, stream, state)
                 calls = (
                     state.function_calls() if failure is None and state.terminal_event == "response.completed" else []
                 )
                 if calls and handle.cancel_reason is None:
-                    outputs, for_client = await self._run_tools(handle, calls)
+                    outputs, for_client = await self._run_tools(handle, calls, known=known, announced=announced)
                     if handle.cancel_reason is not None:
                         await self._finish(handle, state, await self._decide(handle, state, handle.cancel_reason))
                         return
@@ -464,6 +501,33 @@ class TurnRunner:
         finally:
             self._handles.pop(job.turn_id, None)
 
+    async def _open(self, handle: TurnHandle, state: TurnState, body: dict[str, Any]) -> UpstreamStream | None:
+        """Open one round's upstream stream. When the upstream refuses, the turn ends here, stored failed, and
+        the request that started it gets the failure (None is returned)."""
+        try:
+            stream = await open_stream(self._streaming, body, self.config.stream_policy)
+        except ParleyError as error:
+            self.metrics.upstream_error(stage="open", status=upstream_status_of(error), code=error.code)
+            if error.code == BACKGROUND_REFUSED and not self._said_background_refused:
+                self._said_background_refused = True
+                logger.error("upstream.background_refused: %s", error.message)
+            outcome = self._outcome(state, "failed")
+            outcome.error = {"code": error.code, "message": error.message, "status": error.status_code}
+            # Stored before the client hears of it: a retry right after the 429 finds the session free.
+            await self._finish(handle, state, outcome)
+            if not handle.opened.done():
+                handle.opened.set_exception(error)
+            return None
+        if not handle.opened.done():
+            handle.opened.set_result(None)
+        self._begin_stream(state, stream)
+        return stream
+
+    def _begin_stream(self, state: TurnState, stream: UpstreamStream) -> None:
+        state.begin_stream(stream.request_id, rate_limit_headers(stream.headers))
+        self.metrics.rate_limits(state.stream_rate_limits)
+        bind_upstream_request_id(stream.request_id)
+
     @staticmethod
     def _outcome(state: TurnState, status: str) -> TurnOutcome:
         return TurnOutcome(
@@ -485,15 +549,39 @@ class TurnRunner:
             logger.warning("runner.tool_outputs_not_added: %s", type(error).__name__, extra={"turn_id": job.turn_id})
 
     async def _run_tools(
-        self, handle: TurnHandle, calls: list[dict[str, str]]
+        self,
+        handle: TurnHandle,
+        calls: list[dict[str, str]],
+        *,
+        known: dict[str, dict[str, Any]],
+        announced: set[str],
     ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """Run the calls that are Parley's own tools, announcing each; return their outputs and the calls
-        that are the client's to answer."""
+        that are the client's to answer. Each output is stored before the next round sends it, so that a process
+        taking the turn over never runs a finished call again (`known`: those it found stored; `announced`:
+        those whose completion its readers have seen)."""
         outputs: list[dict[str, Any]] = []
         for_client: list[dict[str, str]] = []
         for call in calls:
             if self.tools is None or not self.tools.has(call["name"]):
                 for_client.append(call)
+                continue
+            stored = known.get(call["call_id"])
+            if stored is not None:
+                outputs.append(stored)
+                if call["call_id"] not in announced:
+                    handle.log.append(
+                        "turn.tool_call.completed",
+                        orjson.dumps(
+                            {
+                                "call_id": call["call_id"],
+                                "name": call["name"],
+                                "output": stored.get("output"),
+                                "error": None,
+                                "duration_ms": None,
+                            }
+                        ),
+                    )
                 continue
             handle.log.append("turn.tool_call.started", orjson.dumps(call))
             started = time.monotonic()
@@ -502,6 +590,8 @@ class TurnRunner:
             except Exception:
                 logger.exception("tool.crashed", extra={"turn_id": handle.job.turn_id, "tool": call["name"]})
                 result = ToolResult(output='{"error": "The tool failed."}', error="The tool failed.")
+            outputs.append({"type": "function_call_output", "call_id": call["call_id"], "output": result.output})
+            await self.store.store_tool_outputs(handle.job.turn_id, outputs)
             handle.log.append(
                 "turn.tool_call.completed",
                 orjson.dumps(
@@ -514,7 +604,6 @@ class TurnRunner:
                     }
                 ),
             )
-            outputs.append({"type": "function_call_output", "call_id": call["call_id"], "output": result.output})
         return outputs, for_client
 
     async def _relay(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> str | None:
@@ -547,7 +636,9 @@ class TurnRunner:
                             closing, current = current, None
                             with contextlib.suppress(Exception):
                                 await closing.aclose()
-                            current = await self._reattach(handle, state)
+                            current = await self._reattach(
+                                handle.job.turn_id, state.unfinished_response_id, state.last_sequence_number()
+                            )
                         return "cut"
             except TimeoutError:
                 if handle.cancel_reason is None:
@@ -583,13 +674,12 @@ class TurnRunner:
             and state.last_sequence_number() is not None
         )
 
-    async def _reattach(self, handle: TurnHandle, state: TurnState) -> UpstreamStream | None:
-        """`GET /v1/responses/{id}?stream=true&starting_after=N` for the response whose stream was cut, N the
-        sequence number of the last event relayed; tried again until `recovery_timeout_s` has passed. None when
-        the upstream refuses it (the response is gone) or does not answer in time."""
-        response_id = state.unfinished_response_id
-        after = state.last_sequence_number()
-        if response_id is None or after is None:
+    async def _reattach(self, turn_id: str, response_id: str | None, after: int | None) -> UpstreamStream | None:
+        """`GET /v1/responses/{id}?stream=true&starting_after=N` for a response whose stream was cut, N the
+        sequence number of the last event relayed (without N, from its first event: a takeover whose log has
+        none of it); tried again until `recovery_timeout_s` has passed. None when the upstream refuses it (the
+        response is gone) or does not answer in time."""
+        if response_id is None:
             return None
         deadline = time.monotonic() + self.config.recovery_timeout_s
         delay = 0.1
@@ -600,7 +690,7 @@ class TurnRunner:
                 logger.warning(
                     "upstream.reattach_failed: %s",
                     error.code,
-                    extra={"turn_id": handle.job.turn_id, "response_id": response_id, "starting_after": after},
+                    extra={"turn_id": turn_id, "response_id": response_id, "starting_after": after},
                 )
                 if isinstance(error, InvalidRequest) or time.monotonic() + delay > deadline:
                     return None
@@ -609,7 +699,7 @@ class TurnRunner:
                 continue
             logger.info(
                 "upstream.reattached",
-                extra={"turn_id": handle.job.turn_id, "response_id": response_id, "starting_after": after},
+                extra={"turn_id": turn_id, "response_id": response_id, "starting_after": after},
             )
             return stream
 
@@ -747,7 +837,7 @@ class TurnRunner:
         """Persist once, then send the one terminal event (the stored turn) and close the log."""
         if handle.side_tasks:
             await asyncio.gather(*handle.side_tasks, return_exceptions=True)
-        outcome.ttft_ms = state.ttft_ms
+        outcome.ttft_ms = None if handle.ttft_unknown else state.ttft_ms
         outcome.duration_ms = int((time.monotonic() - handle.job.started_at) * 1000)
         outcome.last_event_id = len(handle.log) + 1
         final = await self.store.finish(handle.job, outcome)
@@ -783,6 +873,114 @@ class TurnRunner:
             )
         except Exception:  # a metric must never cost a turn its ending
             logger.exception("metrics.turn_not_recorded", extra={"turn_id": job.turn_id})
+
+    # --- takeover -----------------------------------------------------------------------------------
+
+    def _can_take_over(self, orphan: OrphanedTurn) -> bool:
+        """A turn whose background response is known goes on here; the rest are reconciled (`_reconcile`): one
+        with no response id stored yet, a non-background one (gone with its client), one asked to cancel, and
+        one that went on after the client's tool outputs (its earlier part's events are not rebuilt)."""
+        return (
+            self.accepting
+            and runs_in_background(orphan.job.upstream_body)
+            and bool(orphan.response_ids)
+            and not orphan.cancel_requested
+            and not orphan.continued
+        )
+
+    async def _take_over(self, orphan: OrphanedTurn) -> None:
+        """Go on with a turn whose process died. What it relayed is rebuilt from the shared log (every event
+        its readers may have seen, so the ids go on from the last); without one (a single process restarted,
+        or Redis not answering), from the upstream: its earlier rounds retrieved, its current response streamed
+        again from its first event. Its response is then re-attached where the log ends. When the upstream no
+        longer has it (the embedded simulator died with the process, or its retention passed), the turn is
+        reconciled as before: failed, `interrupted`."""
+        job = orphan.job
+        stored = await self.logs.stored(job.turn_id)
+        state = TurnState(started_at=job.started_at)
+        outputs = {item["call_id"]: item for item in orphan.tool_outputs if isinstance(item.get("call_id"), str)}
+        announced: set[str] = set()
+        frames = stored.frames if stored is not None else []
+        for name, data in SSESplitter().feed(b"".join(frames)):
+            if name == "turn.tool_call.completed":
+                call = orjson.loads(data)
+                announced.add(call["call_id"])
+                outputs.setdefault(
+                    call["call_id"],
+                    {"type": "function_call_output", "call_id": call["call_id"], "output": call["output"]},
+                )
+            elif not name.startswith("turn."):
+                if name == "response.created":
+                    state.begin_stream(None, None)
+                state.observe(name, data)
+        await self._add_earlier_rounds(state, orphan.response_ids[:-1])
+        last = orphan.response_ids[-1]
+        resume_from: tuple[str, int | None] | None = None
+        if state.unfinished_response_id is not None:
+            resume_from = (state.unfinished_response_id, state.last_sequence_number())
+        elif last not in state.response_ids:
+            resume_from = (last, None)
+        stream: UpstreamStream | None = None
+        if resume_from is not None:
+            stream = await self._reattach(job.turn_id, *resume_from)
+            if stream is None:
+                await self._reconcile(orphan)
+                return
+        log = self.logs.create(job.turn_id, base=0 if frames or stored is None else stored.last_id)
+        if frames:
+            log.restore(frames)
+        elif len(log) == 0:
+            log.append("turn.created", orjson.dumps({"turn": job.created_turn}))
+        handle = TurnHandle(job, log)
+        handle.opened.set_result(None)
+        handle.ttft_unknown = state.first_token_at is not None
+        self._handles[job.turn_id] = handle
+        takeover = Takeover(
+            state=state,
+            stream=stream,
+            from_start=resume_from is not None and resume_from[1] is None,
+            tool_outputs=outputs,
+            announced=announced,
+        )
+        handle.task = asyncio.create_task(self._run(handle, takeover), name=f"turn-{job.turn_id}")
+        self.metrics.turn_taken_over()
+        logger.info(
+            "turn.taken_over",
+            extra={
+                "turn_id": job.turn_id,
+                "events": len(log),
+                "response_id": resume_from[0] if resume_from else last,
+                "starting_after": resume_from[1] if resume_from else None,
+            },
+        )
+
+    async def _add_earlier_rounds(self, state: TurnState, response_ids: list[str]) -> None:
+        """The turn's finished rounds that the rebuilt state lacks (no shared log), from the upstream: each
+        round's outcome (its usage for the ledger) and text."""
+        for response_id in response_ids:
+            if response_id in state.response_ids:
+                continue
+            response = await retrieve_response(self._control, response_id)
+            state.begin_stream(None, None)
+            state.response_ids.append(response_id)
+            if response is not None:
+                outcome = ResponseOutcome.from_response(response)
+                state.outcomes[response_id] = outcome
+                state.text_parts.append(outcome.output_text or "")
+                state.terminal_event = "response.completed"
+
+    async def _resume(self, handle: TurnHandle, state: TurnState, takeover: Takeover) -> str | None:
+        """A taken-over turn's first round: relay the re-attached stream to the end, as `_run` does an opened
+        one; None at once when the last round had ended before the process died."""
+        stream = takeover.stream
+        if stream is None:
+            return None
+        if takeover.from_start:
+            self._begin_stream(state, stream)
+        else:
+            state.stream_request_id = stream.request_id
+            bind_upstream_request_id(stream.request_id)
+        return await self._relay(handle, stream, state)
 
     async def _reconcile(self, orphan: OrphanedTurn) -> None:
         """Finish a turn a dead process left in flight: from the upstream response when there is one."""

@@ -113,11 +113,14 @@ async def open_stream(client: openai.AsyncOpenAI, body: dict[str, Any], policy: 
         await asyncio.sleep(delay)
 
 
-async def resume_stream(client: openai.AsyncOpenAI, response_id: str, *, starting_after: int) -> UpstreamStream:
+async def resume_stream(client: openai.AsyncOpenAI, response_id: str, *, starting_after: int | None) -> UpstreamStream:
     """GET /v1/responses/{id}?stream=true&starting_after=N on a `streaming_client`: a background response's
-    events after sequence number N, then the live ones. Failures as `map_open_error` maps them."""
+    events after sequence number N (all of them without N), then the live ones. Failures as `map_open_error`
+    maps them."""
     try:
-        raw = await client.responses.with_raw_response.retrieve(response_id, stream=True, starting_after=starting_after)
+        raw = await client.responses.with_raw_response.retrieve(
+            response_id, stream=True, starting_after=openai.omit if starting_after is None else starting_after
+        )
     except openai.OpenAIError as error:
         raise map_open_error(error) from error
     return UpstreamStream(raw.http_response, raw.request_id)

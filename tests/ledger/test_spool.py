@@ -55,7 +55,7 @@ async def test_database_dies_mid_turn_and_the_ledger_still_gets_exactly_one_row(
     spool_dir = tmp_path / "spool"
     try:
         with run_parley(
-            through_proxy, "postgres", spool_dir=spool_dir, runner_sweep_interval_s=0.3, database_pool_timeout_s=2.0
+            through_proxy, "postgres", spool_dir=spool_dir, turn_lease_s=1.2, database_pool_timeout_s=2.0
         ) as parley:
             async with httpx.AsyncClient(base_url=parley.base_url, timeout=30) as client:
                 user = await create_api_user(client)

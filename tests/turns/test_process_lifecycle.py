@@ -32,7 +32,7 @@ from app.db.ids import new_id
 from app.db.models import Turn, UsageRecord
 from app.simulator import create_simulator_app
 from tests.databases import BACKENDS, database
-from tests.servers import free_port, serve
+from tests.servers import free_port, redis_server, serve
 
 PARLEY = str(Path(sys.executable).parent / "parley")
 ADMIN_TOKEN = "lifecycle-admin-" + uuid.uuid4().hex
@@ -125,9 +125,7 @@ def parley_env(*, database_url: str, simulator_url: str, **extra: str) -> dict[s
         # Shared by every process on the database, as replicas share it: stream tokens outlive a restart.
         PARLEY_SECRET_KEY="lifecycle-secret-" + "x" * 32,
         PARLEY_SHUTDOWN_GRACE_S=str(GRACE_S),
-        PARLEY_RUNNER_HEARTBEAT_INTERVAL_S="0.2",
-        PARLEY_RUNNER_ORPHAN_AFTER_S="1",
-        PARLEY_RUNNER_SWEEP_INTERVAL_S="0.5",
+        PARLEY_TURN_LEASE_S="1.2",
     )
     env.update(extra)
     return env
@@ -338,6 +336,17 @@ async def cancel_all(tasks: list[asyncio.Task[StreamRecord]]) -> None:
 
 
 # --- the database, read directly ------------------------------------------------------------------------
+
+
+async def kill_once_progressed(parley: ParleyProcess, record: StreamRecord, task: asyncio.Task[StreamRecord]) -> None:
+    """SIGKILL the process once the stream it serves has brought its wanted deltas; the stream then breaks."""
+    try:
+        await until_progressed([record])
+        parley.process.kill()
+        assert await parley.wait_exit(10) is not None
+        await asyncio.wait_for(task, 10)
+    finally:
+        await cancel_all([task])
 
 
 @asynccontextmanager
@@ -594,18 +603,19 @@ async def test_sigkill_mid_turn_then_restart_reconciles(backend: str, tmp_path: 
                     assert retried.json()["status"] == "completed"
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_sigkill_mid_background_turn_then_restart_keeps_its_answer(backend: str, tmp_path: Path) -> None:
-    """In background mode (the default) the response outlives the process that relayed it. The dead process
-    had stored how far it relayed it (with its heartbeat); the next process, which does not take turns over
-    yet, stops the response and stores the turn failed/interrupted with the answer and usage it has so far, and
-    the conversation the next turn reads holds that answer."""
+async def test_a_restarted_process_finishes_the_turn_its_predecessor_left(backend: str, tmp_path: Path) -> None:
+    """In background mode (the default) the response outlives the process that relayed it. The process is
+    SIGKILLed mid-answer and started again: within the lease it takes the turn over, re-attaches to the response
+    and finishes it. The browser that re-attaches with the last id it got hears the rest with no gap and no
+    repeat, and the stored turn, its ledger row and the conversation are those of an undisturbed turn: the whole
+    answer, one upstream response, no second create."""
     async with database(backend, tmp_path) as url, engine_for(url) as engine:
         with running_simulator() as simulator_url:
             async with httpx.AsyncClient(timeout=10) as control:
                 simulator = Simulator(simulator_url, control)
-                await simulator.configure(**SLOW)
+                await simulator.configure(tokens_per_second=25, first_token_delay_ms=0, output_tokens=150)
                 env = parley_env(database_url=url, simulator_url=simulator_url)
                 async with parley_serve(tmp_path, env) as parley, new_client(parley.base_url) as http:
                     api = await Api.with_new_user(http)
@@ -614,34 +624,46 @@ async def test_sigkill_mid_background_turn_then_restart_keeps_its_answer(backend
                         "conversation_id"
                     ]
                     record, task = api.start_stream(session_id, "Tell me a long story.", wanted_deltas=6)
-                    try:
-                        await until_progressed([record])
-                        left = await poll_row(
-                            engine, record.turn_id, lambda row: row.last_sequence_number is not None, timeout=10
-                        )
-                        parley.process.kill()
-                        assert await parley.wait_exit(10) is not None
-                        await asyncio.wait_for(task, 10)
-                    finally:
-                        await cancel_all([task])
+                    await kill_once_progressed(parley, record, task)
                 response_id = record.response_id
                 assert response_id is not None
-                assert left.response_ids == [response_id]
-                assert left.last_sequence_number > 0
+                creates = await simulator.response_creates()
+                seen = record.ids[-1]
+                stream_url = str(record.events[0].data["turn"]["stream_url"])
 
-                await simulator.configure(**FAST)
                 async with parley_serve(tmp_path, env) as parley, new_client(parley.base_url) as http:
                     api.http = http
-                    row = await poll_row(engine, record.turn_id, lambda r: r.status not in IN_FLIGHT, timeout=10)
+                    restarted = time.monotonic()
+                    # The browser re-attaches at once, before the lease has run out: it waits, then hears the rest.
+                    relative = httpx.URL(stream_url).copy_with(scheme=None, host=None, port=None)
+                    resumed = await follow(
+                        http, "GET", str(relative), StreamRecord(), headers={"Last-Event-ID": str(seen)}
+                    )
+                    row = await poll_row(engine, record.turn_id, lambda r: r.status not in IN_FLIGHT, timeout=20)
                     upstream = await simulator.retrieve(response_id)
 
-                    assert row.status == "failed", (row.status, row.error, parley.output[-2000:])
-                    assert row.error["code"] == "interrupted", row.error
-                    assert upstream["status"] == "cancelled", upstream["status"]
-                    assert row.output_text.startswith(record.text), "the reconciled text lost streamed deltas"
+                    assert row.status == "completed", (row.status, row.error, parley.output[-3000:])
+                    assert "turn.taken_over" in parley.output
+                    assert time.monotonic() - restarted < 15
+                    assert resumed.status_code == 200
+                    assert resumed.ids == list(range(seen + 1, seen + 1 + len(resumed.ids))), "a gap or a repeat"
+                    assert [e.name for e in resumed.terminals] == ["turn.completed"]
+                    whole = record.text + resumed.text
+                    assert upstream["status"] == "completed"
+                    assert whole == row.output_text == resumed.terminals[0].data["turn"]["output_text"]
+                    assert row.output_text == "".join(
+                        part["text"]
+                        for item in upstream["output"]
+                        if item["type"] == "message"
+                        for part in item["content"]
+                    )
+                    assert row.response_ids == [response_id]
                     (usage,) = await usage_rows(engine, [row.id])
                     assert usage.response_id == response_id
                     assert usage.output_tokens == upstream["usage"]["output_tokens"] > 0
+                    assert row.cost_usd is not None
+                    assert row.cost_usd > 0
+                    assert await simulator.response_creates() == creates
                     assert await simulator.conversation_messages(conversation) == [
                         ("user", "Tell me a long story."),
                         ("assistant", row.output_text),
@@ -794,3 +816,187 @@ async def test_resume_of_a_reconciled_turn_delivers_its_terminal_event(backend: 
                 assert [e.name for e in resumed.events] == ["turn.failed"]
                 assert resumed.events[0].id > seen
                 assert resumed.events[0].data["turn"]["error"]["code"] == "interrupted"
+
+
+@dataclass
+class ReplicaPair:
+    """Two `parley serve` replicas on one Postgres database and one redis-server, in front of one simulator."""
+
+    engine: AsyncEngine
+    simulator: Simulator
+    a: ParleyProcess
+    b: ParleyProcess
+    http_a: httpx.AsyncClient
+    http_b: httpx.AsyncClient
+
+
+@asynccontextmanager
+async def replica_pair(tmp_path: Path, **simulator_config: Any) -> AsyncIterator[ReplicaPair]:
+    async with database("postgres", tmp_path) as url, engine_for(url) as engine:
+        with running_simulator() as simulator_url, redis_server() as redis:
+            async with httpx.AsyncClient(timeout=10) as control:
+                simulator = Simulator(simulator_url, control)
+                await simulator.configure(**simulator_config)
+                env = parley_env(
+                    database_url=url, simulator_url=simulator_url, PARLEY_REDIS_URL=redis.url, PARLEY_TOOLS="calculator"
+                )
+                async with (
+                    parley_serve(tmp_path, env) as a,
+                    parley_serve(tmp_path, env) as b,
+                    new_client(a.base_url) as http_a,
+                    new_client(b.base_url) as http_b,
+                ):
+                    yield ReplicaPair(engine, simulator, a, b, http_a, http_b)
+
+
+async def _events_from(http: httpx.AsyncClient, api: Api, session_id: str, turn_id: str, after: int) -> StreamRecord:
+    return await follow(
+        http,
+        "GET",
+        f"/v1/sessions/{session_id}/turns/{turn_id}/events",
+        StreamRecord(),
+        headers={**api.headers, "Last-Event-ID": str(after)},
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "question",
+    ["Tell me a long story.", "Use the calculator for (12+30)*7/3 please"],
+    ids=["one-round", "after-a-tool-round"],
+)
+async def test_a_replica_takes_over_the_turn_of_a_replica_that_was_killed(tmp_path: Path, question: str) -> None:
+    """Two replicas on one Postgres and one Redis. Replica A runs a turn and is SIGKILLed mid-answer (in the
+    second case after its calculator round, while the model answers). Within the lease replica B takes the turn
+    over: a browser that was reading it through B hears every event exactly once and in order, the browser that
+    was reading it through A re-attaches to B with its last id and hears the rest, and the stored turn, ledger and
+    upstream are those of an undisturbed turn (the tool ran once, no upstream response was made twice)."""
+    async with replica_pair(tmp_path, tokens_per_second=25, first_token_delay_ms=0, output_tokens=150) as pair:
+        engine, simulator, a, b = pair.engine, pair.simulator, pair.a, pair.b
+        http_a, http_b = pair.http_a, pair.http_b
+        api = await Api.with_new_user(http_a)
+        session_id = await api.new_session()
+        creates = await simulator.response_creates()
+        # Enough deltas that the turn is in its answer (after the tool round, when there is one).
+        record, task = api.start_stream(session_id, question, wanted_deltas=8)
+        try:
+            await until_progressed([record])
+            watcher = asyncio.create_task(_events_from(http_b, Api(http_b, api.key), session_id, record.turn_id, 0))
+            await asyncio.sleep(0.3)
+            a.process.kill()
+            assert await a.wait_exit(10) is not None
+            await asyncio.wait_for(task, 10)
+        finally:
+            await cancel_all([task])
+        killed_at = time.monotonic()
+        seen = record.ids[-1]
+        assert not record.terminals, "the turn ended before its process was killed"
+        resumed = await _events_from(http_b, Api(http_b, api.key), session_id, record.turn_id, seen)
+        watched = await asyncio.wait_for(watcher, 30)
+        row = await poll_row(engine, record.turn_id, lambda r: r.status not in IN_FLIGHT, timeout=20)
+
+        assert row.status == "completed", (row.status, row.error, b.output[-3000:])
+        assert "turn.taken_over" in b.output
+        assert time.monotonic() - killed_at < 20
+        # The browser that read through B all along: every event once, in order, to the end.
+        assert watched.ids == list(range(1, len(watched.ids) + 1)), "a gap or a repeat"
+        assert [e.name for e in watched.terminals] == ["turn.completed"]
+        assert watched.text == row.output_text
+        # The browser that read through A, re-attached to B.
+        assert resumed.ids == list(range(seen + 1, watched.ids[-1] + 1))
+        assert record.text + resumed.text == row.output_text
+        assert [(e.id, e.name) for e in record.events] == [(e.id, e.name) for e in watched.events[:seen]]
+
+        rounds = 2 if "calculator" in question else 1
+        assert len(row.response_ids) == rounds
+        assert await simulator.response_creates() == creates + rounds
+        assert watched.names.count("turn.tool_call.started") == rounds - 1
+        assert watched.names.count("turn.tool_call.completed") == rounds - 1
+        ledger = await usage_rows(engine, [row.id])
+        assert sorted(u.response_id for u in ledger) == sorted(row.response_ids)
+        last = await simulator.retrieve(row.response_ids[-1])
+        assert last["status"] == "completed"
+        assert next(u for u in ledger if u.response_id == last["id"]).output_tokens == last["usage"]["output_tokens"]
+        assert row.output_text.endswith(
+            "".join(p["text"] for item in last["output"] if item["type"] == "message" for p in item["content"])
+        )
+        # The session takes its next message at once, on either replica.
+        after = await Api(http_b, api.key).send_and_wait(session_id, "Are you back?")
+        assert after.status_code == 200, after.text
+        assert after.json()["status"] == "completed"
+
+
+@pytest.mark.timeout(90)
+async def test_on_the_embedded_default_a_killed_turn_ends_interrupted(tmp_path: Path) -> None:
+    """On the embedded default the simulator lives inside Parley and its running response dies with it: the
+    restarted process cannot take the turn over, so it ends `failed` / `interrupted` within the lease, and the
+    reader re-attaching hears that terminal event."""
+    async with database("sqlite", tmp_path) as url, engine_for(url) as engine:
+        env = parley_env(database_url=url, simulator_url="unused", PARLEY_SIMULATOR_SPEED="0.5")
+        del env["OPENAI_API_KEY"], env["OPENAI_BASE_URL"]
+        async with parley_serve(tmp_path, env) as parley, new_client(parley.base_url) as http:
+            api = await Api.with_new_user(http)
+            session_id = await api.new_session()
+            record, task = api.start_stream(session_id, "Tell me a long story.", wanted_deltas=3)
+            await kill_once_progressed(parley, record, task)
+        seen = record.ids[-1]
+        assert not record.terminals
+
+        async with parley_serve(tmp_path, env) as parley, new_client(parley.base_url) as http:
+            restarted = time.monotonic()
+            resumed = await _events_from(http, api, session_id, record.turn_id, seen)
+            row = await poll_row(engine, record.turn_id, lambda r: r.status not in IN_FLIGHT, timeout=15)
+            assert time.monotonic() - restarted < 10
+            assert row.status == "failed", (row.status, row.error, parley.output[-3000:])
+            assert row.error["code"] == "interrupted"
+            assert "turn.taken_over" not in parley.output
+            assert [e.name for e in resumed.events] == ["turn.failed"]
+            assert resumed.events[0].id > seen
+            api.http = http
+            after = await api.send_and_wait(session_id, "Are you back?")
+            assert after.status_code == 200, after.text
+            assert after.json()["status"] == "completed"
+
+
+@pytest.mark.timeout(120)
+async def test_a_replica_taking_over_between_rounds_does_not_run_a_finished_tool_again(tmp_path: Path) -> None:
+    """Replica A ran the calculator and stored its output, and is killed while it waits to send the next round
+    (the upstream asked it to retry in 4 s). Replica B takes the turn over: it sends the stored output without
+    running the tool again, and the turn completes with both rounds in its ledger."""
+    async with replica_pair(tmp_path, **FAST) as pair:
+        engine, simulator, a, b = pair.engine, pair.simulator, pair.a, pair.b
+        http_a, http_b = pair.http_a, pair.http_b
+        api = await Api.with_new_user(http_a)
+        session_id = await api.new_session()
+        # The first round as usual (a stall that never comes); the second one is told to come back later.
+        await simulator.next_faults(
+            {"kind": "stall", "after_events": 100_000, "seconds": 0},
+            {"kind": "http_error", "status": 503, "retry_after": 4},
+        )
+        record, task = api.start_stream(session_id, "Use the calculator for (12+30)*7/3 please")
+        try:
+            deadline = time.monotonic() + 15
+            while "turn.tool_call.completed" not in record.names:
+                assert time.monotonic() < deadline, record.names
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            a.process.kill()
+            assert await a.wait_exit(10) is not None
+            await asyncio.wait_for(task, 10)
+        finally:
+            await cancel_all([task])
+        assert not record.terminals
+        watched = await _events_from(http_b, Api(http_b, api.key), session_id, record.turn_id, 0)
+        row = await poll_row(engine, record.turn_id, lambda r: r.status not in IN_FLIGHT, timeout=20)
+
+        assert row.status == "completed", (row.status, row.error, b.output[-3000:])
+        assert "turn.taken_over" in b.output
+        assert watched.ids == list(range(1, len(watched.ids) + 1))
+        assert watched.names.count("turn.tool_call.started") == 1
+        assert watched.names.count("turn.tool_call.completed") == 1
+        output = next(e for e in watched.events if e.name == "turn.tool_call.completed").data["output"]
+        assert json.loads(output)["result"] == 98.0
+        assert len(row.response_ids) == 2
+        ledger = await usage_rows(engine, [row.id])
+        assert sorted(u.response_id for u in ledger) == sorted(row.response_ids)
+        assert watched.text == row.output_text

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -15,14 +13,12 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-import redis
 from httpx_sse import EventSource
 
 from app.simulator import create_simulator_app
 from tests.conftest import RunningParley, create_api_user, run_parley
-from tests.databases import in_ci
 from tests.observability.scrape import scrape, scrape_until
-from tests.servers import free_port, serve
+from tests.servers import RedisServer, redis_server, serve
 from tests.turns.helpers import (
     Event,
     Simulator,
@@ -34,48 +30,6 @@ from tests.turns.helpers import (
     turn_of,
     wait_for_status,
 )
-
-
-@dataclass
-class RedisServer:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=10)
-
-
-@contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    """A throw-away redis-server on a free loopback port, nothing persisted."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(port=port, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        client.close()
-        yield RedisServer(url=f"redis://127.0.0.1:{port}/0", process=process)
-    finally:
-        process.kill()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -280,8 +234,7 @@ async def test_replicas_without_redis_say_that_their_logs_are_not_shared(
     settings = {
         "openai_api_key": "sk-test",
         "openai_base_url": f"{simulator_url}/v1",
-        "runner_heartbeat_interval_s": 0.1,
-        "runner_sweep_interval_s": 0.2,
+        "turn_lease_s": 0.8,
     }
     with (
         caplog.at_level(logging.WARNING, logger="app.services.replicas"),

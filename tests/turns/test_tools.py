@@ -36,9 +36,7 @@ WEATHER = {
 @pytest.fixture(scope="module")
 def tooled(database_url: str, backend: str) -> Iterator[RunningParley]:
     # Sweeps often: a turn waiting for its client finds its event log compacted (kept) when it goes on.
-    with run_parley(
-        database_url, backend, tools=["current_time", "calculator"], runner_sweep_interval_s=0.05
-    ) as running:
+    with run_parley(database_url, backend, tools=["current_time", "calculator"], turn_lease_s=0.2) as running:
         yield running
 
 
