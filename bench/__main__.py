@@ -1,8 +1,8 @@
-"""`python -m bench [--quick] [--peers direct,parley] [--out DIR] [--no-docs]`
+"""`python -m bench [--quick] [--peers direct,parley] [--no-variants] [--out DIR] [--no-docs]`
 
-The full run (10-20 minutes) writes bench/results/full-<time>/ and copies its table, raw JSON and plots to
-docs/benchmarks/; the quick run (under 2 minutes: direct and Parley only, small scenarios) writes only
-bench/results/quick-<time>/, for before/after checks while working on the hot path.
+The full run (17-28 minutes) writes bench/results/full-<time>/ and copies its table, raw JSON and plots to
+docs/benchmarks/; the quick run (3-4 minutes: direct and Parley only, with Parley's variants, small scenarios)
+writes only bench/results/quick-<time>/, for before/after checks while working on the hot path.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bench.run import REPO, Harness, copy_outputs, log
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--quick", action="store_true", help="the under-2-minute run (direct and Parley)")
+    parser.add_argument("--quick", action="store_true", help="the 3-4-minute run (direct and Parley)")
     parser.add_argument("--peers", help=f"comma-separated subset of {','.join(PEERS)} (direct is always run first)")
     parser.add_argument("--out", type=Path, help="results directory (default bench/results/<mode>-<time>)")
     parser.add_argument("--no-docs", action="store_true", help="do not copy a full run's results to docs/benchmarks")
@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="nice increment for every process of the run, e.g. -5 on a machine shared with other work (root)",
+    )
+    parser.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="skip Parley's variants (its event log on Redis, two replicas, background responses off)",
     )
     parser.add_argument("--report-only", type=Path, help="rebuild results.md and plots from a results.json")
     args = parser.parse_args(argv)
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown peers: {', '.join(sorted(unknown))}")
         plan = replace(plan, peers=tuple(p for p in PEERS if p in chosen or p == "direct"))
+    if args.no_variants:
+        plan = replace(plan, variants=False)
     if args.no_profile or args.profile:
         plan = replace(plan, profile=args.profile)
     out = args.out or REPO / "bench" / "results" / f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -68,6 +68,12 @@ class LoadSpec:
     measure_from_s: float = 0.0
     measure_until_s: float | None = None
     window: tuple[float, float] | None = None
+    # Several replicas of one server behind no balancer: slot i connects to ports[i % len(ports)] (a balancer
+    # that pins each client), instead of `port`.
+    ports: list[int] | None = None
+
+    def slot_port(self, slot: int) -> int:
+        return self.ports[slot % len(self.ports)] if self.ports else self.port
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> LoadSpec:
@@ -82,6 +88,7 @@ class LoadSpec:
 class StreamRecord:
     slot: int
     started: float  # perf_counter when the connection was opened
+    port: int = 0
     connected: float = 0.0  # when the connection was made (the request is written then)
     first_byte: float = 0.0  # when the response's first bytes arrived
     status: int = 0
@@ -202,11 +209,11 @@ class StreamProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-def encode_request(spec: LoadSpec, request: RequestSpec) -> bytes:
+def encode_request(spec: LoadSpec, request: RequestSpec, port: int | None = None) -> bytes:
     body = request.body.encode()
     lines = [
         f"{request.method} {request.path} HTTP/1.1",
-        f"Host: {spec.host}:{spec.port}",
+        f"Host: {spec.host}:{spec.port if port is None else port}",
         "Accept: text/event-stream",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
@@ -218,7 +225,8 @@ def encode_request(spec: LoadSpec, request: RequestSpec) -> bytes:
 
 async def run(spec: LoadSpec) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    encoded = [encode_request(spec, request) for request in spec.requests]
+    ports = sorted(set(spec.ports or [spec.port]))
+    encoded = {port: [encode_request(spec, request, port) for request in spec.requests] for port in ports}
     records: list[StreamRecord] = []
     protocols: set[StreamProtocol] = set()
     trivial = spec.consumer == "trivial"
@@ -228,14 +236,15 @@ async def run(spec: LoadSpec) -> dict[str, Any]:
     hard_deadline = start + spec.timeout_s
 
     async def one_stream(slot: int, done: int) -> StreamRecord:
-        record = StreamRecord(slot=slot, started=time.perf_counter())
+        port = spec.slot_port(slot)
+        record = StreamRecord(slot=slot, started=time.perf_counter(), port=port)
         records.append(record)
         # Slot s's k-th stream sends request (s + k·concurrency) mod len: with a list whose length is a
         # multiple of the concurrency (one Parley session each), no two slots ever share a request.
-        request = encoded[(slot + done * spec.concurrency) % len(encoded)]
+        request = encoded[port][(slot + done * spec.concurrency) % len(spec.requests)]
         try:
             _, protocol = await loop.create_connection(
-                lambda: StreamProtocol(request, record, counters, trivial), spec.host, spec.port
+                lambda: StreamProtocol(request, record, counters, trivial), spec.host, port
             )
         except OSError as error:
             record.error = f"connect: {type(error).__name__}"
@@ -346,7 +355,13 @@ def summarize_run(
         terminals[record.terminal or "-"] = terminals.get(record.terminal or "-", 0) + 1
     first_start = min((r.started for r in records), default=start)
     last_end = max((r.ended for r in records), default=end)
+    # Completed streams per port, when the slots were spread over replicas: how evenly they shared the load.
+    by_port: dict[str, int] = {}
+    if spec.ports:
+        for record in ok:
+            by_port[str(record.port)] = by_port.get(str(record.port), 0) + 1
     return {
+        "ok_by_port": by_port,
         "streams": len(records),
         "ok": len(ok),
         "errors": errors,

@@ -44,6 +44,17 @@ def pin_to(cpus: set[int]) -> Callable[[], None]:
     return setup
 
 
+def replica_cores(cores: Sequence[int], driver: set[int], count: int) -> list[set[int]]:
+    """A core for each of `count` replicas: the cores the driver (simulator, load generator) does not use,
+    the last first, one replica each; where there are fewer of those than replicas, the rest go round all
+    the cores from the last, so some replica shares a core (with another replica or with the driver)."""
+    own = [core for core in sorted(cores) if core not in driver]
+    if len(own) >= count:
+        return [{own[-1 - index]} for index in range(count)]
+    every = sorted(cores)
+    return [{own[-1 - index]} if index < len(own) else {every[-1 - index % len(every)]} for index in range(count)]
+
+
 def _pinned(cpus: set[int]) -> Callable[[], None]:
     def setup() -> None:
         # Its own process group (so the whole tree can be stopped), on its cores.

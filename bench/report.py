@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,78 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             for p in peers
             if _scenario(results, p, key) is not None
         }
+    summary["variants"] = variants(results)
+    redis_burst = next((row["burst_events_per_s"] for row in summary["variants"] if row["key"] == "redis"), None)
+    summary["burst_redis_ratio"] = {p: _ratio(redis_burst, burst.get(p)) for p in peers if p != "parley"}
     summary["targets"] = targets(summary)
     return summary
+
+
+# Parley restarted after the main rows (rate limits off, connections warmed): (key, label, burst scenario, turns
+# scenario). The first is the baseline of the others.
+VARIANTS = (
+    ("memory", "in-memory event log", "burst_late", "turns_late"),
+    ("redis", "event log on Redis", "burst_redis", "turns_redis"),
+    ("replicas", "replicas, event log on Redis", "burst_replicas", "turns_replicas"),
+    ("no_background", "background responses off", None, "turns_no_background"),
+    ("limits", "rate limits counting", None, "turns_limits"),
+)
+
+
+def _cpu_per(result: dict[str, Any] | None, key: str, per: float | None, scale: float) -> float | None:
+    value = ((result or {}).get("cpu") or {}).get(key)
+    return value * scale / per if value is not None and per else None
+
+
+def variants(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Parley's variants measured the same way (a fresh restart, connections warmed), each against the
+    in-memory baseline: burst events/s and turns/s, and Parley's and Redis's CPU per event and per turn."""
+    litellm_burst = (_scenario(results, "litellm", "burst") or {}).get("events_per_s")
+    rows: list[dict[str, Any]] = []
+    for key, label, burst_name, turns_name in VARIANTS:
+        burst = _scenario(results, "parley", burst_name) if burst_name else None
+        turns = _scenario(results, "parley", turns_name)
+        if burst is None and turns is None:
+            continue
+        events = (burst or {}).get("events")
+        done = (turns or {}).get("ok")
+        processes = ((burst or turns or {}).get("cpu") or {}).get("server_processes") or 1
+        rows.append(
+            {
+                "key": key,
+                "label": f"{processes} {label}" if key == "replicas" else label,
+                "processes": processes,
+                "burst_events_per_s": (burst or {}).get("events_per_s"),
+                "burst_vs_litellm": _ratio((burst or {}).get("events_per_s"), litellm_burst),
+                "server_us_per_event": _cpu_per(burst, "server_s", events, 1e6),
+                "redis_us_per_event": _cpu_per(burst, "redis_s", events, 1e6),
+                "turns_per_s": (turns or {}).get("turns_per_s"),
+                "server_ms_per_turn": _cpu_per(turns, "server_s", done, 1e3),
+                "redis_ms_per_turn": _cpu_per(turns, "redis_s", done, 1e3),
+                # Streams completed by each replica, in the replicas' order.
+                "ok_by_replica": {
+                    name: [
+                        ((result or {}).get("ok_by_port") or {}).get(str(port), 0) for port in result["replica_ports"]
+                    ]
+                    for name, result in (("burst", burst), ("turns", turns))
+                    if result and result.get("replica_ports")
+                },
+                "cpu_s_by_replica": {
+                    name: result["cpu"]["server_s_by_process"]
+                    for name, result in (("burst", burst), ("turns", turns))
+                    if result and (result.get("cpu") or {}).get("server_s_by_process")
+                },
+            }
+        )
+    if all(row["key"] == "limits" for row in rows):
+        return []  # a run before the variants: its limits row is in the peers' table
+    base = next((row for row in rows if row["key"] == "memory"), None)
+    for row in rows:
+        row["burst_vs_memory"] = _ratio(row["burst_events_per_s"], (base or {}).get("burst_events_per_s"))
+        row["turns_vs_memory"] = _ratio(row["turns_per_s"], (base or {}).get("turns_per_s"))
+        mine, theirs = row["server_ms_per_turn"], (base or {}).get("server_ms_per_turn")
+        row["added_ms_per_turn"] = mine - theirs if mine is not None and theirs is not None else None
+    return rows
 
 
 def kib_per_stream(result: dict[str, Any] | None) -> float | None:
@@ -212,6 +283,7 @@ def capacity_summary(results: dict[str, Any]) -> dict[str, Any] | None:
 # The floors the project holds (docs/benchmarks.md): Parley against the other relays of the same run, and one
 # absolute bound. A row whose peer did not run (the quick run has neither the naive relay nor LiteLLM) is not judged.
 BURST_FLOORS = (("litellm", 10.0), ("naive", 5.0))
+BURST_REDIS_FLOOR_VS_LITELLM = 10.0
 TTFT_SHARE_OF_LITELLM = 0.5
 PACED_100_TTFT_P99_MS = 50.0
 TURNS_FLOOR_VS_LITELLM = 4.0
@@ -233,6 +305,14 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
             None if value is None else value >= goal,
             "x",
         )
+    redis_ratio = (summary.get("burst_redis_ratio") or {}).get("litellm")
+    row(
+        "burst throughput with the Redis log vs LiteLLM",
+        f"≥ {BURST_REDIS_FLOOR_VS_LITELLM:g}x",
+        redis_ratio,
+        None if redis_ratio is None else redis_ratio >= BURST_REDIS_FLOOR_VS_LITELLM,
+        "x",
+    )
     single = summary["added_ttft_single_ms"]
     mine = (single.get("parley") or {}).get("p50")
     litellm = (single.get("litellm") or {}).get("p50")
@@ -312,7 +392,13 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     pinning = results["pinning"]
     add(
         f"Cores: server under test on CPU {pinning['server_under_test_cpus']}; simulator, load generator and harness "
-        f"on CPU {pinning['simulator_cpus']}; Postgres {pinning['postgres']}. "
+        f"on CPU {pinning['simulator_cpus']}; Postgres {pinning['postgres']}"
+        + (
+            f"; Parley's replicas (its variants) on CPU {', '.join(map(str, pinning['replicas_cpus']))}, Redis not pinned"
+            if pinning.get("replicas_cpus") and results.get("redis")
+            else ""
+        )
+        + ". "
         f"Run took {_fmt(results.get('duration_s', 0) / 60, 1)} min."
     )
     add("")
@@ -458,6 +544,7 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
             f"- Parley (d): {parley_turns['ok']} turns streamed; rows written meanwhile: "
             + ", ".join(f"{name} {count:+d}" for name, count in rows.items())
         )
+    add_variants(results, summary, add)
     add("")
     add("## Paced streams in detail")
     add("")
@@ -552,7 +639,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     add("")
     add(
         "CPU used meanwhile by processes outside the benchmark (machine busy time from /proc/stat minus the "
-        "server under test, the simulator, the load generator, the harness and Postgres), in cores."
+        "server under test, the simulator, the load generator, the harness, Postgres and, in the rows that use it, "
+        "Redis), in cores."
     )
     add("")
     for peer in peers:
@@ -612,6 +700,86 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
                 add(f"| `{function['name']}` | {function['share'] * 100:.1f}% |")
     add("")
     return "\n".join(out)
+
+
+def add_variants(results: dict[str, Any], summary: dict[str, Any], add: Callable[[str], None]) -> None:
+    rows = summary.get("variants") or []
+    if not rows:
+        return
+    add("")
+    add("## Parley's variants: the event log on Redis, replicas, background responses")
+    add("")
+    add(
+        "Parley restarted after the main rows (rate limits off, every database connection warmed first), one "
+        "configuration at a time, in this order: the in-memory row is the baseline of the others (measured the "
+        "same way, unlike the main rows' long-running process). Burst: 50 x 500-token unpaced streams; turns: "
+        "the (d) scenario. CPU is Parley's own (every replica's together) and the machine's Redis's, per relayed "
+        "event and per turn. The turn lease's heartbeat (one write every quarter of PARLEY_TURN_LEASE_S) is per "
+        "process, not per turn: no row isolates it."
+    )
+    add("")
+    add(
+        "| Parley | burst events/s | ÷ LiteLLM | ÷ in-memory | Parley µs/event | Redis µs/event | full turns/s "
+        "| ÷ in-memory | Parley CPU per turn (ms) | vs in-memory (ms) | Redis CPU per turn (ms) |"
+    )
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        add(
+            f"| {row['label']} | {_fmt(row['burst_events_per_s'], 0)} | {_fmt(row['burst_vs_litellm'], 2, 'x')} "
+            f"| {_fmt(row['burst_vs_memory'], 2, 'x')} | {_fmt(row['server_us_per_event'], 1)} "
+            f"| {_fmt(row['redis_us_per_event'], 1)} | {_fmt(row['turns_per_s'], 0)} "
+            f"| {_fmt(row['turns_vs_memory'], 2, 'x')} | {_fmt(row['server_ms_per_turn'], 2)} "
+            f"| {_signed(row['added_ms_per_turn'])} | {_fmt(row['redis_ms_per_turn'], 2)} |"
+        )
+    add("")
+    replicas = next((row for row in rows if row["key"] == "replicas"), None)
+    if replicas is not None:
+        cpus = (results.get("pinning") or {}).get("replicas_cpus") or []
+        driver = set((results.get("pinning") or {}).get("simulator_cpus") or [])
+        placed = ", ".join(f"replica {n} on CPU {c}" for n, c in enumerate(cpus, 1))
+        shared = sorted({core for c in cpus for core in c if core in driver})
+        add(
+            f"- Replicas: {placed}"
+            + (
+                f"; CPU {shared} is also the simulator's, the load generator's and the harness's, so the replicas "
+                "row measures this machine's cores as much as Parley (it needs a core per replica and one for the "
+                "rig)"
+                if shared
+                else "; each alone on its core"
+            )
+            + "."
+            + (
+                " Streams completed per replica: "
+                + "; ".join(
+                    f"{name} " + " / ".join(str(count) for count in counts)
+                    for name, counts in replicas["ok_by_replica"].items()
+                )
+                + "."
+                if replicas["ok_by_replica"]
+                else ""
+            )
+            + (
+                " Parley's CPU per replica (s): "
+                + "; ".join(
+                    f"{name} " + " / ".join(f"{seconds:.1f}" for seconds in values)
+                    for name, values in replicas["cpu_s_by_replica"].items()
+                )
+                + "."
+                if replicas["cpu_s_by_replica"]
+                else ""
+            )
+        )
+    redis = results.get("redis")
+    if redis:
+        flushed = redis.get("keys_flushed")
+        add(
+            f"- Redis {redis.get('version')}, database {redis.get('database')} of the run's own, flushed at the end"
+            + ("." if flushed is None else f" ({flushed:,} keys: a stream per turn of the Redis rows, and the claim).")
+        )
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
 
 
 def disturbed_runs(results: dict[str, Any], threshold: float = 0.25) -> list[str]:

@@ -2,7 +2,9 @@
 write raw JSON, a Markdown table and plots. See docs/benchmarks.md.
 
 Cores: the server under test (naive relay, LiteLLM or Parley) runs alone on the last core; the simulator,
-the load generator and this process share the first. Postgres is a system service and is not pinned.
+the load generator and this process share the first. Postgres is a system service and is not pinned, and so is
+Redis (Parley's variant with its event log on Redis). Parley's replicas row pins each replica to a core of its
+own where the machine has enough, and says which share one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench import litellm_peer, machine, procs, profile, report
+from app.settings import Settings
+from bench import litellm_peer, machine, procs, profile, redis_db, report
 from bench.plan import Plan
 from bench.stats import added, linear_fit
 
@@ -64,6 +67,17 @@ class Target:
     server: procs.Server | None
     requests: Callable[[int], list[dict[str, Any]]]
     notes: list[str] = field(default_factory=list)
+    # More replicas of the same server beside `server`: the load generator spreads its slots over all their
+    # ports, and the CPU measured is theirs together.
+    extra: list[procs.Server] = field(default_factory=list)
+    # Its event log is on the machine's Redis: Redis's CPU is the run's own, not other work.
+    uses_redis: bool = False
+    # Which configuration of the peer this is (Parley's variants), in the names of the load specs.
+    tag: str = ""
+
+    @property
+    def servers(self) -> list[procs.Server]:
+        return [self.server, *self.extra] if self.server is not None else []
 
 
 class SessionPool:
@@ -105,7 +119,15 @@ async def _admin(query: str) -> None:
 
 async def _fetch(database: str, queries: dict[str, str]) -> dict[str, Any]:
     dsn = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{database}"
-    connection = await asyncpg.connect(dsn)
+    for attempt in range(10):
+        try:
+            connection = await asyncpg.connect(dsn)
+            break
+        except asyncpg.TooManyConnectionsError:
+            # Parley's pools and other work (a test suite) can take every connection for a moment.
+            if attempt == 9:
+                raise
+            await asyncio.sleep(0.5)
     try:
         return {name: [tuple(row) for row in await connection.fetch(query)] for name, query in queries.items()}
     finally:
@@ -137,6 +159,36 @@ async def _commit_probe(database: str, count: int = 50) -> dict[str, float]:
         "select_1_ms_p50": statistics.median(round_trips),
         **settings,
     }
+
+
+async def _connection_headroom(database: str) -> int:
+    """Connections Postgres would still accept (max_connections less those open and those reserved), Parley's
+    own database's not counted: called while no Parley runs, those are a stopped process's, on their way out."""
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        limit = int(await connection.fetchval("SHOW max_connections"))
+        reserved = int(await connection.fetchval("SHOW superuser_reserved_connections"))
+        used = int(
+            await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND datname IS DISTINCT FROM $1",
+                database,
+            )
+        )
+    finally:
+        await connection.close()
+    return limit - reserved - used
+
+
+# Parley's own default (PARLEY_DATABASE_POOL_SIZE), which one process of the main rows runs with.
+PARLEY_POOL_SIZE: int = Settings.model_fields["database_pool_size"].default
+# Connections left for the harness's own queries and anything else on the machine.
+POSTGRES_SPARE = 10
+
+
+def replica_pool_size(headroom: int, replicas: int, default: int = PARLEY_POOL_SIZE) -> int:
+    """Each replica's database pool: Parley's default, unless the replicas' pools together would not fit
+    in what Postgres has left (e.g. 100 connections, the default, and two replicas of 40 beside other work)."""
+    return max(1, min(default, (headroom - POSTGRES_SPARE) // replicas))
 
 
 def postgres_version() -> str:
@@ -175,6 +227,7 @@ class Harness:
         self.parley_database: str | None = None
         # How Parley was started (argv, environment, port), for the restart with limits counting.
         self.parley_launch: tuple[list[str], dict[str, str], int] | None = None
+        self.redis: redis_db.Claimed | None = None
         self.session_pools: list[SessionPool] = []
         self.stuck_sessions: set[str] = set()
         self.runs = 0
@@ -191,6 +244,8 @@ class Harness:
                 "loadgen_cpus": sorted(self.driver_cpus),
                 "harness_cpus": sorted(self.driver_cpus),
                 "postgres": "not pinned (a system service, not started by the harness)",
+                "redis": "not pinned (a system service, not started by the harness)",
+                "replicas_cpus": [sorted(cpus) for cpus in self.replica_cpus()],
                 "nice": procs.PRIORITY["nice"],
             },
             "peers": {},
@@ -223,6 +278,15 @@ class Harness:
         for database in self.databases:
             with contextlib.suppress(Exception):
                 asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        if self.redis is not None:
+            try:
+                keys = redis_db.release(self.redis)
+                log(f"flushed Redis database {self.redis.index} ({keys} keys)")
+                # Parley's turn streams (and the claim): evidence that the Redis rows did write to Redis.
+                self.results.setdefault("redis", {})["keys_flushed"] = keys
+            except Exception as error:
+                log(f"could not flush Redis database {self.redis.index}: {error}")
+            self.redis = None
         self.http.close()
 
     def start_simulator(self) -> None:
@@ -285,16 +349,24 @@ class Harness:
         self.runs += 1
         requests = target.requests(concurrency)
         payload = {"host": "127.0.0.1", "port": target.port, "requests": requests, "concurrency": concurrency, **spec}
-        spec_path = self.specs / f"{self.runs:03d}-{target.name}-{label}.json"
+        if target.extra:
+            payload["ports"] = [server.port for server in target.servers]
+        name = f"{target.name}-{target.tag}" if target.tag else target.name
+        spec_path = self.specs / f"{self.runs:03d}-{name}-{label}.json"
         result_path = spec_path.with_suffix(".result.json")
         spec_path.write_text(json.dumps(payload))
         assert self.sim is not None
-        server_pids = target.server.tree() if target.server is not None else []
+        server_pids = [pid for server in target.servers for pid in server.tree()]
+        server_cores = set().union(*(server.cpus for server in target.servers)) if target.servers else self.server_cpus
         sim_pids = self.sim.tree()
         postgres = procs.ProcessGroupCpu("postgres")
+        redis_cpu = procs.ProcessGroupCpu("redis-server") if target.uses_redis else None
         before = (procs.cpu_seconds(server_pids), procs.cpu_seconds(sim_pids))
+        # Each replica's own, when there are several (its process tree as it was at the start).
+        trees = [server.tree() for server in target.servers] if target.extra else []
+        per_process_before = [procs.cpu_seconds(tree) for tree in trees]
         machine_before = procs.machine_jiffies()
-        server_core_before = procs.core_jiffies(self.server_cpus)
+        server_core_before = procs.core_jiffies(server_cores)
         harness_before = time.process_time()
         started = time.monotonic()
         process = subprocess.Popen(
@@ -313,13 +385,17 @@ class Harness:
         if process.returncode != 0:
             raise RuntimeError(f"loadgen failed ({process.returncode}): {stderr[-2000:]}")
         after = (procs.cpu_seconds(server_pids), procs.cpu_seconds(sim_pids))
+        per_process = [procs.cpu_seconds(tree) - was for tree, was in zip(trees, per_process_before, strict=True)]
         machine_cores = procs.busy_cores(machine_before, procs.machine_jiffies())
-        server_core = procs.busy_share(server_core_before, procs.core_jiffies(self.server_cpus))
+        server_core = procs.busy_share(server_core_before, procs.core_jiffies(server_cores))
         postgres_s = postgres.elapsed()
+        redis_s = redis_cpu.elapsed() if redis_cpu is not None else 0.0
         harness_s = time.process_time() - harness_before
         result: dict[str, Any] = json.loads(result_path.read_text())
+        if target.extra:
+            result["replica_ports"] = payload["ports"]
         server_s, sim_s = (a - b for a, b in zip(after, before, strict=True))
-        ours = server_s + sim_s + postgres_s + harness_s + result["loadgen_cpu_s"]
+        ours = server_s + sim_s + postgres_s + redis_s + harness_s + result["loadgen_cpu_s"]
         result["cpu"] = {
             "wall_s": elapsed,
             "server_s": server_s if target.server is not None else None,
@@ -327,6 +403,9 @@ class Harness:
             "simulator_s": sim_s,
             "simulator_share": sim_s / elapsed,
             "postgres_s": postgres_s,
+            "redis_s": redis_s if redis_cpu is not None else None,
+            "server_processes": len(target.servers),
+            "server_s_by_process": per_process or None,
             # The core shared by the simulator and the load generator: near 1.0 means the rig, not the peer,
             # may be the limit.
             "driver_core_share": (sim_s + result["loadgen_cpu_s"]) / elapsed,
@@ -851,6 +930,13 @@ class Harness:
                     peer["notes"].append(f"the server exited: {target.server.log_tail(10)}")
             if name == "parley":
                 self.parley_with_limits(target, peer)
+                if plan.variants:
+                    try:
+                        self.parley_variants(target, peer)
+                    except Exception as error:  # a restart that failed must not lose the rows measured already
+                        log(f"  variants failed: {error}")
+                        peer.setdefault("failures", {})["variants"] = f"{type(error).__name__}: {error}"[:2000]
+                        traceback.print_exc()
         finally:
             if target is not None and target.server is not None:
                 self.stop(target.server)
@@ -870,10 +956,16 @@ class Harness:
         # 1,000 streams on long-warm connections: measured that way, the comparison, not the counting, was most
         # of the gap between the two rows (b55d09b).
         late = self.restart_parley(target, "parley-late")
+        late.tag = "late"
         try:
             self.scenario(peer, "warmup", lambda: self.warm_every_connection(late))
             peer["scenarios"].pop("warmup", None)
             self.scenario(peer, "ttft_single_late", lambda: self.ttft_single(late))
+            if self.plan.variants:
+                # The baseline of the variants' rows below, which are measured the same way (a fresh restart,
+                # its connections warmed) and not against the early rows' long-running process.
+                self.scenario(peer, "burst_late", lambda: self.burst(late))
+                self.scenario(peer, "turns_late", lambda: self.turns(late, self.parley_database))
         finally:
             self.stop(late.server)
         counted = self.restart_parley_with_limits(late)
@@ -889,6 +981,115 @@ class Harness:
             )
         finally:
             self.stop(counted.server)
+
+    def replica_cpus(self) -> list[set[int]]:
+        return procs.replica_cores(sorted(self.server_cpus | self.driver_cpus), self.driver_cpus, self.plan.replicas)
+
+    def parley_variants(self, target: Target, peer: dict[str, Any]) -> None:
+        """Parley restarted (rate limits off, connections warmed, as the 'measured last' rows) with its event
+        log on Redis: one process (burst, one-stream TTFT, turns), then `plan.replicas` processes sharing the
+        database and Redis, the load generator's slots spread over them (burst, turns); then one process with
+        background responses off (turns). Compared with the in-memory rows of the restart before the limits."""
+        try:
+            if self.redis is None:
+                self.redis = redis_db.claim()
+            claimed: redis_db.Claimed | None = self.redis
+        except redis_db.RedisUnavailable as error:
+            claimed = None
+            peer["notes"].append(f"Parley (Redis log): not run, no Redis: {error}")
+            log(f"  no Redis for the Redis rows: {error}")
+        if claimed is not None:
+            self.results["redis"] = {"version": claimed.version, "database": claimed.index}
+            redis_env = {"PARLEY_REDIS_URL": claimed.url}
+            shared = self.restart_parley(target, "parley-redis", redis_env)
+            shared.uses_redis, shared.tag = True, "redis"
+            try:
+                self.scenario(peer, "warmup", lambda: self.warm_every_connection(shared))
+                peer["scenarios"].pop("warmup", None)
+                self.scenario(peer, "burst_redis", lambda: self.burst(shared))
+                self.scenario(peer, "ttft_single_redis", lambda: self.ttft_single(shared))
+                self.scenario(peer, "turns_redis", lambda: self.turns(shared, self.parley_database))
+            finally:
+                self.stop(shared.server)
+            cpus = self.replica_cpus()
+            assert self.parley_database is not None
+            pool = replica_pool_size(asyncio.run(_connection_headroom(self.parley_database)), len(cpus))
+            if pool < PARLEY_POOL_SIZE:
+                peer["notes"].append(
+                    f"Parley (replicas): each replica's database pool is {pool} connections, not "
+                    f"{PARLEY_POOL_SIZE}: Postgres would not accept {len(cpus)} x {PARLEY_POOL_SIZE} beside the "
+                    "connections already open"
+                )
+            replica_env = {**redis_env, "PARLEY_DATABASE_POOL_SIZE": str(pool)}
+            try:
+                replicas = self.start_replicas(target, cpus, replica_env)
+            except Exception as error:
+                peer.setdefault("failures", {})["replicas"] = f"{type(error).__name__}: {error}"[:2000]
+                log(f"  replicas failed to start: {error}")
+            else:
+                try:
+                    self.scenario(peer, "warmup", lambda: self.warm_every_connection(replicas))
+                    peer["scenarios"].pop("warmup", None)
+                    self.scenario(peer, "burst_replicas", lambda: self.burst(replicas))
+                    self.scenario(peer, "turns_replicas", lambda: self.turns(replicas, self.parley_database))
+                finally:
+                    for server in replicas.servers:
+                        self.stop(server)
+            sharing = sorted({core for core in set().union(*cpus) if core in self.driver_cpus})
+            placed = ", ".join(f"replica {number} on core {sorted(c)[0]}" for number, c in enumerate(cpus, 1))
+            peer["notes"].append(
+                f"Parley (Redis log): restarted with PARLEY_REDIS_URL on the machine's Redis {claimed.version} "
+                f"(database {claimed.index} of its own, flushed at the end), connections warmed; then "
+                f"{len(cpus)} replicas on the same Postgres database and Redis ({placed}"
+                + (
+                    f"; core {', '.join(map(str, sharing))} shared with the simulator and the load generator"
+                    if sharing
+                    else ""
+                )
+                + "), the load generator's slots alternating between them"
+            )
+        quiet = self.restart_parley(target, "parley-no-background", {"PARLEY_UPSTREAM_BACKGROUND": "false"})
+        quiet.tag = "no-background"
+        try:
+            self.scenario(peer, "warmup", lambda: self.warm_every_connection(quiet))
+            peer["scenarios"].pop("warmup", None)
+            self.scenario(peer, "turns_no_background", lambda: self.turns(quiet, self.parley_database))
+            peer["notes"].append(
+                "Parley (background off): restarted with PARLEY_UPSTREAM_BACKGROUND=false (plain streamed responses "
+                "upstream), connections warmed, for the turns row 'background off'; the turn lease's heartbeat (one "
+                "write per process every quarter of PARLEY_TURN_LEASE_S) is per process, not per turn: no row "
+                "isolates it"
+            )
+        finally:
+            self.stop(quiet.server)
+
+    def start_replicas(self, target: Target, cpus: list[set[int]], extra_env: dict[str, str]) -> Target:
+        """Parley as len(cpus) processes on one database (and Redis, in `extra_env`), each pinned to its cores;
+        the first on the port Parley was launched with."""
+        assert self.parley_launch is not None
+        argv, env, port = self.parley_launch
+        self.stop(target.server)
+        servers: list[procs.Server] = []
+        try:
+            for number, cores in enumerate(cpus, 1):
+                replica_port = port if number == 1 else procs.free_port()
+                replica_argv = [*argv[: argv.index("--port") + 1], str(replica_port)]
+                servers.append(
+                    self.start(
+                        f"parley-replica-{number}",
+                        replica_argv,
+                        port=replica_port,
+                        cpus=cores,
+                        env={**env, **extra_env, "PARLEY_SPOOL_DIR": f"{env['PARLEY_SPOOL_DIR']}-{number}"},
+                    )
+                )
+            for server in servers:
+                procs.wait_healthy(server, "/readyz", timeout=90)
+        except BaseException:
+            for server in servers:
+                self.stop(server)
+            raise
+        return Target("parley", port, servers[0], target.requests, extra=servers[1:], uses_redis=True, tag="replicas")
 
     def restart_parley_with_limits(self, target: Target) -> Target:
         """`target`'s Parley stopped and started again with rate limits counting but never refusing."""

@@ -20,6 +20,7 @@ def summary(**overrides: Any) -> dict[str, Any]:
         "paced": {100: {"parley": {"added_ttft_p99": 22.0}}},
         "kib_per_stream": {"parley": 51.0, "naive": 87.0},
         "turns_per_s": {"parley": 128.0, "litellm": 20.0},
+        "burst_redis_ratio": {"direct": 0.3, "naive": 9.0, "litellm": 17.0},
     }
     return {**base, **overrides}
 
@@ -32,6 +33,7 @@ def test_the_floors_are_relative_to_the_peers_of_the_same_run() -> None:
     assert floors(summary()) == {
         "burst throughput vs LiteLLM": True,
         "burst throughput vs naive relay": True,
+        "burst throughput with the Redis log vs LiteLLM": True,
         "added TTFT p50, one stream at a time": True,
         "added TTFT p99, 100 paced streams": True,
         "memory per open stream": True,
@@ -44,6 +46,7 @@ def test_the_floors_are_relative_to_the_peers_of_the_same_run() -> None:
             paced={100: {"parley": {"added_ttft_p99": 50.1}}},
             kib_per_stream={"parley": 88.0, "naive": 87.0},
             turns_per_s={"parley": 79.0, "litellm": 20.0},
+            burst_redis_ratio={"litellm": 9.9},
         )
     )
     assert set(missed.values()) == {False}
@@ -57,6 +60,7 @@ def test_a_floor_whose_peer_did_not_run_is_not_judged() -> None:
             added_ttft_single_ms={"parley": {"p50": 8.0}},
             kib_per_stream={"parley": 51.0},
             turns_per_s={"parley": 128.0},
+            burst_redis_ratio={"direct": 0.3},
         )
     )
     assert quick.pop("added TTFT p99, 100 paced streams") is True
@@ -71,4 +75,52 @@ def test_the_report_builds_from_the_landed_full_run(tmp_path: Path) -> None:
     text = report.markdown(results, built)
     assert "## Floors" in text
     assert "## Capacity ladder" in text
-    assert len(built["targets"]) == 6
+    assert len(built["targets"]) == 7
+    # Run AA had no Redis rows: the floor is listed, not judged, and there is no variants table.
+    assert floors(built)["burst throughput with the Redis log vs LiteLLM"] is None
+    assert "## Parley's variants" not in text
+
+
+def measured(events_per_s: float, *, server_s: float, done: int = 0, redis_s: float | None = None) -> dict[str, Any]:
+    """A load run's result, as much of it as the report reads."""
+    cpu = {"server_s": server_s, "redis_s": redis_s, "server_processes": 1}
+    return {"events_per_s": events_per_s, "events": int(events_per_s * 10), "ok": done, "cpu": cpu}
+
+
+@pytest.mark.skipif(not LANDED.exists(), reason="no landed full run")
+def test_a_run_with_the_variants_judges_the_redis_floor_and_reports_each_against_the_in_memory_row() -> None:
+    results = json.loads(LANDED.read_text())
+    results.pop("summary", None)
+    litellm = results["peers"]["litellm"]["scenarios"]["burst"]["events_per_s"]
+    replicas = measured(3 * litellm, server_s=20.0, done=1000)
+    replicas["cpu"]["server_processes"] = 2
+    replicas["ok_by_port"] = {"9000": 480, "9500": 500}
+    replicas["replica_ports"] = [9500, 9000]
+    replicas["cpu"]["server_s_by_process"] = [9.0, 11.0]
+    results["peers"]["parley"]["scenarios"].update(
+        {
+            "burst_late": measured(20 * litellm, server_s=10.0),
+            "turns_late": {**measured(0.0, server_s=5.0, done=1000), "turns_per_s": 200.0},
+            "burst_redis": measured(9 * litellm, server_s=10.0, redis_s=1.0),
+            "turns_redis": {**measured(0.0, server_s=5.5, done=1000, redis_s=0.2), "turns_per_s": 190.0},
+            "burst_replicas": replicas,
+            "turns_no_background": {**measured(0.0, server_s=4.0, done=1000), "turns_per_s": 210.0},
+        }
+    )
+    results["pinning"]["replicas_cpus"] = [[1], [0]]
+    built = report.summarize(results)
+    assert floors(built)["burst throughput with the Redis log vs LiteLLM"] is False
+    rows = {row["key"]: row for row in built["variants"]}
+    assert list(rows) == ["memory", "redis", "replicas", "no_background", "limits"]
+    assert rows["redis"]["burst_vs_litellm"] == pytest.approx(9.0)
+    assert rows["redis"]["burst_vs_memory"] == pytest.approx(0.45)
+    assert rows["redis"]["redis_us_per_event"] == pytest.approx(1e6 / (90 * litellm), rel=0.01)
+    assert rows["no_background"]["added_ms_per_turn"] == pytest.approx(-1.0)
+    assert rows["replicas"]["label"] == "2 replicas, event log on Redis"
+    text = report.markdown(results, built)
+    assert "## Parley's variants" in text
+    assert "| background responses off | - | - | - |" in text
+    # Two cores: the second replica shares the rig's core, and the report says so.
+    assert "replica 2 on CPU [0]; CPU [0] is also the simulator's" in text
+    assert "Streams completed per replica: burst 500 / 480." in text
+    assert "Parley's CPU per replica (s): burst 9.0 / 11.0." in text
