@@ -166,11 +166,23 @@ class ParleyLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return super().handle(record)
 
 
+class AlembicContextFilter(logging.Filter):
+    """Alembic says which dialect it uses, and that its DDL is transactional, each time it opens a migration
+    context: every `/readyz` opens one to read the revision, so a probe every few seconds would log two lines
+    that say nothing new. Its other lines (the migrations it runs) stay."""
+
+    NOISE = frozenset({"Context impl %s.", "Will assume %s DDL."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "alembic.runtime.migration" and record.msg in self.NOISE)
+
+
 def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> logging.Handler:
     """Send every logger's records through one handler on the root logger; returns that handler."""
     handler = ParleyLogHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(ParleyJsonFormatter() if settings.log_format == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
+    handler.addFilter(AlembicContextFilter())
     root = logging.getLogger()
     for existing in [h for h in root.handlers if isinstance(h, ParleyLogHandler)]:
         root.removeHandler(existing)

@@ -8,7 +8,10 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+from app.db.engine import build_engine
+from app.db.migrate import current_revision, upgrade
 from app.observability.logging import configure_logging
 from app.settings import Settings
 
@@ -74,3 +77,19 @@ def test_json_lines_scrub_credentials_from_every_free_text_field() -> None:
     assert record["turn_id"] == "turn_1"
     assert record["error"] == "Authorization: Bearer [redacted]"
     assert "pk_[redacted]" in record["exc_info"]
+
+
+async def test_reading_the_schema_revision_logs_nothing_but_migrating_still_does(tmp_path: Path) -> None:
+    """`/readyz` reads the revision on every probe: that must not log; running the migrations still says so."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"
+    engine = build_engine(url)
+    try:
+        with _logging_to_buffer("INFO") as buffer:
+            await upgrade(engine)
+            migrated = buffer.getvalue()
+            for _ in range(3):
+                assert await current_revision(engine) is not None
+    finally:
+        await engine.dispose()
+    assert "Running upgrade" in migrated
+    assert buffer.getvalue() == migrated
