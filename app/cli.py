@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import TypeVar
 
 from pydantic import ValidationError
@@ -24,6 +23,7 @@ from app.observability.logging import configure_logging
 from app.server import preflight
 from app.server.process import is_loopback, serve_parley, serve_simulator
 from app.settings import Settings
+from app.version import package_version
 
 T = TypeVar("T")
 
@@ -209,13 +209,6 @@ def _simulator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _package_version() -> str:
-    try:
-        return version("parley")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
-
-
 class _Parser(argparse.ArgumentParser):
     """Every subcommand's parser: its epilog (the settings it reads) printed as written."""
 
@@ -248,7 +241,7 @@ Every setting is listed in the README."""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="A stateful chat backend for the OpenAI Responses API.")
-    parser.add_argument("--version", action="version", version=f"parley {_package_version()}")
+    parser.add_argument("--version", action="version", version=f"parley {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     database = ("database_url",)

@@ -36,6 +36,7 @@ from app.streaming.redis_log import RedisEventLogs, connect
 from app.streaming.turn_runner import RunnerConfig, TurnRunner
 from app.upstream.client import build_openai_client
 from app.upstream.response_stream import StreamPolicy
+from app.version import package_version
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = ParleyAPI(
         title="Parley",
-        version="0.1.0",
+        version=package_version(),
         summary="A stateful chat backend for the OpenAI Responses API.",
         description=API_DESCRIPTION,
         lifespan=lifespan,

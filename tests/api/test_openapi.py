@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
 import httpx
@@ -167,3 +168,7 @@ async def test_docs_are_served(client: httpx.AsyncClient, parley: RunningParley)
     docs = await client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+def test_the_document_states_the_installed_version(spec: dict[str, Any]) -> None:
+    assert spec["info"]["version"] == importlib.metadata.version("parley")
