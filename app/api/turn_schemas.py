@@ -170,6 +170,20 @@ class RequiredAction(BaseModel):
     tool_calls: list[ToolCall]
 
 
+class FeedbackRead(BaseModel):
+    rating: Literal["up", "down"] | None
+    comment: str | None
+    updated_at: dt.datetime
+
+
+class FeedbackUpdate(StrictModel):
+    """What the person thought of the answer; it replaces any feedback they gave before (`rating: null` and no
+    comment takes it back)."""
+
+    rating: Literal["up", "down"] | None
+    comment: Annotated[SafeStr, StringConstraints(max_length=4000)] | None = None
+
+
 class TurnRead(BaseModel):
     id: str
     object: Literal["turn"] = "turn"
@@ -192,6 +206,7 @@ class TurnRead(BaseModel):
     stream_url: str | None = Field(
         description="The turn's event stream, with a short-lived token scoped to this turn (for EventSource)."
     )
+    feedback: FeedbackRead | None = Field(default=None, description="What the person thought of the answer, if said.")
 
 
 class ToolOutputIn(StrictModel):

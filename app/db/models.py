@@ -130,6 +130,10 @@ class Turn(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # What the person who asked thought of the answer: "up", "down" or none, a comment, and when they said so.
+    feedback_rating: Mapped[str | None] = mapped_column(String(8))
+    feedback_comment: Mapped[str | None] = mapped_column(Text)
+    feedback_updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_turns_session_id_id", "session_id", "id"),

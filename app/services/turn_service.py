@@ -377,6 +377,19 @@ async def get_turn(db: AsyncSession, *, principal: Principal, session_id: str, t
     return turn
 
 
+async def rate_turn(
+    db: AsyncSession, *, principal: Principal, session_id: str, turn_id: str, rating: str | None, comment: str | None
+) -> Turn:
+    """Store what the person thought of a turn's answer, in place of what they said before (no rating and no
+    comment takes it back); any turn of theirs, in flight or not. Returns the turn as it is now."""
+    turn = await get_turn(db, principal=principal, session_id=session_id, turn_id=turn_id)
+    said = rating is not None or bool(comment)
+    turn.feedback_rating, turn.feedback_comment = rating, comment or None
+    turn.feedback_updated_at = utcnow() if said else None
+    await db.flush()
+    return turn
+
+
 async def list_turns(
     db: AsyncSession, *, principal: Principal, session_id: str, limit: int, after: str | None, order: Order
 ) -> Page[Turn]:
@@ -426,6 +439,15 @@ def render_turn(turn: Turn, *, stream_url: str | None) -> dict[str, Any]:
         "ttft_ms": turn.ttft_ms,
         "duration_ms": turn.duration_ms,
         "stream_url": stream_url,
+        "feedback": (
+            {
+                "rating": turn.feedback_rating,
+                "comment": turn.feedback_comment,
+                "updated_at": iso(turn.feedback_updated_at),
+            }
+            if turn.feedback_updated_at is not None
+            else None
+        ),
     }
 
 

@@ -651,6 +651,7 @@ function appendAssistant(turnId) {
       }
       meta.append(costView(turn.cost_usd));
       if (turn.ttft_ms != null) meta.append(el("span", "ttft", `first token ${turn.ttft_ms} ms`));
+      if (!IN_FLIGHT.has(turn.status) && turn.status !== "requires_action") meta.append(thumbsView(turn));
       if (turn.error && (turn.status === "failed" || turn.status === "incomplete")) {
         const problem = el("p", "turn-error", describeError(turn.error));
         problem.setAttribute("role", "status");
@@ -662,6 +663,42 @@ function appendAssistant(turnId) {
 }
 
 /** @typedef {ReturnType<typeof appendAssistant>} AssistantView */
+
+/**
+ * Thumbs up and down on a finished answer: pressing one rates the turn, pressing it again takes the rating back.
+ * @param {Turn} turn
+ */
+function thumbsView(turn) {
+  const root = el("span", "thumbs");
+  root.setAttribute("role", "group");
+  root.setAttribute("aria-label", "Rate this answer");
+  /** @type {"up" | "down" | null} */
+  let rating = turn.feedback?.rating ?? null;
+  const buttons = /** @type {const} */ (["up", "down"]).map((value) => {
+    const button = /** @type {HTMLButtonElement} */ (el("button", `thumb thumb-${value}`));
+    button.type = "button";
+    button.dataset.rating = value;
+    button.setAttribute("aria-label", value === "up" ? "Good answer" : "Bad answer");
+    button.append(icon(`thumb-${value}`));
+    button.addEventListener("click", async () => {
+      const next = rating === value ? null : value;
+      try {
+        const rated = await state.client.rateTurn(turn.session_id, turn.id, next);
+        rating = rated.feedback?.rating ?? null;
+        show();
+      } catch (error) {
+        showError(error);
+      }
+    });
+    return button;
+  });
+  const show = () => {
+    for (const button of buttons) button.setAttribute("aria-pressed", String(button.dataset.rating === rating));
+  };
+  show();
+  root.append(...buttons);
+  return root;
+}
 
 /**
  * A reasoning model's summary of its thinking, as it streams (`response.reasoning_summary_text.delta`, one

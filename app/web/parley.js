@@ -49,6 +49,14 @@
  * @property {string | null} stream_url  the turn's /events URL with a short-lived token (for EventSource)
  * @property {{type: "submit_tool_outputs", tool_calls: {call_id: string, name: string, arguments: string}[]} | null}
  *   [required_action]  with status requires_action: the function calls your app must answer
+ * @property {Feedback | null} [feedback]  what the person thought of the answer, if they said
+ */
+
+/**
+ * @typedef {Object} Feedback
+ * @property {"up" | "down" | null} rating
+ * @property {string | null} comment
+ * @property {string} updated_at
  */
 
 /**
@@ -655,6 +663,15 @@ export class ParleyClient {
   /** @param {string} sessionId @param {string} turnId @returns {Promise<Turn>} */
   cancelTurn(sessionId, turnId) {
     return this.request("POST", `${this.turnPath(sessionId, turnId)}/cancel`);
+  }
+
+  /**
+   * Rate a turn's answer, replacing any earlier rating (null and no comment takes it back).
+   * @param {string} sessionId @param {string} turnId @param {"up" | "down" | null} rating @param {string} [comment]
+   * @returns {Promise<Turn>}
+   */
+  rateTurn(sessionId, turnId, rating, comment) {
+    return this.request("PUT", `${this.turnPath(sessionId, turnId)}/feedback`, { rating, comment });
   }
 
   /** @param {string} sessionId @param {string} turnId */

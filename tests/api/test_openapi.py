@@ -34,6 +34,7 @@ ROUTES = {
     ("GET", "/v1/sessions/{session_id}/turns/{turn_id}/events"),
     ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/cancel"),
     ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/tool_outputs"),
+    ("PUT", "/v1/sessions/{session_id}/turns/{turn_id}/feedback"),
     ("GET", "/v1/usage"),
     ("POST", "/v1/admin/users"),
     ("GET", "/v1/admin/users"),

@@ -2,7 +2,7 @@
 
 A hypothesis state machine drives a real server with random interleavings of three callers' operations:
 creating, reading, renaming, listing and deleting sessions, sending messages (sometimes under an
-Idempotency-Key that another caller also uses), reading, cancelling and resuming turns, reading usage.
+Idempotency-Key that another caller also uses), reading, cancelling, rating and resuming turns, reading usage.
 It keeps its own model of who owns what and checks every answer against it: another caller's ids answer
 404 exactly like ids that do not exist, lists hold only the caller's own objects, and an Idempotency-Key
 replays only its own user's turn (OWASP API1; ../shared/docs/reliability.md AZ-3..AZ-6, AZ-12, BI-10).
@@ -102,6 +102,7 @@ class TwoUsers(RuleBasedStateMachine):
         self.model: dict[str, SessionModel] = {}
         self.turn_model: dict[str, TurnModel] = {}
         self.sent: dict[tuple[str, str], SentRequest] = {}  # (actor, Idempotency-Key) -> what it started
+        self.ratings: dict[str, str | None] = {}  # turn id -> the rating its owner gave it
 
     def teardown(self) -> None:
         self.http.close()
@@ -245,6 +246,18 @@ class TwoUsers(RuleBasedStateMachine):
             return
         assert response.status_code == 200, response.text
         assert response.json()["id"] == turn_id
+        feedback = response.json()["feedback"]
+        assert (feedback or {}).get("rating") == self.ratings.get(turn_id)
+
+    @rule(actor=st.sampled_from(ACTORS), turn_id=turns, rating=st.sampled_from(["up", "down", None]))
+    def rate_turn(self, actor: str, turn_id: str, rating: str | None) -> None:
+        response = self._call(actor, "PUT", f"{self._turn_url(turn_id)}/feedback", json={"rating": rating})
+        if not self._turn_visible(actor, turn_id):
+            self._not_found(response, "rating another's turn")
+            return
+        assert response.status_code == 200, response.text
+        assert (response.json()["feedback"] or {}).get("rating") == rating
+        self.ratings[turn_id] = rating
 
     @rule(actor=st.sampled_from(ACTORS), turn_id=turns)
     def cancel_turn(self, actor: str, turn_id: str) -> None:

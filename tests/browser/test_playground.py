@@ -770,3 +770,37 @@ async def test_a_reasoning_summary_shows_live_above_the_answer(
     await block.locator("summary").click()
     assert await block.locator(".reasoning-text").is_visible()
     assert "Then keep it short." in await block.locator(".reasoning-text").inner_text()
+
+
+async def test_thumbs_rate_an_answer_and_stay_after_a_reload(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser
+) -> None:
+    await open_playground(page, web.base_url, person.key)
+    session_id = await new_chat(page)
+    await send_message(page, "Rate me")
+    reply = await wait_until_answered(page, 1)
+    turn_id = await reply.get_attribute("data-turn-id")
+    up, down = reply.locator(".thumb-up"), reply.locator(".thumb-down")
+    assert await up.get_attribute("aria-pressed") == "false"
+
+    await up.click()
+    await page.wait_for_function("(el) => el.getAttribute('aria-pressed') === 'true'", arg=await up.element_handle())
+    stored = (await http.get(f"/v1/sessions/{session_id}/turns/{turn_id}", headers=person.headers)).json()
+    assert stored["feedback"]["rating"] == "up"
+
+    await down.click()
+    await page.wait_for_function("(el) => el.getAttribute('aria-pressed') === 'true'", arg=await down.element_handle())
+    assert await up.get_attribute("aria-pressed") == "false"
+    stored = (await http.get(f"/v1/sessions/{session_id}/turns/{turn_id}", headers=person.headers)).json()
+    assert stored["feedback"]["rating"] == "down"
+
+    await page.reload()
+    reply = await wait_until_answered(page, 1)
+    assert await reply.locator(".thumb-down").get_attribute("aria-pressed") == "true"
+    # Pressed again: the rating is taken back.
+    await reply.locator(".thumb-down").click()
+    await page.wait_for_function(
+        "(el) => el.getAttribute('aria-pressed') === 'false'", arg=await reply.locator(".thumb-down").element_handle()
+    )
+    stored = (await http.get(f"/v1/sessions/{session_id}/turns/{turn_id}", headers=person.headers)).json()
+    assert stored["feedback"] is None

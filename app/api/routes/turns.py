@@ -15,7 +15,7 @@ from app.api.deps import DbDep, ListDep, StateDep, TurnsDep, UserDep, bearer_sch
 from app.api.event_stream import event_stream
 from app.api.routes.common import SessionId, TurnId, errors, links, list_response
 from app.api.schemas import ListResponse
-from app.api.turn_schemas import MessageCreate, ToolOutputsCreate, TurnRead
+from app.api.turn_schemas import FeedbackUpdate, MessageCreate, ToolOutputsCreate, TurnRead
 from app.errors import InvalidRequest
 from app.services import turn_service
 from app.services.auth import Principal
@@ -231,6 +231,24 @@ async def get_turn(
     session_id: SessionId, turn_id: TurnId, request: Request, db: DbDep, turns: TurnsDep, user: UserDep
 ) -> TurnRead:
     turn = await turn_service.get_turn(db, principal=user, session_id=session_id, turn_id=turn_id)
+    return TurnRead.model_validate(turns.render(turn, base_url=str(request.base_url), principal=user))
+
+
+@router.put("/turns/{turn_id}/feedback", summary="Rate a turn's answer", responses=errors(400, 404, 413, 415))
+async def rate_turn(
+    session_id: SessionId,
+    turn_id: TurnId,
+    body: FeedbackUpdate,
+    request: Request,
+    db: DbDep,
+    turns: TurnsDep,
+    user: UserDep,
+) -> TurnRead:
+    """Thumbs up or down and a comment on the answer, replacing any given before; shown in the turn and the
+    session's export."""
+    turn = await turn_service.rate_turn(
+        db, principal=user, session_id=session_id, turn_id=turn_id, rating=body.rating, comment=body.comment
+    )
     return TurnRead.model_validate(turns.render(turn, base_url=str(request.base_url), principal=user))
 
 
