@@ -81,6 +81,7 @@ class CreateParams:
     metadata: dict[str, str]
     max_output_tokens: int | None
     reasoning: JsonObject | None
+    include: frozenset[str]
 
 
 def parse_create_params(body: JsonObject) -> CreateParams:
@@ -126,6 +127,7 @@ def parse_create_params(body: JsonObject) -> CreateParams:
         metadata=metadata(body.get("metadata")),
         max_output_tokens=optional_int(body, "max_output_tokens", minimum=16),
         reasoning=_reasoning(body.get("reasoning")),
+        include=_include(body),
     )
 
 
@@ -220,6 +222,14 @@ def _tool_choice(value: object, function_tools: list[FunctionTool]) -> Any:
             400, "Tool choice 'function' not found in 'tools' parameter.", param="tool_choice", code=None
         )
     return value
+
+
+def _include(body: JsonObject) -> frozenset[str]:
+    values = optional_list(body, "include") or []
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise invalid_type(f"include[{index}]", "a string", value)
+    return frozenset(values)
 
 
 def _reasoning(value: object) -> JsonObject | None:

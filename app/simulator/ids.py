@@ -1,5 +1,6 @@
 """Ids in the shapes the real service uses (`resp_` + 50 hex, `call_` + 24 alphanumerics, ...)."""
 
+import base64
 import secrets
 import string
 
@@ -17,3 +18,8 @@ def new_call_id() -> str:
 
 def new_request_id() -> str:
     return f"req_{secrets.token_hex(16)}"
+
+
+def new_encrypted_content() -> str:
+    """An opaque reasoning blob shaped like the real ones (a Fernet token: `gAAAAA` then URL-safe base64)."""
+    return "gAAAAA" + base64.urlsafe_b64encode(secrets.token_bytes(96)).decode()

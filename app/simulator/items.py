@@ -73,6 +73,13 @@ def stored_item(raw: object, *, param: str) -> JsonObject:
         }
     if not isinstance(kind, str):
         raise invalid_type(f"{param}.type", "a string", kind)
+    if kind == "reasoning":
+        # Required, though it may be empty (the real service's words: microsoft/agent-framework-go#784).
+        summary = raw.get("summary")
+        if summary is None:
+            raise missing_parameter(f"{param}.summary")
+        if not isinstance(summary, list):
+            raise invalid_type(f"{param}.summary", "an array", summary)
     item = dict(raw)
     item.setdefault("id", new_id(_ID_PREFIXES.get(kind, "item")))
     return item
@@ -189,8 +196,10 @@ def check_tool_outputs_have_calls(items: list[JsonObject], *, earlier_call_ids: 
             )
 
 
-def check_no_duplicate_ids(existing_ids: Container[str], new: list[JsonObject]) -> None:
-    """Re-sending items a conversation already holds is refused (a classic tool-loop bug)."""
+def check_no_duplicate_ids(existing_ids: Container[str], new: list[JsonObject], *, param: str = "input") -> None:
+    """An item whose id the conversation already holds, or that comes twice in one call, is refused (re-sending
+    what a conversation holds is a classic tool-loop bug). The words are the real service's (quoted in
+    microsoft/agent-framework-go#784); the `param` it names for the Conversations API is not documented."""
     seen: set[str] = set()
     for item in new:
         if item.get("type") == "item_reference":
@@ -199,9 +208,21 @@ def check_no_duplicate_ids(existing_ids: Container[str], new: list[JsonObject]) 
             raise SimulatorError(
                 400,
                 f"Duplicate item found with id {item['id']}. Remove duplicate items from your input and try again.",
-                param="input",
+                param=param,
             )
         seen.add(item["id"])
+
+
+def check_storable_in_conversation(raw_items: list[Any]) -> None:
+    """The Conversations API refuses a `reasoning` item that carries neither its id (the item the service
+    stored) nor its `encrypted_content`: there is nothing to keep of it. Checked on the items as sent, before
+    the simulator gives them ids. Status and words as the real service answers (openai-agents-python#1709 and
+    #3268; the SDKs drop such items since openai-agents-python#3352)."""
+    for raw in raw_items:
+        if not isinstance(raw, dict) or raw.get("type") != "reasoning":
+            continue
+        if not raw.get("id") and not raw.get("encrypted_content"):
+            raise SimulatorError(400, "Invalid item", param="item", code="invalid_item")
 
 
 def newest_user_text(items: list[JsonObject]) -> str | None:

@@ -192,7 +192,7 @@ def _plan(
         summary = None
         if reasoning.get("summary") in SUMMARY_MODES:
             summary = split_tokens(reasoning_summary(user_text=user_text, tool_outputs=tool_outputs))
-        plan.append(PlannedReasoning(hidden, summary))
+        plan.append(PlannedReasoning(hidden, summary, encrypted="reasoning.encrypted_content" in params.include))
     calls = tools_to_call(
         tools=params.function_tools,
         tool_choice=params.tool_choice,

@@ -23,7 +23,7 @@ from app.simulator.faults import (
     error_details,
 )
 from app.simulator.generation import split_tokens
-from app.simulator.ids import new_call_id, new_id
+from app.simulator.ids import new_call_id, new_encrypted_content, new_id
 from app.simulator.json_types import JsonObject
 from app.simulator.response_object import served_tier
 
@@ -45,6 +45,8 @@ class PlannedReasoning:
     tokens: int
     summary: list[str] | None = None
     """The summary's tokens, when the request asked for one; they count as reasoning, not as output text."""
+    encrypted: bool = False
+    """Whether the request's `include` asked for `reasoning.encrypted_content`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +221,8 @@ class Generation:
             self._truncated = True
         elif planned.summary:
             yield from self._summary(planned.summary, item_id=item_id, output_index=output_index, item=item)
+        if planned.encrypted:
+            item["encrypted_content"] = new_encrypted_content()
         yield self._item_event("response.output_item.done", output_index, item)
 
     def _summary(

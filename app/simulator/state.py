@@ -354,6 +354,10 @@ class SimulatorState:
             conversation = await self.find_conversation(row.history_conversation_id)
             if conversation is not None:
                 history = conversation.items.prefix(row.history_length)
+            else:
+                # Deleting a conversation leaves its items: the response keeps its history.
+                kept = await self.database.load_items(row.history_conversation_id)
+                history = ConversationItems(orjson.loads(item) for item in kept).prefix(row.history_length)
         elif row.history is not None:
             history = ConversationItems(orjson.loads(row.history)).prefix()
         restored = ResponseRecord(

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Column, Integer, MetaData, String, Table, Text, delete, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
 
 logger = logging.getLogger(__name__)
@@ -187,8 +187,7 @@ class StateDatabase:
         self._enqueue((statement, None))
 
     def delete_conversation(self, conversation_id: str) -> None:
-        items = conversation_items_table.c
-        self._enqueue((delete(conversation_items_table).where(items.conversation_id == conversation_id), None))
+        """The conversation goes; its items stay (as on the real service), for the responses that ran on it."""
         self._enqueue((delete(conversations_table).where(conversations_table.c.id == conversation_id), None))
 
     def insert_response(self, row: ResponseRow) -> None:
@@ -217,20 +216,13 @@ class StateDatabase:
     async def load_conversation(self, conversation_id: str) -> ConversationRow | None:
         if self._engine is None or not await self._ensure_tables():
             return None
-        items = conversation_items_table.c
         async with self._engine.connect() as connection:
             found = (
                 await connection.execute(select(conversations_table).where(conversations_table.c.id == conversation_id))
             ).first()
             if found is None:
                 return None
-            rows = (
-                await connection.execute(
-                    select(items.position, items.item)
-                    .where(items.conversation_id == conversation_id)
-                    .order_by(items.position)
-                )
-            ).all()
+            rows = await _items_of(connection, conversation_id)
         cached = None
         if found.cached_instructions_key is not None and found.cached_tokens is not None:
             cached = (int(found.cached_instructions_key), int(found.cached_tokens))
@@ -238,10 +230,17 @@ class StateDatabase:
             id=found.id,
             created_at=int(found.created_at),
             metadata=found.metadata.encode(),
-            items=[row.item.encode() for row in rows],
-            next_position=rows[-1].position + 1 if rows else 0,
+            items=[item.encode() for _, item in rows],
+            next_position=rows[-1][0] + 1 if rows else 0,
             cached_prefix=cached,
         )
+
+    async def load_items(self, conversation_id: str) -> list[bytes]:
+        """The items of a conversation, also of one that was deleted, in order."""
+        if self._engine is None or not await self._ensure_tables():
+            return []
+        async with self._engine.connect() as connection:
+            return [item.encode() for _, item in await _items_of(connection, conversation_id)]
 
     async def load_response(self, response_id: str) -> ResponseRow | None:
         if self._engine is None or not await self._ensure_tables():
@@ -311,6 +310,13 @@ class StateDatabase:
             return False
         self._tables_ready = True
         return True
+
+
+async def _items_of(connection: AsyncConnection, conversation_id: str) -> list[tuple[int, str]]:
+    """(position, item JSON), in order."""
+    items = conversation_items_table.c
+    statement = select(items.position, items.item).where(items.conversation_id == conversation_id)
+    return [(row.position, row.item) for row in await connection.execute(statement.order_by(items.position))]
 
 
 def _build_engine(database_url: str) -> AsyncEngine:

@@ -137,6 +137,31 @@ async def test_a_finished_background_response_survives(tmp_path: Path) -> None:
             assert replay.json()["error"]["param"] == "stream"
 
 
+async def test_a_deleted_conversations_items_stay_for_its_responses(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
+    with simulator_on(url) as base_url:
+        async with sdk_for(base_url) as sdk:
+            conversation = await sdk.conversations.create(items=[{"role": "user", "content": "A long preamble " * 20}])
+            first = await sdk.responses.create(
+                model="gpt-4.1-mini", instructions=INSTRUCTIONS, input="Question", conversation=conversation.id
+            )
+            await sdk.conversations.delete(conversation.id)
+
+    with simulator_on(url) as base_url:
+        async with sdk_for(base_url) as sdk:
+            with pytest.raises(openai.NotFoundError):
+                await sdk.conversations.retrieve(conversation.id)
+            assert await sdk.responses.retrieve(first.id) == first
+            chained = await sdk.responses.create(
+                model="gpt-4.1-mini", instructions=INSTRUCTIONS, input="Next", previous_response_id=first.id
+            )
+            assert first.usage is not None
+            assert chained.usage is not None
+            # The chain reads the deleted conversation's items: the preamble, the question and the answer.
+            assert chained.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+            assert chained.usage.input_tokens_details.cached_tokens == first.usage.input_tokens
+
+
 async def test_a_reset_forgets_the_stored_state_too(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
     with simulator_on(url) as base_url:
