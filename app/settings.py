@@ -20,6 +20,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SIMULATOR_DEMO_PROMPT_ID = "pmpt_parley_demo"
 # One of `gc.set_threshold`'s three values (0 as the first turns automatic collection off).
 GcThreshold = Annotated[int, Field(ge=0, le=10_000_000)]
+# The Responses options Parley forwards from a message or session (`PARLEY_ALLOWED_OPTIONS` picks among them).
+OptionName = Literal[
+    "text",
+    "reasoning",
+    "max_output_tokens",
+    "truncation",
+    "service_tier",
+    "prompt_cache_key",
+    "tool_choice",
+    "parallel_tool_calls",
+    "temperature",
+    "top_p",
+]
+BuiltinToolType = Literal["web_search", "file_search", "code_interpreter", "image_generation"]
 
 
 class Settings(BaseSettings):
@@ -148,6 +162,24 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     tools: Annotated[list[str], NoDecode] = []
     pricing_file: Path | None = None
+    # The Responses options a message or session may set, by name. Cost levers (service_tier) and cache keys
+    # (prompt_cache_key) are left out unless a deployment adds them.
+    allowed_options: Annotated[list[OptionName], NoDecode] = [
+        "text",
+        "reasoning",
+        "max_output_tokens",
+        "truncation",
+        "temperature",
+        "top_p",
+        "tool_choice",
+        "parallel_tool_calls",
+    ]
+    # `auto`: the upstream drops the oldest items of a conversation that outgrows the model's context window, so
+    # a long session goes on rather than fail; `disabled`: it fails (the Responses API's own default).
+    default_truncation: Literal["auto", "disabled"] = "auto"
+    # The upstream's built-in tools a message or session may add, by type; none unless a deployment lists them
+    # (each is billed per call, and file_search reads the account's vector stores).
+    allowed_builtin_tools: Annotated[list[BuiltinToolType], NoDecode] = []
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # All the text of a message, every input form and part counted together.
@@ -168,7 +200,15 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     @field_validator(
-        "allowed_models", "allowed_prompts", "cors_origins", "tools", "jwt_algorithms", "gc_thresholds", mode="before"
+        "allowed_models",
+        "allowed_prompts",
+        "cors_origins",
+        "tools",
+        "jwt_algorithms",
+        "gc_thresholds",
+        "allowed_options",
+        "allowed_builtin_tools",
+        mode="before",
     )
     @classmethod
     def _split_comma_list(cls, value: object) -> object:

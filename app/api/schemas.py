@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -15,13 +16,19 @@ from pydantic import (
     Field,
     GetJsonSchemaHandler,
     PlainSerializer,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
+    TypeAdapter,
     WithJsonSchema,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, PydanticCustomError
+from typing_extensions import TypeAliasType
 
 from app.db.models import ApiKey, ChatSession, Message, User
+from app.services.client_config import ClientConfig
 from app.services.users import Budget
 
 T = TypeVar("T")
@@ -97,6 +104,174 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# --- Responses options and tools, for a message or a session ------------------------------------------------
+
+
+def _finite_numbers(value: Any) -> Any:
+    """Python reads 1e400 as infinity and accepts NaN and Infinity, none of which JSON can carry on upstream."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise PydanticCustomError(
+                "non_finite_number", "numbers must be finite (1e400, NaN and Infinity cannot be sent on)"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+def _no_nul(value: Any) -> Any:
+    """Postgres stores no NUL in text, JSON included (the turn keeps what it sent upstream): refuse it in every
+    key and string of a free-form value, as every other input string does (a 500 on Postgres otherwise)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            raise PydanticCustomError("nul_character", "must not contain NUL characters")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+# Any JSON, as the schema says it: strings and keys without NUL, finite numbers, at any depth.
+JsonValue = TypeAliasType(
+    "JsonValue",
+    "SafeStr | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictBool"
+    " | list[JsonValue] | dict[SafeStr, JsonValue] | None",
+)
+_ANY_JSON_OBJECT = TypeAdapter(dict[SafeStr, JsonValue])
+
+
+class _AnyJsonObjectInSchema:
+    """Says in the JSON Schema what a free-form object's validators enforce (which word its errors better than a
+    recursive union would: "must not contain NUL characters" rather than "should be a valid string")."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return handler(_ANY_JSON_OBJECT.core_schema)
+
+
+JsonObject = Annotated[
+    dict[str, Any], AfterValidator(_finite_numbers), AfterValidator(_no_nul), _AnyJsonObjectInSchema()
+]
+
+
+class FunctionToolIn(StrictModel):
+    """A function the client answers itself: calls to it end the stream with `turn.requires_action`."""
+
+    type: Literal["function"]
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: Annotated[SafeStr, StringConstraints(max_length=1024)] | None = None
+    parameters: JsonObject | None = Field(default=None, description="A JSON Schema object.")
+    strict: StrictBool | None = None
+
+
+class WebSearchToolIn(StrictModel):
+    """The upstream searches the web (`web_search`)."""
+
+    type: Literal["web_search"]
+    search_context_size: Literal["low", "medium", "high"] | None = None
+    user_location: JsonObject | None = None
+    filters: JsonObject | None = None
+
+
+class FileSearchToolIn(StrictModel):
+    """The upstream searches vector stores of the OpenAI account (`file_search`)."""
+
+    type: Literal["file_search"]
+    vector_store_ids: Annotated[list[Identifier], Field(min_length=1, max_length=2)]
+    max_num_results: Annotated[StrictInt, Field(ge=1, le=50)] | None = None
+    filters: JsonObject | None = None
+    ranking_options: JsonObject | None = None
+
+
+class CodeInterpreterToolIn(StrictModel):
+    """The upstream runs Python in a container (`code_interpreter`); `auto` makes one per turn."""
+
+    type: Literal["code_interpreter"]
+    container: JsonObject | Identifier = Field(default_factory=lambda: {"type": "auto"})
+
+
+class ImageGenerationToolIn(StrictModel):
+    """The upstream draws images (`image_generation`)."""
+
+    type: Literal["image_generation"]
+    size: Literal["auto", "1024x1024", "1024x1536", "1536x1024"] | None = None
+    quality: Literal["auto", "low", "medium", "high"] | None = None
+    background: Literal["auto", "transparent", "opaque"] | None = None
+
+
+BUILTIN_TOOL_TYPES = ("web_search", "file_search", "code_interpreter", "image_generation")
+ToolIn = Annotated[
+    FunctionToolIn | WebSearchToolIn | FileSearchToolIn | CodeInterpreterToolIn | ImageGenerationToolIn,
+    Field(discriminator="type"),
+]
+Tools = Annotated[list[ToolIn], Field(max_length=32)]
+
+
+class TextFormatText(StrictModel):
+    type: Literal["text"]
+
+
+class TextFormatJsonObject(StrictModel):
+    type: Literal["json_object"]
+
+
+class TextFormatJsonSchema(StrictModel):
+    """Structured output: the answer is JSON that matches `schema` (with `strict`, exactly)."""
+
+    type: Literal["json_schema"]
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    json_schema: JsonObject = Field(alias="schema", description="A JSON Schema object.")
+    description: Annotated[SafeStr, StringConstraints(max_length=1024)] | None = None
+    strict: StrictBool | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TextOptions(StrictModel):
+    format: TextFormatText | TextFormatJsonObject | TextFormatJsonSchema | None = Field(
+        default=None, discriminator="type"
+    )
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ReasoningOptions(StrictModel):
+    effort: Literal["minimal", "low", "medium", "high"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+
+
+class FunctionChoice(StrictModel):
+    type: Literal["function"]
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class Options(StrictModel):
+    """Responses parameters under their own names; which ones a caller may set is the deployment's choice
+    (`PARLEY_ALLOWED_OPTIONS`), checked by the turn and session services."""
+
+    text: TextOptions | None = None
+    reasoning: ReasoningOptions | None = None
+    max_output_tokens: Annotated[StrictInt, Field(ge=16, le=1_000_000)] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    service_tier: Literal["auto", "default", "flex", "priority"] | None = None
+    prompt_cache_key: Annotated[SafeStr, StringConstraints(min_length=1, max_length=64)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    # Strict: a JSON number only (pydantic would also take "0.5" or true, which the schema does not offer).
+    temperature: Annotated[StrictFloat, Field(ge=0, le=2, allow_inf_nan=False)] | None = None
+    top_p: Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+
+    def upstream(self) -> dict[str, Any]:
+        """The options that were set, as the Responses API names them."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 class PromptRef(StrictModel):
     id: Identifier
     version: Identifier | None = None
@@ -113,6 +288,8 @@ class SessionCreate(StrictModel):
     metadata: Metadata | None = None
     prompt: PromptRef | None = None
     model: Identifier | None = None
+    options: Options | None = Field(default=None, description="Responses options for every turn of the session.")
+    tools: Tools | None = Field(default=None, description="Tools for every turn of the session (as a message's).")
     messages: Annotated[list[ImportedMessageIn], Field(max_length=MAX_IMPORTED_MESSAGES)] | None = None
 
     model_config = ConfigDict(
@@ -133,6 +310,8 @@ class SessionUpdate(StrictModel):
     title: Title | None = None
     metadata: Metadata | None = None
     prompt: PromptRef | None = None
+    options: Options | None = Field(default=None, description="Replaces the session's options (`{}` clears them).")
+    tools: Tools | None = Field(default=None, description="Replaces the session's tools (`[]` clears them).")
 
 
 class SessionRead(BaseModel):
@@ -142,6 +321,8 @@ class SessionRead(BaseModel):
     metadata: dict[str, str]
     prompt: dict[str, Any] | None
     model: str | None
+    options: dict[str, Any]
+    tools: list[dict[str, Any]]
     conversation_id: str
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -157,6 +338,8 @@ class SessionRead(BaseModel):
             metadata=session.metadata_ or {},
             prompt=session.prompt,
             model=session.model,
+            options=session.options or {},
+            tools=session.tools or [],
             conversation_id=session.conversation_id,
             created_at=session.created_at,
             updated_at=session.updated_at,
@@ -297,3 +480,43 @@ class Health(BaseModel):
     status: Literal["ok", "ready"]
     database: str | None = None
     revision: str | None = None
+
+
+class ChoiceRead(BaseModel):
+    default: str | None = Field(description="What a session gets without choosing.")
+    allowed: list[str] = Field(description='What it may pick; ["*"]: anything.')
+
+
+class ServerToolRead(BaseModel):
+    name: str
+    description: str | None
+
+
+class LimitsRead(BaseModel):
+    max_message_chars: int
+    max_body_bytes: int
+    turns_per_minute: int | None = Field(description="Turns a minute; null: no limit.")
+    concurrent_turns: int | None = Field(description="Turns in flight at once; null: no limit.")
+    monthly_budget_usd: MoneyStr | None = Field(description="The caller's budget in force; null: unlimited.")
+    spent_this_month_usd: MoneyStr
+
+
+class ClientConfigRead(BaseModel):
+    object: Literal["config"] = "config"
+    models: ChoiceRead
+    prompts: ChoiceRead
+    options: list[str] = Field(description="The Responses options a message or session may set.")
+    builtin_tools: list[str] = Field(description="The upstream's built-in tool types a message or session may add.")
+    server_tools: list[ServerToolRead] = Field(description="Parley's own tools, which it runs for every session.")
+    limits: LimitsRead
+
+    @classmethod
+    def of(cls, config: ClientConfig) -> ClientConfigRead:
+        return cls(
+            models=ChoiceRead(**config.models),
+            prompts=ChoiceRead(**config.prompts),
+            options=config.options,
+            builtin_tools=config.builtin_tools,
+            server_tools=[ServerToolRead(**tool) for tool in config.server_tools],
+            limits=LimitsRead(**config.limits),
+        )

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import math
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, Field, StrictBool, StringConstraints
-from pydantic_core import PydanticCustomError
 
-from app.api.schemas import Identifier, Metadata, PromptRef, PromptVariables, SafeStr, StrictModel
+from app.api.schemas import Identifier, Metadata, Options, PromptRef, PromptVariables, SafeStr, StrictModel, Tools
 
 # Refused by the turn service until Parley has files of its own (a raw id names any file of the account).
 FILE_ID_DESCRIPTION = "Not accepted yet (422 `file_id_not_supported`): Parley has no files of its own."
@@ -37,38 +35,6 @@ def _public_https_url(value: str) -> str:
 
 
 PublicUrl = Annotated[SafeStr, StringConstraints(max_length=20_000_000), AfterValidator(_public_https_url)]
-
-
-def _finite_numbers(value: Any) -> Any:
-    """Python reads 1e400 as infinity and accepts NaN and Infinity, none of which JSON can carry on upstream."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise PydanticCustomError(
-                "non_finite_number", "numbers must be finite (1e400, NaN and Infinity cannot be sent on)"
-            )
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return value
-
-
-def _no_nul(value: Any) -> Any:
-    """Postgres stores no NUL in text, JSON included (the turn keeps what it sent upstream): refuse it in every
-    key and string of a free-form value, as every other input string does (a 500 on Postgres otherwise)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str) and "\x00" in item:
-            raise PydanticCustomError("nul_character", "must not contain NUL characters")
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return value
 
 
 class InputText(StrictModel):
@@ -109,18 +75,6 @@ class InputMessage(StrictModel):
 # Booleans are JSON booleans only: pydantic would also take 0, 1, "yes" or "off", which the schema does not offer.
 
 
-class FunctionToolIn(StrictModel):
-    """A function the client answers itself: calls to it end the stream with `turn.requires_action`."""
-
-    type: Literal["function"]
-    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    description: Annotated[SafeStr, StringConstraints(max_length=1024)] | None = None
-    parameters: Annotated[dict[str, Any], AfterValidator(_finite_numbers), AfterValidator(_no_nul)] | None = Field(
-        default=None, description="A JSON Schema object."
-    )
-    strict: StrictBool | None = None
-
-
 class MessageCreate(StrictModel):
     input: (
         Annotated[SafeStr, StringConstraints(min_length=1)]
@@ -130,8 +84,14 @@ class MessageCreate(StrictModel):
     prompt: PromptRef | None = None
     model: Identifier | None = None
     metadata: Metadata | None = None
-    tools: Annotated[list[FunctionToolIn], Field(max_length=32)] | None = Field(
-        default=None, description="Function tools the client runs (Responses' flat function tool shape)."
+    tools: Tools | None = Field(
+        default=None,
+        description="Function tools the client runs (Responses' flat function tool shape), and built-in tools "
+        "(web_search, file_search, code_interpreter, image_generation) where this deployment allows their type.",
+    )
+    options: Options | None = Field(
+        default=None,
+        description="Responses options for this turn, over the session's (each as this deployment allows).",
     )
     stream: StrictBool = True
 

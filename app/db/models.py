@@ -58,6 +58,9 @@ class ChatSession(Base):
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", PortableJSON, default=dict)
     prompt: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON)
     model: Mapped[str | None] = mapped_column(String(128))
+    # Responses options and tools for every turn of the session (a message's own override them).
+    options: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict, server_default="{}")
+    tools: Mapped[list[dict[str, Any]]] = mapped_column(PortableJSON, default=list, server_default="[]")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_turn_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

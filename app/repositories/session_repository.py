@@ -32,6 +32,8 @@ class SessionForTurn:
     conversation_id: str
     prompt: dict[str, Any] | None
     model: str | None
+    options: dict[str, Any]
+    tools: list[dict[str, Any]]
     owner_budget_usd: Decimal | None
 
 
@@ -41,6 +43,8 @@ SESSION_FOR_TURN = (
         ChatSession.conversation_id,
         ChatSession.prompt,
         ChatSession.model,
+        ChatSession.options,
+        ChatSession.tools,
         User.monthly_budget_usd,
     )
     .join(User, User.id == ChatSession.user_id)
@@ -61,7 +65,9 @@ async def get_owned_session_for_turn(
     the owner's row is locked for the transaction (it serialises one user's turn starts, so limits count
     what nobody else is changing)."""
     statement = SESSION_FOR_TURN_LOCKED if lock_user else SESSION_FOR_TURN
-    row = (await db.execute(statement, {"session_key": session_id, "user_key": user_id})).first()
+    # On the session's connection: plain columns need none of the ORM's execution.
+    connection = await db.connection()
+    row = (await connection.execute(statement, {"session_key": session_id, "user_key": user_id})).first()
     return SessionForTurn(*row) if row is not None else None
 
 

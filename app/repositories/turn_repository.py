@@ -301,6 +301,122 @@ async def finish_turn_row(db: AsyncSession, *, turn_id: str, values: dict[str, A
     return bool(result.rowcount)
 
 
+async def finish_turn(
+    db: AsyncSession,
+    *,
+    turn_id: str,
+    session_id: str,
+    user_id: str,
+    values: dict[str, Any],
+    message: dict[str, Any] | None,
+    ledger: Sequence[dict[str, Any]],
+    cost: Decimal,
+    at: dt.datetime,
+    month: str,
+) -> None:
+    """A turn's final write, idempotent: its final state, and only if that finished it (a second finisher loses)
+    the assistant `message` (id, content, status), the session's cost and the user's spend in `month`; the
+    ledger rows (one per upstream response, never doubled) in any case."""
+    if db.get_bind().dialect.name == "postgresql":
+        # All of it as one statement, which needs no transaction around it: one round trip instead of seven
+        # (BEGIN and COMMIT included). (SQLite runs in process, where separate statements cost no round trips.)
+        connection = await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        ledger_columns = tuple(ledger[0]) if ledger else ()
+        statement = _finish_in_one_statement(
+            tuple(values), message is not None, ledger_columns, len(ledger), bool(cost)
+        )
+        parameters = {"turn_key": turn_id, "cost": cost, "at": at, "month": month}
+        parameters.update({f"turn_{key}": value for key, value in values.items()})
+        parameters.update({f"message_{key}": value for key, value in (message or {}).items()})
+        for number, row in enumerate(ledger):
+            parameters.update({f"ledger_{number}_{key}": value for key, value in row.items()})
+        await connection.execute(statement, parameters)
+        return
+    if not await finish_turn_row(db, turn_id=turn_id, values=values):
+        # Already finished (a replay of a write that did land): only make sure the ledger is whole.
+        await insert_usage_records(db, ledger)
+        return
+    if message is not None:
+        row = {**message, "session_id": session_id, "turn_id": turn_id, "role": "assistant", "created_at": at}
+        await add_message(db, row)
+    await insert_usage_records(db, ledger)
+    await add_session_cost(db, session_id=session_id, cost=cost, at=at)
+    if cost:
+        await add_monthly_spend(db, user_id=user_id, month=month, cost=cost, at=at)
+
+
+@functools.cache
+def _finish_in_one_statement(
+    turn_columns: tuple[str, ...], message: bool, ledger_columns: tuple[str, ...], ledger_rows: int, spend: bool
+) -> Any:
+    """Postgres: `FINISH_TURN`, then on the turn it finished the message, the session's cost and the user's
+    spend, as data-modifying CTEs of one statement; the ledger rows whatever it finished. One statement per
+    shape of final write (which turn columns, a message or not, how many ledger rows, a cost or not)."""
+    finished = (
+        update(TURNS)
+        .where(TURNS.c.id == bindparam("turn_key"), TURNS.c.status.in_([literal(s) for s in TURN_IN_FLIGHT_STATUSES]))
+        .values({column: bindparam(f"turn_{column}") for column in turn_columns})
+        .returning(TURNS.c.id, TURNS.c.session_id, TURNS.c.user_id)
+        .cte("finished")
+    )
+    writes: list[Any] = [
+        update(SESSIONS)
+        .where(SESSIONS.c.id == finished.c.session_id)
+        .values(
+            last_turn_at=bindparam("at", type_=SESSIONS.c.last_turn_at.type),
+            total_cost_usd=SESSIONS.c.total_cost_usd + bindparam("cost", type_=SESSIONS.c.total_cost_usd.type),
+        )
+        .returning(SESSIONS.c.id)
+        .cte("session_cost")
+    ]
+    if message:
+        columns = ("id", "content", "status")
+        writes.append(
+            insert(MESSAGES)
+            .from_select(
+                [*columns, "session_id", "turn_id", "role", "created_at"],
+                select(
+                    *(bindparam(f"message_{c}", type_=MESSAGES.c[c].type) for c in columns),
+                    finished.c.session_id,
+                    finished.c.id,
+                    literal("assistant", MESSAGES.c.role.type),
+                    bindparam("at", type_=MESSAGES.c.created_at.type),
+                ),
+            )
+            .returning(MESSAGES.c.id)
+            .cte("new_message")
+        )
+    # A CTE per ledger row: a multi-row VALUES with bind parameters would not be cached.
+    writes.extend(
+        pg_insert(LEDGER)
+        .values({column: bindparam(f"ledger_{number}_{column}") for column in ledger_columns})
+        .on_conflict_do_nothing(index_elements=[LEDGER.c.response_id])
+        .returning(LEDGER.c.id)
+        .cte(f"ledger_row_{number}")
+        for number in range(ledger_rows)
+    )
+    if spend:
+        spent = pg_insert(SPEND).from_select(
+            ["user_id", "month", "cost_usd", "updated_at"],
+            select(
+                finished.c.user_id,
+                bindparam("month", type_=SPEND.c.month.type),
+                bindparam("cost", type_=SPEND.c.cost_usd.type),
+                bindparam("at", type_=SPEND.c.updated_at.type),
+            ),
+        )
+        writes.append(
+            spent.on_conflict_do_update(
+                index_elements=[SPEND.c.user_id, SPEND.c.month],
+                set_={"cost_usd": SPEND.c.cost_usd + spent.excluded.cost_usd, "updated_at": spent.excluded.updated_at},
+            )
+            .returning(SPEND.c.user_id)
+            .cte("spend")
+        )
+    # The writes are not read: `add_cte` renders them anyway (Postgres runs every data-modifying CTE once).
+    return select(func.count()).select_from(finished).add_cte(*writes)
+
+
 async def add_message(db: AsyncSession, values: dict[str, Any]) -> None:
     connection = await db.connection()
     await connection.execute(INSERT_MESSAGE, values)

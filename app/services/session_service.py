@@ -17,7 +17,7 @@ from app.errors import NotFound
 from app.repositories import session_repository as sessions_repo
 from app.repositories.pagination import Order, Page
 from app.services.auth import Principal
-from app.services.policy import check_model, check_prompt
+from app.services.policy import check_model, check_options, check_prompt, check_tools
 from app.settings import Settings
 from app.upstream import conversations as upstream_conversations
 
@@ -60,9 +60,13 @@ async def create_session(
     prompt: dict[str, Any] | None,
     model: str | None,
     messages: Sequence[ImportedMessage],
+    options: dict[str, Any] | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> ChatSession:
     check_model(settings, model)
     check_prompt(settings, prompt["id"] if prompt else None)
+    check_options(settings, options or {})
+    check_tools(settings, tools or [])
     session_id = new_id("sess")
     # The upstream call comes first and outside any transaction: no row exists for a conversation that
     # failed to be created, and no database lock is held while the network is awaited.
@@ -80,6 +84,8 @@ async def create_session(
         metadata_=metadata,
         prompt=prompt,
         model=model,
+        options=options or {},
+        tools=tools or [],
         created_at=now,
         updated_at=now,
     )
@@ -108,8 +114,16 @@ async def update_session(
     title: str | None = _UNSET,
     metadata: dict[str, str] = _UNSET,
     prompt: dict[str, Any] | None = _UNSET,
+    options: dict[str, Any] = _UNSET,
+    tools: list[dict[str, Any]] = _UNSET,
 ) -> ChatSession:
     session = await get_session(db, principal=principal, session_id=session_id)
+    if options is not _UNSET:
+        check_options(settings, options)
+        session.options = options
+    if tools is not _UNSET:
+        check_tools(settings, tools)
+        session.tools = tools
     if title is not _UNSET:
         session.title = title
     if metadata is not _UNSET:

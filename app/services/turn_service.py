@@ -43,7 +43,7 @@ from app.services.limits import (
     check_turn_allowed,
     limits_apply,
 )
-from app.services.policy import check_model, check_prompt
+from app.services.policy import check_model, check_options, check_prompt, check_tools
 from app.services.reservations import RoundCosts
 from app.services.server_tools import ServerTools
 from app.services.stream_tokens import StreamTokens
@@ -52,7 +52,7 @@ from app.streaming.event_log import EventLogRegistry
 from app.streaming.frames import PING, RETRY_MS, encode_frame
 from app.streaming.outcome import TERMINAL_EVENT_OF_STATUS
 from app.streaming.redis_log import RedisEventLogs, SharedLogUnavailable
-from app.streaming.turn_runner import PriorTurn, TurnHandle, TurnJob, TurnRunner, wait_for
+from app.streaming.turn_runner import PriorTurn, TurnHandle, TurnJob, TurnRunner, next_round_body, wait_for
 from app.upstream.conversations import add_items
 
 logger = logging.getLogger(__name__)
@@ -71,8 +71,11 @@ class TurnRequest:
     model: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     stream: bool = True
-    # Function tools the client declares and answers itself (handed over with turn.requires_action).
+    # Function tools the client declares and answers itself (handed over with turn.requires_action), and the
+    # upstream's built-in tools the deployment allows.
     tools: list[dict[str, Any]] = field(default_factory=list)
+    # Responses options for this turn, over the session's.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self, session_id: str) -> str:
         """What makes two sends 'the same request' for an Idempotency-Key (stream mode aside)."""
@@ -84,6 +87,7 @@ class TurnRequest:
             "model": self.model,
             "metadata": self.metadata,
             "tools": self.tools,
+            "options": self.options,
         }
         return hashlib.sha256(json_bytes(payload, sort_keys=True)).hexdigest()
 
@@ -180,10 +184,27 @@ def resolve_upstream_body(
     turn_id: str,
     server_tools: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """prompt and model: message overrides → session → deployment default."""
+    """prompt, model, options and tools: message overrides → session → deployment default."""
     check_model(settings, request.model)
+    check_options(settings, request.options)
+    check_tools(settings, request.tools)
+    # The session's tools, then the message's (a message's function of the same name replaces the session's).
+    # What a session stored and the deployment has since stopped allowing is left out, not refused.
+    message_functions = {tool["name"] for tool in request.tools if tool.get("type") == "function"}
+    client_tools = [
+        *(
+            tool
+            for tool in session.tools
+            if tool.get("name") not in message_functions
+            and (tool.get("type") == "function" or tool.get("type") in settings.allowed_builtin_tools)
+        ),
+        *request.tools,
+    ]
+    session_options: dict[str, Any] = {
+        name: value for name, value in session.options.items() if name in settings.allowed_options
+    }
     server_names = {tool["name"] for tool in server_tools}
-    clashes = sorted(server_names & {tool["name"] for tool in request.tools})
+    clashes = sorted(server_names & {tool["name"] for tool in client_tools if tool.get("type") == "function"})
     if clashes:
         raise ValidationFailed(
             f"Tool name(s) {', '.join(clashes)} belong to this deployment's own tools; pick other names.",
@@ -213,9 +234,11 @@ def resolve_upstream_body(
     if settings.upstream_background:
         # Kept with the turn's request, so whoever finishes the turn knows it may re-attach or cancel upstream.
         body["background"] = True
-    tools = [*server_tools, *request.tools]
+    tools = [*server_tools, *client_tools]
     if tools:
         body["tools"] = tools
+    # Options by their Responses names: the deployment's truncation, then the session's, then the message's.
+    body.update({"truncation": settings.default_truncation, **session_options, **request.options})
     model = request.model or session.model
     if prompt is not None:
         body["prompt"] = prompt
@@ -499,7 +522,7 @@ async def continue_turn(
                 for output in outputs
             ),
         ]
-        body = {**turn.request, "input": items}
+        body = next_round_body(turn.request, items)
         check_upstream_body(settings, body)
         reserved = await check_round_budget(
             db,

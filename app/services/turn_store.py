@@ -283,30 +283,18 @@ class SqlTurnStore:
         ]
         known_cost = Decimal(plan["known_cost_usd"])
         async with self._sessionmaker() as db, db.begin():
-            if not await turns_repo.finish_turn_row(db, turn_id=plan["turn_id"], values=turn_values):
-                # Already finished (a replay of a write that did land): only make sure the ledger is whole.
-                await turns_repo.insert_usage_records(db, ledger)
-                return
-            message = plan["message"]
-            if message is not None:
-                await turns_repo.add_message(
-                    db,
-                    {
-                        "id": message["id"],
-                        "session_id": plan["session_id"],
-                        "turn_id": plan["turn_id"],
-                        "role": "assistant",
-                        "content": message["content"],
-                        "status": message["status"],
-                        "created_at": at,
-                    },
-                )
-            await turns_repo.insert_usage_records(db, ledger)
-            await turns_repo.add_session_cost(db, session_id=plan["session_id"], cost=known_cost, at=at)
-            if known_cost:
-                await turns_repo.add_monthly_spend(
-                    db, user_id=plan["user_id"], month=month_of(at), cost=known_cost, at=at
-                )
+            await turns_repo.finish_turn(
+                db,
+                turn_id=plan["turn_id"],
+                session_id=plan["session_id"],
+                user_id=plan["user_id"],
+                values=turn_values,
+                message=plan["message"],
+                ledger=ledger,
+                cost=known_cost,
+                at=at,
+                month=month_of(at),
+            )
 
     async def replay_spool(self) -> int:
         return await self.spool.replay(self.apply)

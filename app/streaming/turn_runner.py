@@ -57,6 +57,16 @@ CONTROL_TIMEOUT_S = 10.0
 SETTLE_ATTEMPTS = 3
 
 
+def next_round_body(first: dict[str, Any], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of a turn's later round: the first round's, sending only the tool outputs (the conversation holds
+    the rest). A `tool_choice` that forced a call (`required`, or one function) forced it once: later rounds
+    send `auto`, or the model could never answer and the turn would loop to its cap."""
+    body = {**first, "input": outputs}
+    if body.get("tool_choice") not in (None, "auto", "none"):
+        body["tool_choice"] = "auto"
+    return body
+
+
 def runs_in_background(body: dict[str, Any]) -> bool:
     """The turn's upstream responses are background ones: they outlive a connection, and can be cancelled."""
     return body.get("background") is True
@@ -437,7 +447,7 @@ class TurnRunner:
         if takeover is not None and len(state.response_ids) > 1:
             # Taken over in a later round: what that round sent, for settling the conversation if it fails.
             steps = len(state.response_ids) - 1
-            body = {**job.upstream_body, "input": list(takeover.tool_outputs.values())}
+            body = next_round_body(job.upstream_body, list(takeover.tool_outputs.values()))
         try:
             while True:
                 handle.body = body
@@ -468,7 +478,7 @@ class TurnRunner:
                     steps += 1
                     if steps < self.config.max_tool_steps:
                         # With a conversation, the next step sends only the new function_call_output items.
-                        body = {**job.upstream_body, "input": outputs}
+                        body = next_round_body(job.upstream_body, outputs)
                         # The rounds of this run so far are not settled yet: the reservation counts them too.
                         unsettled = [state.outcomes[r] for r in state.response_ids if r in state.outcomes]
                         refused = await self.store.reserve_round(job, body, unsettled)

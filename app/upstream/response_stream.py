@@ -23,6 +23,23 @@ from app.upstream.failures import provably_not_started, timed_out, transport_err
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 503})
+# The SDK's telemetry headers (its version; the platform's OS, architecture and Python; its retry count and read
+# timeout), left out of the streamed call: the upstream needs none of them, and every header of the request is
+# held, by httpx2 and by aiohttp, for as long as its stream is open (~4 KiB a stream).
+NO_TELEMETRY_HEADERS: dict[str, str | openai.Omit] = dict.fromkeys(
+    (
+        "X-Stainless-Lang",
+        "X-Stainless-Package-Version",
+        "X-Stainless-OS",
+        "X-Stainless-Arch",
+        "X-Stainless-Runtime",
+        "X-Stainless-Runtime-Version",
+        "X-Stainless-Async",
+        "X-Stainless-Retry-Count",
+        "X-Stainless-Read-Timeout",
+    ),
+    openai.omit,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +106,9 @@ async def open_stream(client: openai.AsyncOpenAI, body: dict[str, Any], policy: 
             # typed parameters costs a quarter of opening a stream.
             fields = {key: value for key, value in body.items() if key != "stream"}
             # The raw response of a streamed call: its body is read as it arrives, by `UpstreamStream`.
-            raw = await client.responses.with_raw_response.create(stream=True, extra_body=fields)
+            raw = await client.responses.with_raw_response.create(
+                stream=True, extra_body=fields, extra_headers=NO_TELEMETRY_HEADERS
+            )
             return UpstreamStream(raw.http_response, raw.request_id)
         except openai.APIStatusError as error:
             failure: dict[str, object] = {"status": error.status_code, "upstream_request_id": error.request_id}

@@ -15,10 +15,12 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import pytest
 
+from app.settings import BuiltinToolType, OptionName
 from tests.conftest import ADMIN_TOKEN, RunningParley, create_api_user, run_parley
 
 # Cases per operation in the fuzzing phase; the coverage phase adds each constraint's boundaries on top. About
@@ -39,7 +41,14 @@ PHASES = ("examples", "coverage", "fuzzing", "stateful")
 @pytest.fixture(scope="module")
 def fuzzed_parley(database_url: str, backend: str) -> Iterator[RunningParley]:
     # A server of its own: generated admin calls create users and revoke keys, which other tests must not see.
-    with run_parley(database_url, backend) as running:
+    # It allows every option and built-in tool the schema offers: a deployment narrowing them answers 422 by
+    # choice, which the generated requests would take for the server refusing valid input.
+    with run_parley(
+        database_url,
+        backend,
+        allowed_options=list(get_args(OptionName)),
+        allowed_builtin_tools=list(get_args(BuiltinToolType)),
+    ) as running:
         yield running
 
 

@@ -209,3 +209,19 @@ async def test_client_tools_may_not_take_server_tool_names(http: httpx.AsyncClie
         headers=person.headers,
     )
     assert bad.status_code == 422
+
+
+async def test_a_required_tool_choice_forces_one_call_then_lets_the_model_answer(
+    http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    session_id = await new_session(http, person)
+    conversation = await conversation_of(http, person, session_id)
+    stream = await send(
+        http,
+        person,
+        session_id,
+        {"input": "Use the calculator for 6*7 please", "options": {"tool_choice": "required"}},
+    )
+    assert stream.names[-1] == "turn.completed", stream.terminal.data
+    calls = await sim.response_calls(conversation)
+    assert [call["body"]["tool_choice"] for call in calls] == ["required", "auto"]

@@ -49,6 +49,8 @@ async def create_session(
         metadata=body.metadata or {},
         prompt=body.prompt.model_dump(exclude_none=True) if body.prompt else None,
         model=body.model,
+        options=body.options.upstream() if body.options else {},
+        tools=[tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in body.tools or []],
         messages=[session_service.ImportedMessage(m.role, m.content) for m in body.messages or []],
     )
     return SessionRead.of(session)
@@ -71,12 +73,18 @@ async def get_session(session_id: SessionId, db: DbDep, user: UserDep) -> Sessio
 async def update_session(
     session_id: SessionId, body: SessionUpdate, db: DbDep, user: UserDep, settings: SettingsDep
 ) -> SessionRead:
-    """Change the title, metadata or pinned prompt; fields left out stay as they are."""
-    changes = {name: getattr(body, name) for name in body.model_fields_set & {"title", "metadata", "prompt"}}
+    """Change the title, metadata, pinned prompt, options or tools; fields left out stay as they are, and options
+    and tools given replace the session's."""
+    fields = {"title", "metadata", "prompt", "options", "tools"}
+    changes = {name: getattr(body, name) for name in body.model_fields_set & fields}
     if "metadata" in changes:
         changes["metadata"] = changes["metadata"] or {}
     if changes.get("prompt") is not None:
         changes["prompt"] = changes["prompt"].model_dump(exclude_none=True)
+    if "options" in changes:
+        changes["options"] = changes["options"].upstream() if changes["options"] else {}
+    if "tools" in changes:
+        changes["tools"] = [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in body.tools or []]
     session = await session_service.update_session(
         db, settings=settings, principal=user, session_id=session_id, **changes
     )

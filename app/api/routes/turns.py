@@ -131,7 +131,8 @@ async def send_message(
         model=body.model,
         metadata=body.metadata or {},
         stream=body.stream,
-        tools=[tool.model_dump(exclude_none=True) for tool in body.tools or []],
+        tools=[tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in body.tools or []],
+        options=body.options.upstream() if body.options else {},
     )
     reply = await turns.send_message(
         principal=user,
