@@ -12,7 +12,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from app.api.error_handlers import install_error_handlers
-from app.api.routes import admin, api_docs, client_config, health, metrics, sessions, turns, usage, web
+from app.api.routes import admin, api_docs, client_config, health, metrics, search, sessions, turns, usage, web
 from app.db.engine import build_engine, build_sessionmaker
 from app.db.migrate import SchemaWatch, head_revision, upgrade
 from app.observability.loop_lag import LoopLagWatch
@@ -248,6 +248,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(sessions.router)
+    app.include_router(search.router)
     app.include_router(turns.router)
     app.include_router(usage.router)
     app.include_router(client_config.router)

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from app.db import models  # noqa: F401  (registers every table on Base.metadata)
 from app.db.base import Base
 from app.db.engine import build_engine
+from app.db.fulltext import in_schema_of
 from app.db.migrate import in_one_transaction
 from app.settings import Settings
 
@@ -24,17 +25,23 @@ target_metadata = Base.metadata
 SIMULATOR_TABLE_PREFIX = "simulator_"
 
 
-def include_object(_object: object, name: str | None, type_: str, reflected: bool, _compare_to: object | None) -> bool:
-    return not (type_ == "table" and reflected and name is not None and name.startswith(SIMULATOR_TABLE_PREFIX))
+def include_object(
+    dialect: str, object_: object, name: str | None, type_: str, reflected: bool, _compare_to: object | None
+) -> bool:
+    if type_ == "table" and reflected and name is not None and name.startswith(SIMULATOR_TABLE_PREFIX):
+        return False
+    # Search: Postgres-only columns and indexes, SQLite's FTS5 tables (app/db/fulltext.py).
+    return in_schema_of(dialect, object_, name, type_, reflected)
 
 
 def _configure_and_run(connection: Connection) -> None:
+    dialect = connection.dialect.name
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=dialect == "sqlite",
         compare_type=True,
-        include_object=include_object,
+        include_object=lambda *arguments: include_object(dialect, *arguments),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -139,6 +139,14 @@ def _no_nul(value: Any) -> Any:
     return value
 
 
+def _json_number(value: object) -> object:
+    """A JSON number only: pydantic would also take "16" or true, which the schema does not offer (16.0 is an
+    integer to JSON Schema, and to pydantic's int)."""
+    if isinstance(value, str | bool):
+        raise PydanticCustomError("int_type", "must be an integer")
+    return value
+
+
 # Any JSON, as the schema says it: strings and keys without NUL, finite numbers, at any depth.
 JsonValue = TypeAliasType(
     "JsonValue",
@@ -185,7 +193,7 @@ class FileSearchToolIn(StrictModel):
 
     type: Literal["file_search"]
     vector_store_ids: Annotated[list[Identifier], Field(min_length=1, max_length=2)]
-    max_num_results: Annotated[StrictInt, Field(ge=1, le=50)] | None = None
+    max_num_results: Annotated[int, Field(ge=1, le=50), BeforeValidator(_json_number)] | None = None
     filters: JsonObject | None = None
     ranking_options: JsonObject | None = None
 
@@ -257,7 +265,7 @@ class Options(StrictModel):
 
     text: TextOptions | None = None
     reasoning: ReasoningOptions | None = None
-    max_output_tokens: Annotated[StrictInt, Field(ge=16, le=1_000_000)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=16, le=1_000_000), BeforeValidator(_json_number)] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     service_tier: Literal["auto", "default", "flex", "priority"] | None = None
     prompt_cache_key: Annotated[SafeStr, StringConstraints(min_length=1, max_length=64)] | None = None
@@ -361,7 +369,13 @@ class MessageRead(BaseModel):
     session_id: str
     turn_id: str | None
     role: Literal["system", "developer", "user", "assistant"]
-    content: str
+    content: str = Field(description="The plain text.")
+    items: list[dict[str, Any]] = Field(
+        description="The Responses items that make it up, in order: a user message's input parts; an assistant "
+        "message's reasoning summaries, function calls and outputs, built-in tool calls and message text with its "
+        "annotations."
+    )
+    model: str | None = Field(description="An assistant message's model, as served.")
     status: str
     created_at: dt.datetime
 
@@ -373,9 +387,25 @@ class MessageRead(BaseModel):
             turn_id=message.turn_id,
             role=message.role,
             content=message.content,
+            items=message.items if message.items is not None else text_items(message.role, message.content),
+            model=message.model,
             status=message.status,
             created_at=message.created_at,
         )
+
+
+def text_items(role: str, content: str) -> list[dict[str, Any]]:
+    """The items of a message that has only text (imported from a Chat Completions history, or stored before
+    messages had items)."""
+    if role == "assistant":
+        return [
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": content, "annotations": []}],
+            }
+        ]
+    return [{"type": "input_text", "text": content}]
 
 
 class ListResponse(BaseModel, Generic[T]):

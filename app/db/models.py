@@ -6,10 +6,12 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import BigInteger, Computed, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.orm import Mapped, Unmapped, mapped_column, unmapped_column
 
 from app.db.base import Base, Money, PortableJSON, UTCDateTime, utcnow
+from app.db.fulltext import POSTGRES_ONLY
 
 # The namespace of users made by the admin API or `parley keys create --user NAME`, who sign in with API keys.
 API_KEY_SOURCE = "api_key"
@@ -68,8 +70,17 @@ class ChatSession(Base):
     total_cost_usd: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
     # Deleted sessions keep their row (the cost ledger points at it) but lose their content.
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Search (Postgres; SQLite has the FTS5 table sessions_fts instead). Unmapped: the ORM never reads or writes it.
+    title_tsv: Unmapped[str] = unmapped_column(
+        TSVECTOR,
+        Computed("to_tsvector('simple'::regconfig, (COALESCE(title, ''::character varying))::text)", persisted=True),
+        info=POSTGRES_ONLY,
+    )
 
-    __table_args__ = (Index("ix_sessions_user_id_id", "user_id", "id"),)
+    __table_args__ = (
+        Index("ix_sessions_user_id_id", "user_id", "id"),
+        Index("ix_sessions_title_tsv", "title_tsv", postgresql_using="gin", info=POSTGRES_ONLY),
+    )
 
 
 class Message(Base):
@@ -81,9 +92,20 @@ class Message(Base):
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="completed")
+    # The Responses items that make it up (the contract's Message.items); None for messages stored before them.
+    items: Mapped[list[dict[str, Any]] | None] = mapped_column(PortableJSON)
+    # An assistant message's model, as served.
+    model: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Search (Postgres; SQLite has the FTS5 table messages_fts instead). Unmapped: the ORM never reads or writes it.
+    content_tsv: Unmapped[str] = unmapped_column(
+        TSVECTOR, Computed("to_tsvector('simple'::regconfig, content)", persisted=True), info=POSTGRES_ONLY
+    )
 
-    __table_args__ = (Index("ix_messages_session_id_id", "session_id", "id"),)
+    __table_args__ = (
+        Index("ix_messages_session_id_id", "session_id", "id"),
+        Index("ix_messages_content_tsv", "content_tsv", postgresql_using="gin", info=POSTGRES_ONLY),
+    )
 
 
 # A process is running these turns.

@@ -12,6 +12,7 @@ from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ChatSession, Message, User
+from app.repositories import search_repository
 from app.repositories.pagination import Order, Page, paginate
 
 
@@ -72,9 +73,17 @@ async def get_owned_session_for_turn(
 
 
 async def list_owned_sessions(
-    db: AsyncSession, *, user_id: str, limit: int, after: str | None, order: Order
+    db: AsyncSession, *, user_id: str, limit: int, after: str | None, order: Order, q: str | None = None
 ) -> Page[ChatSession]:
-    return await paginate(db, _owned(user_id), ChatSession.id, limit=limit, after=after, order=order)
+    """With `q`, only the sessions whose title or messages match it (as search does)."""
+    statement = _owned(user_id)
+    if q is not None:
+        dialect = (await db.connection()).dialect.name
+        matching = search_repository.matching_session_ids(dialect, user_id=user_id, text=q)
+        if matching is None:
+            return Page(items=[], has_more=False)
+        statement = statement.where(ChatSession.id.in_(matching))
+    return await paginate(db, statement, ChatSession.id, limit=limit, after=after, order=order)
 
 
 async def add_session(db: AsyncSession, session: ChatSession) -> ChatSession:

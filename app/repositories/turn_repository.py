@@ -225,7 +225,7 @@ _TURN_START_COLUMNS = frozenset(
         "created_at",
     }
 )
-_MESSAGE_START_COLUMNS = ("id", "session_id", "turn_id", "role", "content", "status", "created_at")
+_MESSAGE_START_COLUMNS = ("id", "session_id", "turn_id", "role", "content", "status", "items", "created_at")
 START_TURN_POSTGRES = _start_turn_in_one_statement()
 
 
@@ -370,7 +370,7 @@ def _finish_in_one_statement(
         .cte("session_cost")
     ]
     if message:
-        columns = ("id", "content", "status")
+        columns = ("id", "content", "status", "items", "model")
         writes.append(
             insert(MESSAGES)
             .from_select(

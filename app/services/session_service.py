@@ -18,6 +18,7 @@ from app.repositories import session_repository as sessions_repo
 from app.repositories.pagination import Order, Page
 from app.services.auth import Principal
 from app.services.policy import check_model, check_options, check_prompt, check_tools
+from app.services.search_service import checked_query
 from app.settings import Settings
 from app.upstream import conversations as upstream_conversations
 
@@ -44,9 +45,14 @@ async def get_session(db: AsyncSession, *, principal: Principal, session_id: str
 
 
 async def list_sessions(
-    db: AsyncSession, *, principal: Principal, limit: int, after: str | None, order: Order
+    db: AsyncSession, *, principal: Principal, limit: int, after: str | None, order: Order, q: str | None = None
 ) -> Page[ChatSession]:
-    return await sessions_repo.list_owned_sessions(db, user_id=principal.user_id, limit=limit, after=after, order=order)
+    """With `q`, the sessions whose title or messages match it, as search finds them."""
+    if q is not None:
+        q = checked_query(q)
+    return await sessions_repo.list_owned_sessions(
+        db, user_id=principal.user_id, limit=limit, after=after, order=order, q=q
+    )
 
 
 async def create_session(

@@ -128,6 +128,20 @@ def input_text(value: str | list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+def input_items(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A user message's `items`: its input content parts, in order (text as `input_text`)."""
+    if isinstance(value, str):
+        return [{"type": "input_text", "text": value}]
+    parts: list[dict[str, Any]] = []
+    for item in value:
+        content = item.get("content")
+        if isinstance(content, str):
+            parts.append({"type": "input_text", "text": content})
+        elif isinstance(content, list):
+            parts.extend(part for part in content if isinstance(part, dict))
+    return parts
+
+
 def check_input(settings: Settings, value: str | list[dict[str, Any]]) -> None:
     """A message's input before anything is stored or sent: not empty, no file ids, and all of its text
     (a string, or every message's string content and input_text parts together) within the limit."""
@@ -321,6 +335,7 @@ async def start_turn(
                 "role": "user",
                 "content": text,
                 "status": "completed",
+                "items": input_items(request.input),
                 "created_at": now,
             }
             await turns_repo.insert_started_turn(db, turn, user_message=user_message)

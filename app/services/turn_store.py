@@ -142,8 +142,15 @@ class SqlTurnStore:
         if prior is not None and new_text.startswith(prior.text):
             new_text = new_text[len(prior.text) :]
         message = None
-        if new_text or (outcome.status == "completed" and prior is None):
-            message = {"id": new_id("msg"), "content": new_text, "status": outcome.status}
+        if new_text or outcome.items or (outcome.status == "completed" and prior is None):
+            served = next((r.model for r in reversed(outcome.responses) if r.model), None)
+            message = {
+                "id": new_id("msg"),
+                "content": new_text,
+                "status": outcome.status,
+                "items": outcome.items,
+                "model": served,
+            }
         return {
             "turn_id": job.turn_id,
             "session_id": job.session_id,
@@ -289,7 +296,8 @@ class SqlTurnStore:
                 session_id=plan["session_id"],
                 user_id=plan["user_id"],
                 values=turn_values,
-                message=plan["message"],
+                # A final write spooled before messages had items has none.
+                message={"items": None, "model": None, **plan["message"]} if plan["message"] else None,
                 ledger=ledger,
                 cost=known_cost,
                 at=at,

@@ -29,6 +29,8 @@ class TurnOutcome:
     # requires_action: the calls the client must answer, and the outputs of Parley's own tools to send with them.
     required_action: dict[str, Any] | None = None
     pending_tool_outputs: list[dict[str, Any]] | None = None
+    # What this step of the turn did, as its assistant message's `items` (`turn_state.history_item`).
+    items: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def usage(self) -> dict[str, int] | None:

@@ -442,6 +442,12 @@ class TurnRunner:
         if job.prior is not None:
             state.text_parts.append(job.prior.text)
             state.response_ids.extend(job.prior.response_ids)
+            # The outputs this step sends (the client's, and Parley's tools' from the same round) open its items.
+            state.items.extend(
+                {"type": "function_call_output", "call_id": item.get("call_id"), "output": item.get("output")}
+                for item in job.upstream_body.get("input") or ()
+                if isinstance(item, dict) and item.get("type") == "function_call_output"
+            )
         body = job.upstream_body
         steps = 0
         if takeover is not None and len(state.response_ids) > 1:
@@ -579,6 +585,8 @@ class TurnRunner:
             stored = known.get(call["call_id"])
             if stored is not None:
                 outputs.append(stored)
+                if handle.state is not None and stored not in handle.state.items:
+                    handle.state.items.append(stored)
                 if call["call_id"] not in announced:
                     handle.log.append(
                         "turn.tool_call.completed",
@@ -601,6 +609,8 @@ class TurnRunner:
                 logger.exception("tool.crashed", extra={"turn_id": handle.job.turn_id, "tool": call["name"]})
                 result = ToolResult(output='{"error": "The tool failed."}', error="The tool failed.")
             outputs.append({"type": "function_call_output", "call_id": call["call_id"], "output": result.output})
+            if handle.state is not None:
+                handle.state.items.append(outputs[-1])
             await self.store.store_tool_outputs(handle.job.turn_id, outputs)
             handle.log.append(
                 "turn.tool_call.completed",
@@ -848,6 +858,7 @@ class TurnRunner:
         if handle.side_tasks:
             await asyncio.gather(*handle.side_tasks, return_exceptions=True)
         outcome.ttft_ms = None if handle.ttft_unknown else state.ttft_ms
+        outcome.items = state.items
         outcome.duration_ms = int((time.monotonic() - handle.job.started_at) * 1000)
         outcome.last_event_id = len(handle.log) + 1
         final = await self.store.finish(handle.job, outcome)
@@ -915,10 +926,9 @@ class TurnRunner:
             if name == "turn.tool_call.completed":
                 call = orjson.loads(data)
                 announced.add(call["call_id"])
-                outputs.setdefault(
-                    call["call_id"],
-                    {"type": "function_call_output", "call_id": call["call_id"], "output": call["output"]},
-                )
+                output = {"type": "function_call_output", "call_id": call["call_id"], "output": call["output"]}
+                outputs.setdefault(call["call_id"], output)
+                state.items.append(output)
             elif not name.startswith("turn."):
                 if name == "response.created":
                     state.begin_stream(None, None)

@@ -1,7 +1,8 @@
 """What a turn learns from the upstream events it relays, parsing only what it needs.
 
 Most events pass through untouched; only these are decoded: `response.created` (the response id),
-text deltas (the stored answer), and the terminal events (status, usage, error).
+text deltas (the stored answer), each finished output item (the history's items) and the terminal events
+(status, usage, error).
 """
 
 from __future__ import annotations
@@ -64,6 +65,56 @@ class ResponseOutcome:
         )
 
 
+# Built-in tool calls the history keeps as the upstream sent them (less an image's bytes).
+BUILTIN_CALL_ITEMS = frozenset(
+    {
+        "web_search_call",
+        "file_search_call",
+        "code_interpreter_call",
+        "image_generation_call",
+        "mcp_call",
+        "mcp_list_tools",
+        "mcp_approval_request",
+    }
+)
+
+
+def history_item(item: dict[str, Any]) -> dict[str, Any] | None:
+    """An output item as a message's `items` keep it: a reasoning item's summary text only, a function call,
+    a built-in tool call, a message's text parts with their annotations; None for what the history leaves out
+    (reasoning with no summary, unknown types)."""
+    kind = item.get("type")
+    if kind == "reasoning":
+        summary = [str(part.get("text", "")) for part in item.get("summary") or () if isinstance(part, dict)]
+        return {"type": "reasoning", "summary": summary} if any(summary) else None
+    if kind == "message":
+        content: list[dict[str, Any]] = []
+        for part in item.get("content") or ():
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "output_text":
+                content.append(
+                    {
+                        "type": "output_text",
+                        "text": str(part.get("text", "")),
+                        "annotations": part.get("annotations") or [],
+                    }
+                )
+            elif part.get("type") == "refusal":
+                content.append({"type": "refusal", "refusal": str(part.get("refusal", ""))})
+        return {"type": "message", "role": "assistant", "content": content}
+    if kind == "function_call":
+        return {
+            "type": "function_call",
+            "call_id": str(item.get("call_id")),
+            "name": str(item.get("name")),
+            "arguments": str(item.get("arguments") or ""),
+        }
+    if kind in BUILTIN_CALL_ITEMS:
+        return {key: value for key, value in item.items() if key != "result"}
+    return None
+
+
 def output_text_of(response: dict[str, Any]) -> str:
     """Every output_text part of every message item, joined (what the SDK's `output_text` does)."""
     parts: list[str] = []
@@ -96,6 +147,9 @@ class TurnState:
     # its `response.created` came.
     round_start: int = 0
     round_response_id: str | None = None
+    # What the turn did, in order, as its assistant message's `items` (`history_item`), with the outputs of
+    # the tools Parley ran between its rounds.
+    items: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -145,6 +199,12 @@ class TurnState:
                 outcome = ResponseOutcome.from_response(response)
                 self.outcomes[outcome.response_id] = outcome
             self.terminal_event = name
+            return None
+        if name == "response.output_item.done":
+            item = orjson.loads(data).get("item")
+            kept = history_item(item) if isinstance(item, dict) else None
+            if kept is not None:
+                self.items.append(kept)
             return None
         if name == "error":
             payload = orjson.loads(data)

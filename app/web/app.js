@@ -10,6 +10,8 @@ const IN_FLIGHT = new Set(["queued", "in_progress"]);
 const PAGE_LIMIT = 100;
 const MAX_PAGES = 20;
 const COPIED_FOR_MS = 1500;
+const SEARCH_DELAY_MS = 250;
+const SEARCH_LIMIT = 20;
 
 /** @param {string} id @returns {any} */
 const $ = (id) => /** @type {any} */ (document.getElementById(id));
@@ -49,6 +51,12 @@ const ui = {
   confirmForm: $("confirm-form"),
   confirmText: $("confirm-text"),
   confirmCancel: $("confirm-cancel"),
+  searchForm: $("search-form"),
+  searchInput: $("search-input"),
+  searchResults: $("search-results"),
+  searchStatus: $("search-status"),
+  searchList: $("search-list"),
+  searchMore: $("search-more"),
 };
 
 /**
@@ -57,6 +65,7 @@ const ui = {
  * @typedef {import("./parley.js").Message} Message
  * @typedef {import("./parley.js").TurnStream} TurnStream
  * @typedef {import("./parley.js").ToolCall} ToolCall
+ * @typedef {import("./parley.js").SearchResult} SearchResult
  */
 
 const state = {
@@ -71,6 +80,10 @@ const state = {
   generation: 0,
   /** @type {Promise<Session | null> | null} a "New chat" on its way */
   creating: null,
+  /** Bumped on every search typed, so that an older search's answer never replaces a newer one's. */
+  searchGeneration: 0,
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  searchTimer: undefined,
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -283,7 +296,7 @@ async function loadUsage() {
 
 function renderSessionList() {
   ui.sessionList.replaceChildren();
-  ui.sessionEmpty.hidden = state.sessions.length > 0;
+  ui.sessionEmpty.hidden = state.sessions.length > 0 || !ui.searchResults.hidden;
   for (const session of state.sessions) {
     const item = el("li", "session-item");
     item.dataset.sessionId = session.id;
@@ -399,6 +412,107 @@ async function deleteSession(session) {
   }
   loadUsage();
 }
+
+// ---------------------------------------------------------------- search
+
+/**
+ * A snippet with its matched words marked: text nodes and <mark> elements, never HTML. The highlights are
+ * UTF-16 offsets, which is what String.prototype.slice counts.
+ * @param {string} snippet
+ * @param {[number, number][]} highlights
+ */
+function snippetView(snippet, highlights) {
+  const node = el("span", "search-snippet");
+  let at = 0;
+  for (const [start, end] of [...highlights].sort((a, b) => a[0] - b[0])) {
+    if (start < at || end > snippet.length || end <= start) continue;
+    node.append(snippet.slice(at, start), el("mark", "", snippet.slice(start, end)));
+    at = end;
+  }
+  node.append(snippet.slice(at));
+  return node;
+}
+
+/** @param {SearchResult} result */
+function searchResultView(result) {
+  const item = el("li", "search-item");
+  item.dataset.sessionId = result.session_id;
+  if (result.message_id) item.dataset.messageId = result.message_id;
+  const open = /** @type {HTMLButtonElement} */ (el("button", "search-open"));
+  open.type = "button";
+  const title = el("span", "session-title", result.session_title?.trim() || "Untitled chat");
+  const where = el("span", "search-where", result.message_id ? (result.role === "assistant" ? "Answer" : "Message") : "Title");
+  const head = el("span", "search-head");
+  head.append(title, where);
+  open.append(head, snippetView(result.snippet, result.highlights));
+  open.addEventListener("click", () => {
+    setNavOpen(false);
+    selectSession(result.session_id);
+  });
+  item.append(open);
+  return item;
+}
+
+/** @param {boolean} on */
+function setSearching(on) {
+  ui.searchResults.hidden = !on;
+  ui.sessionList.hidden = on;
+  if (on) ui.sessionEmpty.hidden = true;
+  else ui.sessionEmpty.hidden = state.sessions.length > 0;
+}
+
+/**
+ * Show the results for what the search box holds (or the session list again, when it is empty).
+ * @param {string} [after]  a result's id: append the results after it
+ */
+async function runSearch(after) {
+  clearTimeout(state.searchTimer);
+  const q = ui.searchInput.value.trim();
+  const generation = ++state.searchGeneration;
+  if (!q) {
+    ui.searchList.replaceChildren();
+    setSearching(false);
+    return;
+  }
+  setSearching(true);
+  ui.searchResults.setAttribute("aria-busy", "true");
+  if (!after) ui.searchStatus.textContent = "Searching…";
+  try {
+    const page = await state.client.search(q, { limit: SEARCH_LIMIT, after });
+    if (generation !== state.searchGeneration) return;
+    if (!after) ui.searchList.replaceChildren();
+    ui.searchList.append(...page.data.map(searchResultView));
+    const count = ui.searchList.childElementCount;
+    ui.searchStatus.textContent = count ? "" : `Nothing found for “${q}”.`;
+    ui.searchMore.hidden = !page.has_more;
+    ui.searchMore.dataset.after = page.last_id ?? "";
+  } catch (error) {
+    if (generation !== state.searchGeneration) return;
+    ui.searchStatus.textContent = "";
+    showError(error);
+  } finally {
+    if (generation === state.searchGeneration) ui.searchResults.removeAttribute("aria-busy");
+  }
+}
+
+ui.searchInput.addEventListener("input", () => {
+  clearTimeout(state.searchTimer);
+  state.searchTimer = setTimeout(() => runSearch(), SEARCH_DELAY_MS);
+});
+ui.searchForm.addEventListener("submit", (/** @type {SubmitEvent} */ event) => {
+  event.preventDefault();
+  runSearch();
+});
+ui.searchInput.addEventListener("keydown", (/** @type {KeyboardEvent} */ event) => {
+  if (event.key === "Escape" && ui.searchInput.value) {
+    event.preventDefault();
+    ui.searchInput.value = "";
+    runSearch();
+  }
+});
+ui.searchMore.addEventListener("click", () => {
+  if (ui.searchMore.dataset.after) runSearch(ui.searchMore.dataset.after);
+});
 
 // ---------------------------------------------------------------- the chat column
 
@@ -517,6 +631,7 @@ function renderHistory(messages, turns) {
     }
     const view = appendAssistant(entry);
     view.text = group.assistant?.content ?? turn?.output_text ?? "";
+    if (group.assistant?.items) view.showItems(group.assistant.items);
     view.render();
     if (turn) view.finish(turn);
     else view.root.dataset.status = group.assistant?.status ?? "completed";
@@ -559,8 +674,11 @@ function appendAssistant(turnId) {
   const reasoning = reasoningView();
   const tools = el("div", "tool-calls");
   const content = el("div", "content markdown");
+  const sources = el("ul", "sources");
+  sources.hidden = true;
+  sources.setAttribute("aria-label", "Sources");
   const meta = el("div", "turn-meta");
-  body.append(reasoning.root, tools, content, meta);
+  body.append(reasoning.root, tools, content, sources, meta);
   root.append(avatar, body);
   ui.thread.append(root);
 
@@ -597,6 +715,52 @@ function appendAssistant(turnId) {
       const existing = meta.querySelector(".reconnect");
       if (on && !existing) meta.append(el("span", "badge reconnect", "Connection lost — reconnecting…"));
       if (!on && existing) existing.remove();
+    },
+    /**
+     * The answer's citations (`url_citation` annotations), each once, as links; only http(s) URLs.
+     * @param {any[]} annotations
+     */
+    cite(annotations) {
+      for (const note of annotations) {
+        if (note?.type !== "url_citation" || typeof note.url !== "string" || !/^https?:\/\//.test(note.url)) continue;
+        if ([...sources.querySelectorAll("a")].some((a) => a.getAttribute("href") === note.url)) continue;
+        const link = /** @type {HTMLAnchorElement} */ (el("a", "source", note.title || note.url));
+        link.href = note.url;
+        link.rel = "noopener noreferrer";
+        link.target = "_blank";
+        const entry = el("li");
+        entry.append(link);
+        sources.append(entry);
+        sources.hidden = false;
+      }
+    },
+    /**
+     * A stored answer's items (after a reload): its reasoning summary, tool calls and citations, as they showed live.
+     * @param {any[]} items
+     */
+    showItems(items) {
+      const outputs = new Map(
+        items.filter((item) => item?.type === "function_call_output").map((item) => [item.call_id, item.output]),
+      );
+      items.forEach((item, index) => {
+        if (item?.type === "reasoning" && Array.isArray(item.summary)) {
+          const summary = item.summary.map((/** @type {string} */ text) => ({ type: "summary_text", text }));
+          reasoning.observe({ name: "response.output_item.done", data: { item: { type: "reasoning", id: `stored-${index}`, summary } } });
+        } else if (item?.type === "function_call") {
+          const output = outputs.get(item.call_id);
+          view.toolCall({
+            phase: "completed",
+            source: output === undefined ? "function" : "parley",
+            call_id: item.call_id,
+            name: item.name,
+            arguments: item.arguments,
+            output,
+          });
+        } else if (item?.type === "message" && Array.isArray(item.content)) {
+          for (const part of item.content) view.cite(Array.isArray(part?.annotations) ? part.annotations : []);
+        }
+      });
+      reasoning.answering();
     },
     /** @param {ToolCall} call */
     toolCall(call) {
@@ -857,6 +1021,10 @@ function follow(view, open, hooks = {}) {
       keepPinned(() => {
         view.reconnecting(false);
         view.reasoning.observe(event);
+        const item = event.name === "response.output_item.done" ? event.data?.item : null;
+        if (item?.type === "message" && Array.isArray(item.content)) {
+          for (const part of item.content) view.cite(Array.isArray(part?.annotations) ? part.annotations : []);
+        }
       }),
     onDelta: (delta) => {
       view.text += delta;

@@ -16,7 +16,7 @@
 //
 // Also: parley.attach(sessionId, turnId, callbacks, {lastEventId}) to re-attach (e.g. after a reload),
 // parley.submitToolOutputs(…) to answer `turn.requires_action`, and the session and turn calls
-// (listSessions, updateSession, deleteSession, listMessages, listTurns, getTurn, cancelTurn).
+// (listSessions, updateSession, deleteSession, listMessages, listTurns, getTurn, cancelTurn, search).
 //
 // Streams are read with fetch (so the key travels in the Authorization header, never in a URL). When the
 // connection drops mid-answer the client re-attaches to GET …/turns/{id}/events with Last-Event-ID and
@@ -78,8 +78,26 @@
  * @property {string} session_id
  * @property {string | null} turn_id
  * @property {"system"|"developer"|"user"|"assistant"} role
- * @property {string} content
+ * @property {string} content   the plain text
+ * @property {object[]} items   the Responses items that make it up: input parts; reasoning summaries, function
+ *   calls and outputs, built-in tool calls, message text with its annotations
+ * @property {string | null} model   an assistant message's model, as served
  * @property {string} status
+ * @property {string} created_at
+ */
+
+/**
+ * A session title or a message that matched a search.
+ * @typedef {Object} SearchResult
+ * @property {string} id   opaque: pass it as `after` for the results after this one
+ * @property {"search_result"} object
+ * @property {string} session_id
+ * @property {string | null} session_title
+ * @property {string | null} message_id   null when the session's title matched
+ * @property {"system"|"developer"|"user"|"assistant" | null} role
+ * @property {string} snippet   the matching text, shortened around the matches
+ * @property {[number, number][]} highlights   [start, end) of each match in `snippet`, in UTF-16 code units,
+ *   so `snippet.slice(start, end)` is the matched word
  * @property {string} created_at
  */
 
@@ -601,7 +619,7 @@ export class ParleyClient {
   }
 
   /**
-   * @param {{limit?: number, after?: string, order?: "asc"|"desc"}} [query]
+   * @param {{limit?: number, after?: string, order?: "asc"|"desc", q?: string}} [query]
    * @returns {string}
    */
   static query(query = {}) {
@@ -611,9 +629,23 @@ export class ParleyClient {
     return text ? `?${text}` : "";
   }
 
-  /** @param {{limit?: number, after?: string, order?: "asc"|"desc"}} [query] @returns {Promise<List<Session>>} */
+  /**
+   * @param {{limit?: number, after?: string, order?: "asc"|"desc", q?: string}} [query]  q: only the sessions
+   *   whose title or messages match these words
+   * @returns {Promise<List<Session>>}
+   */
   listSessions(query) {
     return this.request("GET", `/v1/sessions${ParleyClient.query(query)}`);
+  }
+
+  /**
+   * Find words in your session titles and messages, best match first.
+   * @param {string} q
+   * @param {{limit?: number, after?: string}} [query]  after: a result's `id`, for the results after it
+   * @returns {Promise<List<SearchResult>>}
+   */
+  search(q, query = {}) {
+    return this.request("GET", `/v1/search${ParleyClient.query({ ...query, q })}`);
   }
 
   /**

@@ -35,6 +35,7 @@ ROUTES = {
     ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/cancel"),
     ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/tool_outputs"),
     ("PUT", "/v1/sessions/{session_id}/turns/{turn_id}/feedback"),
+    ("GET", "/v1/search"),
     ("GET", "/v1/usage"),
     ("GET", "/v1/config"),
     ("POST", "/v1/admin/users"),
@@ -161,7 +162,18 @@ def test_schemas_match_the_contract(spec: dict[str, Any]) -> None:
         "stream_url",
     } <= turn
     message = set(schemas["MessageRead"]["properties"])
-    assert message == {"id", "object", "session_id", "turn_id", "role", "content", "status", "created_at"}
+    assert message == {
+        "id",
+        "object",
+        "session_id",
+        "turn_id",
+        "role",
+        "content",
+        "items",
+        "model",
+        "status",
+        "created_at",
+    }
     assert schemas["ErrorBody"]["required"] == ["type", "code", "message", "param"]
     assert schemas["SessionCreate"].get("examples") or schemas["SessionCreate"].get("example")
     assert schemas["MessageCreate"].get("examples")

@@ -29,8 +29,10 @@ MAX_EXAMPLES = 150
 # Business rules no JSON Schema can state, which answer a schema-valid request with a documented 4xx: a usage
 # report's `end` must be after its `start` and it covers at most 400 days (422); a message may name a prompt the
 # upstream does not know (400, with the upstream's words) and image or file URLs must be public https ones (422);
-# the stateful phase, as the admin, may set the fuzzing user's own budget to 0 (402).
+# the stateful phase, as the admin, may set the fuzzing user's own budget to 0 (402); a search's `after` must be
+# the id of an earlier result, whose bytes no pattern describes (422).
 USAGE_RULES = ["2xx", "401", "403", "422"]
+SEARCH_RULES = ["2xx", "401", "403", "422"]
 SEND_RULES = ["2xx", "400", "401", "402", "403", "404", "409", "422", "429"]
 # A body over PARLEY_MAX_BODY_BYTES is refused with 413 before it is parsed (schemathesis's default list of
 # rejections leaves 413 out).
@@ -75,6 +77,10 @@ expected-statuses = {json.dumps(REJECTIONS)}
 [[operations]]
 include-path = "/v1/usage"
 checks.positive_data_acceptance.expected-statuses = {json.dumps(USAGE_RULES)}
+
+[[operations]]
+include-path = "/v1/search"
+checks.positive_data_acceptance.expected-statuses = {json.dumps(SEARCH_RULES)}
 
 [[operations]]
 include-path-regex = "^/v1/sessions/[^/]+/(messages|turns/[^/]+/tool_outputs)$"

@@ -1,7 +1,7 @@
 """Two users, and a JWT user named like one of them, never observe or change each other's objects.
 
 A hypothesis state machine drives a real server with random interleavings of three callers' operations:
-creating, reading, renaming, listing and deleting sessions, sending messages (sometimes under an
+creating, reading, renaming, listing, searching and deleting sessions, sending messages (sometimes under an
 Idempotency-Key that another caller also uses), reading, cancelling, rating and resuming turns, reading usage.
 It keeps its own model of who owns what and checks every answer against it: another caller's ids answer
 404 exactly like ids that do not exist, lists hold only the caller's own objects, and an Idempotency-Key
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ AUDIENCE = "parley-two-users"
 ACTORS = ("alice", "bob", "alice_jwt")
 TITLES = ("Trip", "Groceries", "Secret plans")
 TEXTS = ("Hello!", "What should I pack for Lisbon?")
+# Words of the titles and messages above, and of none of them.
+SEARCH_WORDS = ("Trip", "plans", "Lisbon", "hello", "alice", "nowhere")
 # A small pool, so that the callers often use the same keys (each run of the machine gets its own prefix).
 KEYS = ("key-a", "key-b", "key-c")
 LAST_EVENT_IDS = (None, 0, 1, 4, 10_000)
@@ -332,6 +335,20 @@ class TwoUsers(RuleBasedStateMachine):
         assert {row["session_id"] for row in report["data"]} <= mine
         turns = sum(1 for turn in self.turn_model.values() if turn.owner == actor)
         assert report["totals"]["requests"] == turns  # one upstream response per turn, all of them this caller's
+
+    @rule(actor=st.sampled_from(ACTORS), word=st.sampled_from(SEARCH_WORDS))
+    def search(self, actor: str, word: str) -> None:
+        """Search finds only the caller's own live sessions, and every one of them whose title has the word."""
+        mine = {sid for sid, s in self.model.items() if s.owner == actor and not s.deleted}
+        titled = {sid for sid in mine if word.lower() in re.findall(r"[a-z0-9]+", self.model[sid].title.lower())}
+        response = self._call(actor, "GET", "/v1/search", params={"q": word, "limit": 100})
+        assert response.status_code == 200, response.text
+        found = {result["session_id"] for result in response.json()["data"]}
+        assert found <= mine, f"{actor} found {found - mine}, not theirs or deleted"
+        assert titled <= found, f"{actor} did not find their titles {titled - found}"
+        listed = self._call(actor, "GET", "/v1/sessions", params={"q": word, "limit": 100})
+        assert listed.status_code == 200, listed.text
+        assert {s["id"] for s in listed.json()["data"]} == found
 
     @invariant()
     def lists_hold_only_own_sessions(self) -> None:

@@ -116,14 +116,27 @@ async def content_text(locator: Locator) -> str:
     return str(await locator.locator(".content").evaluate("node => node.textContent"))
 
 
-def recorded_answer(deltas: list[str], *, before_text: Sequence[tuple[str, dict[str, Any]]] = ()) -> str:
+def recorded_answer(
+    deltas: list[str],
+    *,
+    before_text: Sequence[tuple[str, dict[str, Any]]] = (),
+    annotations: Sequence[dict[str, Any]] = (),
+) -> str:
     """A complete upstream Responses stream that says `deltas`, for `{"kind": "replay", "sse": ...}`.
 
-    `before_text` are extra (event name, payload) pairs sent before the message item, e.g. a function call.
+    `before_text` are extra (event name, payload) pairs sent before the message item, e.g. a function call;
+    `annotations` (e.g. URL citations) go with the answer's text.
     """
     response_id = f"resp_{uuid.uuid4().hex}"
     message_id = f"msg_{uuid.uuid4().hex}"
     text = "".join(deltas)
+    message = {
+        "id": message_id,
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": list(annotations)}],
+    }
     base = {"id": response_id, "object": "response", "created_at": 1_700_000_000, "model": "gpt-5-mini"}
     events: list[tuple[str, dict[str, Any]]] = [
         ("response.created", {"response": {**base, "status": "in_progress", "output": [], "usage": None}}),
@@ -149,21 +162,14 @@ def recorded_answer(deltas: list[str], *, before_text: Sequence[tuple[str, dict[
             for delta in deltas
         ),
         ("response.output_text.done", {"item_id": message_id, "output_index": 0, "content_index": 0, "text": text}),
+        ("response.output_item.done", {"output_index": 0, "item": message}),
         (
             "response.completed",
             {
                 "response": {
                     **base,
                     "status": "completed",
-                    "output": [
-                        {
-                            "id": message_id,
-                            "type": "message",
-                            "status": "completed",
-                            "role": "assistant",
-                            "content": [{"type": "output_text", "text": text, "annotations": []}],
-                        }
-                    ],
+                    "output": [message],
                     "usage": {
                         "input_tokens": 12,
                         "input_tokens_details": {"cached_tokens": 0},

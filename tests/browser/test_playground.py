@@ -388,6 +388,17 @@ async def test_parleys_own_tool_calls_show_while_they_happen(
     turn = await stored_turn(http, person, session_id, page, 1)
     assert "The tool returned" in turn["output_text"]
     assert await content_text(reply) == await rendered(page, turn["output_text"])
+    reasoning = await reply.locator(".reasoning-text").text_content()
+
+    # After a reload the answer shows what it did, as it did live: the call and the reasoning summary.
+    await page.reload()
+    reply = await wait_until_answered(page, 1)
+    chip = reply.locator(".tool-call")
+    assert await chip.count() == 1
+    assert await chip.locator(".tool-name").inner_text() == "current_time"
+    assert await chip.get_attribute("data-source") == "parley"
+    assert reasoning
+    assert await reply.locator(".reasoning-text").text_content() == reasoning
 
 
 # How far below the visible part of the thread the end of the last answer (its tokens and cost line) is.
@@ -688,11 +699,22 @@ async def test_a_message_the_server_stored_is_never_shown_as_not_sent(
 
     assert await page.locator(".msg.user.not-sent").count() == 0
     assert await page.locator(".not-sent-note").count() == 0
-    before = await page.locator("#thread").inner_text()
+    before = await page.evaluate(THREAD_TEXT_WITHOUT_REASONING)
     await page.reload()
     await page.wait_for_selector("html[data-ready]")
     await wait_until_answered(page, 2)
-    assert await page.locator("#thread").inner_text() == before
+    # The same messages and answers (a reload adds the reasoning summary that the failed stream did not bring).
+    assert await page.evaluate(THREAD_TEXT_WITHOUT_REASONING) == before
+
+
+THREAD_TEXT_WITHOUT_REASONING = """() => {
+  const thread = document.getElementById('thread').cloneNode(true);
+  thread.querySelectorAll('.reasoning').forEach((node) => node.remove());
+  document.body.append(thread);
+  const text = thread.innerText;
+  thread.remove();
+  return text;
+}"""
 
 
 CODE = "def greet(name):\n    return f'<b>Hello, {name}!</b>'"
@@ -804,3 +826,73 @@ async def test_thumbs_rate_an_answer_and_stay_after_a_reload(
     )
     stored = (await http.get(f"/v1/sessions/{session_id}/turns/{turn_id}", headers=person.headers)).json()
     assert stored["feedback"] is None
+
+
+async def test_search_finds_a_message_and_opens_its_session(
+    page: Page, web: RunningParley, http: httpx.AsyncClient, person: ApiUser
+) -> None:
+    async def create(title: str, *contents: str) -> str:
+        body = {"title": title, "messages": [{"role": "user", "content": c} for c in contents]}
+        created = await http.post("/v1/sessions", json=body, headers=person.headers)
+        assert created.status_code == 201, created.text
+        return str(created.json()["id"])
+
+    wanted = await create("Trip planning", "🎉 <b>Packing</b> for Lisbon in May?")
+    await create("Groceries", "Buy apples and pears")
+    await open_playground(page, web.base_url, person.key)
+
+    await page.fill("#search-input", "lisbon")
+    results = page.locator("#search-list .search-item")
+    await results.first.wait_for()
+    assert await results.count() == 1
+    assert await page.locator("#session-list").is_hidden()
+    result = results.first
+    assert await result.get_attribute("data-session-id") == wanted
+    # The matched word is marked where the API's UTF-16 offsets say, after an emoji; markup in a message is text.
+    assert await result.locator("mark").all_inner_texts() == ["Lisbon"]
+    assert await result.locator(".search-snippet").inner_text() == "🎉 <b>Packing</b> for Lisbon in May?"
+    assert await result.locator(".session-title").inner_text() == "Trip planning"
+
+    await result.locator(".search-open").click()
+    await page.wait_for_selector(f"html[data-loaded='{wanted}']")
+    assert await page.locator("#session-title").inner_text() == "Trip planning"
+    assert await page.locator("#thread .msg.user .bubble").inner_text() == "🎉 <b>Packing</b> for Lisbon in May?"
+
+    # Titles are found too; nothing found says so; an empty box brings the conversations back.
+    await page.fill("#search-input", "groceries")
+    await page.wait_for_function(
+        "() => document.querySelector('#search-list .search-item mark')?.textContent === 'Groceries'"
+    )
+    await page.fill("#search-input", "nowhere")
+    await page.wait_for_function(
+        "() => document.querySelector('#search-status').textContent.startsWith('Nothing found')"
+    )
+    assert await results.count() == 0
+    await page.press("#search-input", "Escape")
+    await page.locator("#session-list").wait_for(state="visible")
+    assert await page.locator("#search-results").is_hidden()
+    assert await page.locator(".session-item").count() == 2
+
+
+async def test_citations_show_as_links_live_and_after_a_reload(
+    page: Page, web: RunningParley, person: ApiUser, sim: Simulator
+) -> None:
+    cited = {
+        "type": "url_citation",
+        "url": "https://example.com/lisbon",
+        "title": "Lisbon in May",
+        "start_index": 0,
+        "end_index": 6,
+    }
+    unsafe = {**cited, "url": "javascript:alert(1)", "title": "Not a link"}
+    await sim.faults({"kind": "replay", "sse": recorded_answer(["Lisbon ", "is warm."], annotations=[cited, unsafe])})
+    await open_playground(page, web.base_url, person.key)
+    await new_chat(page)
+    await send_message(page, "Is Lisbon warm in May?")
+    for _ in range(2):
+        reply = await wait_until_answered(page, 1)
+        links = reply.locator(".sources a")
+        assert await links.count() == 1
+        assert await links.inner_text() == "Lisbon in May"
+        assert await links.get_attribute("href") == "https://example.com/lisbon"
+        await page.reload()

@@ -33,6 +33,14 @@ POPULATE = [
     "INSERT INTO turns (id, session_id, user_id, status, input, request, metadata, output_text, response_ids,"
     " created_at) SELECT 'turn_' || g, 'ses_' || (g % :sessions_of_user + 1), 'usr_1', 'completed',"
     " '\"hi\"', '{}', '{}', '', '[]', now() - g * interval '10 seconds' FROM generate_series(1, :turns) g",
+    # Every other user has a history too: the start's user is a few hundred rows among tens of thousands (with
+    # only theirs, reading the whole small table would be the right plan, and the test would say nothing).
+    "INSERT INTO turns (id, session_id, user_id, status, input, request, metadata, output_text, response_ids,"
+    " created_at) SELECT 'turn_o' || g, 'ses_' || s, 'usr_' || ((s - 1) / CAST(:sessions_of_user AS integer) + 1),"
+    " 'completed', '\"hi\"', '{}', '{}', '', '[]', now() - g * interval '1 second'"
+    " FROM generate_series(1, 20 * CAST(:users AS integer)) g,"
+    " LATERAL (SELECT g % (CAST(:sessions AS integer) - CAST(:sessions_of_user AS integer))"
+    " + CAST(:sessions_of_user AS integer) + 1 AS s) other_session",
     # The ledger: rows of every session (a budgeted start reads its session's last one).
     "INSERT INTO usage_records (id, response_id, turn_id, session_id, user_id, status, input_tokens, output_tokens,"
     " created_at) SELECT 'usage_' || lpad(g::text, 8, '0'), 'resp_' || g, 'turn_' || (g % :turns + 1),"

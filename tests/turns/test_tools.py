@@ -225,3 +225,21 @@ async def test_a_required_tool_choice_forces_one_call_then_lets_the_model_answer
     assert stream.names[-1] == "turn.completed", stream.terminal.data
     calls = await sim.response_calls(conversation)
     assert [call["body"]["tool_choice"] for call in calls] == ["required", "auto"]
+
+
+async def test_the_history_keeps_the_tool_call_and_its_output(
+    http: httpx.AsyncClient, person: ApiUser, sim: Simulator
+) -> None:
+    session_id = await new_session(http, person)
+    stream = await send(http, person, session_id, {"input": "Use the calculator for (12+30)*7/3 please"})
+    done = next(e.data for e in stream.events if e.name == "turn.tool_call.completed")
+    messages = (await http.get(f"/v1/sessions/{session_id}/messages", headers=person.headers)).json()["data"]
+    items = messages[-1]["items"]
+    assert [item["type"] for item in items if item["type"] != "reasoning"] == [
+        "function_call",
+        "function_call_output",
+        "message",
+    ]
+    call, output = (item for item in items if item["type"].startswith("function_call"))
+    assert (call["name"], call["call_id"]) == ("calculator", done["call_id"])
+    assert output == {"type": "function_call_output", "call_id": done["call_id"], "output": done["output"]}

@@ -14,6 +14,7 @@ from app.api.schemas import (
     SessionRead,
     SessionUpdate,
 )
+from app.api.search_schemas import SessionFilter
 from app.services import session_service
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=errors(401, 422))
@@ -57,9 +58,10 @@ async def create_session(
 
 
 @router.get("")
-async def list_sessions(db: DbDep, user: UserDep, page: ListDep) -> ListResponse[SessionRead]:
+async def list_sessions(db: DbDep, user: UserDep, page: ListDep, q: SessionFilter = None) -> ListResponse[SessionRead]:
+    """The caller's sessions; with `q`, only those whose title or messages match it (as `GET /v1/search`)."""
     result = await session_service.list_sessions(
-        db, principal=user, limit=page.limit, after=page.after, order=page.order or "desc"
+        db, principal=user, limit=page.limit, after=page.after, order=page.order or "desc", q=q
     )
     return list_response(result.items, result.has_more, SessionRead.of, lambda s: s.id)
 
