@@ -3,11 +3,11 @@ round goes upstream (`limits` says whether it fits; the turn's final write relea
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.repositories import turn_repository as turns_repo
@@ -33,7 +33,8 @@ def new_input_chars(body: Mapping[str, Any], text: str) -> int:
     when it sends them, the tool definitions and a dashboard prompt's variables (every request carries them)."""
     chars = len(text) + len(body.get("instructions") or "")
     if body.get("tools"):
-        chars += len(orjson.dumps(body["tools"]))
+        # The standard library's encoder: tool schemas are free-form JSON, whose integers may exceed orjson's 64 bits.
+        chars += len(json.dumps(body["tools"], separators=(",", ":"), ensure_ascii=False))
     prompt = body.get("prompt") or {}
     variables = prompt.get("variables") if isinstance(prompt, dict) else None
     if isinstance(variables, dict):

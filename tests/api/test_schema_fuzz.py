@@ -89,6 +89,9 @@ checks.positive_data_acceptance.expected-statuses = {json.dumps(SEND_RULES)}
 """
 
 
+SEED = 20261207
+
+
 @pytest.mark.timeout(300)
 async def test_the_schema_and_the_server_agree(fuzzed_parley: RunningParley, tmp_path: Path) -> None:
     async with httpx.AsyncClient(base_url=fuzzed_parley.base_url, timeout=30) as http:
@@ -106,6 +109,11 @@ async def test_the_schema_and_the_server_agree(fuzzed_parley: RunningParley, tmp
         f"{fuzzed_parley.base_url}/openapi.json",
         "--checks",
         "all",
+        # One seed: the same cases in every run, so that CI is not decided by what hypothesis happened to draw
+        # (a random draw once asked it for an array its JSON Schema generator could not fill). Change it to
+        # explore other cases; every failure it finds is a real disagreement or a generator limit to look at.
+        "--seed",
+        str(SEED),
         "--report",
         "json",
         "--report-json-path",
