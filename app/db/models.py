@@ -6,7 +6,18 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Computed, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Computed,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import Mapped, Unmapped, mapped_column, unmapped_column
 
@@ -55,8 +66,11 @@ class ChatSession(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # The active branch's conversation (every branch has one of its own: `SessionConversation`).
     conversation_id: Mapped[str] = mapped_column(String(128), unique=True)
     title: Mapped[str | None] = mapped_column(String(500))
+    # Who gave the title: "user" (at create or PATCH), "auto" (made after the first turn), None (no title yet).
+    title_source: Mapped[str | None] = mapped_column(String(8))
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", PortableJSON, default=dict)
     prompt: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON)
     model: Mapped[str | None] = mapped_column(String(128))
@@ -83,12 +97,32 @@ class ChatSession(Base):
     )
 
 
+class SessionConversation(Base):
+    """Every upstream conversation a session made (its first, and one per branch), so deleting it deletes all."""
+
+    __tablename__ = "session_conversations"
+
+    conversation_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Message(Base):
+    """One message of a session's tree: its parent is the message before it on its branch."""
+
     __tablename__ = "messages"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
     turn_id: Mapped[str | None] = mapped_column(String(40))
+    # None for the first message of a branch that starts at the top (the session's first, or an edit of it).
+    parent_id: Mapped[str | None] = mapped_column(String(40))
+    # The branch conversation the message was added to; a leaf's is where its branch goes on.
+    conversation_id: Mapped[str | None] = mapped_column(String(128))
+    # On the path from the top to the session's active leaf (the newest message that is): what
+    # `GET …/messages` lists and search finds. Kept by the branch operations, the only ones that move the leaf
+    # anywhere but to a new message.
+    on_active_branch: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="completed")
@@ -104,6 +138,7 @@ class Message(Base):
 
     __table_args__ = (
         Index("ix_messages_session_id_id", "session_id", "id"),
+        Index("ix_messages_parent_id", "parent_id"),
         Index("ix_messages_content_tsv", "content_tsv", postgresql_using="gin", info=POSTGRES_ONLY),
     )
 
@@ -125,6 +160,8 @@ class Turn(Base):
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(24))
+    # The user message it answers (a regenerated answer's turn shares it with the turn before).
+    message_id: Mapped[str | None] = mapped_column(String(40))
     input: Mapped[Any] = mapped_column(PortableJSON)
     # What was sent upstream, resolved from message → session → deployment defaults.
     request: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
@@ -186,6 +223,8 @@ class UsageRecord(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     response_id: Mapped[str] = mapped_column(String(128), unique=True)
+    # "turn": a round of the turn; "title": the session's automatic title, made after (and attached to) its first turn.
+    kind: Mapped[str] = mapped_column(String(8), default="turn", server_default="turn")
     turn_id: Mapped[str] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"), index=True)
     session_id: Mapped[str] = mapped_column(String(40), index=True)
     user_id: Mapped[str] = mapped_column(String(40))
