@@ -12,7 +12,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from app.api.error_handlers import install_error_handlers
-from app.api.routes import admin, api_docs, client_config, health, metrics, search, sessions, turns, usage, web
+from app.api.routes import admin, api_docs, client_config, export, health, metrics, search, sessions, turns, usage, web
 from app.db.engine import build_engine, build_sessionmaker
 from app.db.migrate import SchemaWatch, head_revision, upgrade
 from app.observability.loop_lag import LoopLagWatch
@@ -27,6 +27,7 @@ from app.services.revocations import RevocationListener, RevocationPoller
 from app.services.server_tools import ServerTools
 from app.services.spool import Spool
 from app.services.stream_tokens import StreamTokens
+from app.services.titles import TitleMaker
 from app.services.turn_service import TurnService
 from app.services.turn_store import SqlTurnStore
 from app.settings import Settings
@@ -145,6 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
             retention_s=settings.resume_window_s, max_bytes=settings.resume_max_bytes, sink=shared_logs
         )
         tools = ServerTools(settings.tools)
+        titles = TitleMaker(settings=settings, sessionmaker=sessionmaker, upstream=upstream, pricer=pricer)
         runner = TurnRunner(
             upstream=upstream,
             store=SqlTurnStore(sessionmaker, pricer=pricer, spool=spool, costs=costs),
@@ -152,6 +154,7 @@ def create_app(settings: Settings) -> FastAPI:
             config=runner_config(settings),
             metrics=app_metrics,
             tools=tools,
+            on_turn_ended=titles.turn_ended,
         )
         authenticator = Authenticator(settings, sessionmaker)
         # Postgres tells every replica of a revoke as it commits: cached keys can be trusted for longer. SQLite's
@@ -223,6 +226,8 @@ def create_app(settings: Settings) -> FastAPI:
             await loop_lag.stop()
             await revocations.stop()
             await runner.shutdown(settings.shutdown_grace_s)
+            # After the runner (its last turns may start titles), before the upstream client and the engine close.
+            await titles.aclose()
             if shared_logs is not None:
                 # After the runner: the frames of turns it ended go to Redis before the client closes.
                 await shared_logs.aclose()
@@ -250,6 +255,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(search.router)
     app.include_router(turns.router)
+    app.include_router(export.router)
     app.include_router(usage.router)
     app.include_router(client_config.router)
     app.include_router(admin.router)

@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     default_prompt_version: str | None = None
     default_model: str = "gpt-5-mini"
     default_instructions: str = "You are a helpful assistant."
+    # The small model that names a session after its first turn (`services.titles`); `off`: sessions stay untitled
+    # until their user names them. A reasoning model (gpt-5*, o*) is asked for low effort.
+    title_model: str = Field(default="gpt-4.1-mini", min_length=1, max_length=128)
     allowed_models: Annotated[list[str], NoDecode] = []
     allowed_prompts: Annotated[list[str], NoDecode] = []
     cors_origins: Annotated[list[str], NoDecode] = []
@@ -180,6 +183,9 @@ class Settings(BaseSettings):
     # The upstream's built-in tools a message or session may add, by type; none unless a deployment lists them
     # (each is billed per call, and file_search reads the account's vector stores).
     allowed_builtin_tools: Annotated[list[BuiltinToolType], NoDecode] = []
+    # Ask for reasoning's encrypted content (`include: reasoning.encrypted_content`) and keep it with the answer,
+    # never served: a branch's new conversation then carries the model's reasoning. Off: branches leave it out.
+    keep_reasoning: bool = True
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # All the text of a message, every input form and part counted together.
@@ -235,6 +241,12 @@ class Settings(BaseSettings):
     def uses_simulator(self) -> bool:
         """No OpenAI key: the embedded default, with the built-in simulator as the upstream."""
         return self.openai_api_key is None
+
+    @property
+    def auto_title_model(self) -> str | None:
+        """The model that names sessions after their first turn; None when `PARLEY_TITLE_MODEL` is `off`."""
+        model = self.title_model.strip()
+        return None if model.lower() == "off" else model
 
     @property
     def effective_default_prompt_id(self) -> str | None:

@@ -67,6 +67,8 @@ def start_parley(
         "PARLEY_RATE_LIMIT_TURNS_PER_MINUTE": "0",
         "PARLEY_RATE_LIMIT_CONCURRENT_TURNS": "0",
         "PARLEY_LOG_LEVEL": "WARNING",
+        # Its sessions are untitled: no title call after the warm-up turn to overlap the measured one.
+        "PARLEY_TITLE_MODEL": "off",
     }
     if redis_url is not None:
         env["PARLEY_REDIS_URL"] = redis_url

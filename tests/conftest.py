@@ -53,6 +53,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "rate_limit_concurrent_turns": 0,
         # The embedded simulator answers at a model's pace by default; tests ask for a pace when they need one.
         "simulator_speed": "instant",
+        # A first turn's title is one more upstream call, after the turn: tests that count upstream calls or queue
+        # simulator faults would meet it. tests/api/test_titles.py turns titles on.
+        "title_model": "off",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

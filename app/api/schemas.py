@@ -6,7 +6,7 @@ import datetime as dt
 import math
 import re
 from decimal import Decimal
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
 from pydantic import (
     AfterValidator,
@@ -322,10 +322,23 @@ class SessionUpdate(StrictModel):
     tools: Tools | None = Field(default=None, description="Replaces the session's tools (`[]` clears them).")
 
 
+class SessionFork(StrictModel):
+    message_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] | None = (
+        Field(default=None, description="The last message to keep, on the active branch (default: all of it).")
+    )
+    title: Title | None = Field(default=None, description="The new session's title (default: this one's).")
+
+
 class SessionRead(BaseModel):
     id: str
     object: Literal["session"] = "session"
     title: str | None
+    title_source: Literal["user", "auto"] | None = Field(
+        description=(
+            "Who named the session: `user` (at create or PATCH; never replaced), `auto` (made by a small model "
+            "after its first turn, `PARLEY_TITLE_MODEL`), or null (untitled)."
+        )
+    )
     metadata: dict[str, str]
     prompt: dict[str, Any] | None
     model: str | None
@@ -343,6 +356,7 @@ class SessionRead(BaseModel):
         return cls(
             id=session.id,
             title=session.title,
+            title_source=cast(Literal["user", "auto"] | None, session.title_source),
             metadata=session.metadata_ or {},
             prompt=session.prompt,
             model=session.model,
@@ -363,11 +377,24 @@ class SessionDeleted(BaseModel):
     deleted: Literal[True] = True
 
 
+class Alternatives(BaseModel):
+    """A message's versions: itself and the others with the same parent (edits of a user message, regenerated
+    answers), in creation order."""
+
+    index: int = Field(description="This message's place among `message_ids` (0 for the first version).")
+    count: int = Field(description="How many versions there are (2 or more).")
+    message_ids: list[str]
+
+
 class MessageRead(BaseModel):
     id: str
     object: Literal["message"] = "message"
     session_id: str
     turn_id: str | None
+    parent_id: str | None = Field(description="The message before it on its branch (null at the top).")
+    alternatives: Alternatives | None = Field(
+        description="Its versions, when it has others (`POST …/messages/{id}/activate` switches to one); else null."
+    )
     role: Literal["system", "developer", "user", "assistant"]
     content: str = Field(description="The plain text.")
     items: list[dict[str, Any]] = Field(
@@ -380,18 +407,40 @@ class MessageRead(BaseModel):
     created_at: dt.datetime
 
     @classmethod
-    def of(cls, message: Message) -> MessageRead:
+    def of(cls, message: Message, versions: dict[str | None, list[str]] | None = None) -> MessageRead:
+        """`versions`: the ids of the children of each parent (`session_service.MessagePage`)."""
+        siblings = (versions or {}).get(message.parent_id, [])
+        alternatives = None
+        if len(siblings) > 1 and message.id in siblings:
+            alternatives = Alternatives(index=siblings.index(message.id), count=len(siblings), message_ids=siblings)
         return cls(
             id=message.id,
             session_id=message.session_id,
             turn_id=message.turn_id,
+            parent_id=message.parent_id,
+            alternatives=alternatives,
             role=message.role,
             content=message.content,
-            items=message.items if message.items is not None else text_items(message.role, message.content),
+            items=served_items(message.items)
+            if message.items is not None
+            else text_items(message.role, message.content),
             model=message.model,
             status=message.status,
             created_at=message.created_at,
         )
+
+
+def served_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A message's items as a client sees them: reasoning as its summary text only (its encrypted content is the
+    upstream's to read, kept for branches), and none where it has no summary."""
+    served = []
+    for item in items:
+        if item.get("type") == "reasoning":
+            if not any(item.get("summary") or ()):
+                continue
+            item = {"type": "reasoning", "summary": item["summary"]}
+        served.append(item)
+    return served
 
 
 def text_items(role: str, content: str) -> list[dict[str, Any]]:

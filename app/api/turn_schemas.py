@@ -111,6 +111,14 @@ class MessageCreate(StrictModel):
         return [item.model_dump(exclude_none=True) for item in self.input]
 
 
+class RegenerateCreate(StrictModel):
+    options: Options | None = Field(
+        default=None,
+        description="Responses options for the new answer, over the session's (each as this deployment allows).",
+    )
+    stream: StrictBool = True
+
+
 class Usage(BaseModel):
     input_tokens: int
     cached_input_tokens: int
@@ -148,6 +156,9 @@ class TurnRead(BaseModel):
     id: str
     object: Literal["turn"] = "turn"
     session_id: str
+    message_id: str | None = Field(
+        default=None, description="The user message it answers (a regenerated answer's turn shares it)."
+    )
     status: Literal["queued", "in_progress", "requires_action", "completed", "incomplete", "failed", "cancelled"]
     input: Any
     output_text: str

@@ -122,7 +122,7 @@ class Message(Base):
     # On the path from the top to the session's active leaf (the newest message that is): what
     # `GET …/messages` lists and search finds. Kept by the branch operations, the only ones that move the leaf
     # anywhere but to a new message.
-    on_active_branch: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    on_active_branch: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="completed")
@@ -224,7 +224,7 @@ class UsageRecord(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     response_id: Mapped[str] = mapped_column(String(128), unique=True)
     # "turn": a round of the turn; "title": the session's automatic title, made after (and attached to) its first turn.
-    kind: Mapped[str] = mapped_column(String(8), default="turn", server_default="turn")
+    kind: Mapped[str] = mapped_column(String(8), server_default="turn")
     turn_id: Mapped[str] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"), index=True)
     session_id: Mapped[str] = mapped_column(String(40), index=True)
     user_id: Mapped[str] = mapped_column(String(40))

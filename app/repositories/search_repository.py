@@ -123,8 +123,8 @@ def _postgres_search(user_id: str, text: str, limit: int, after: tuple[float, st
             MESSAGES.c.session_id.label("session_id"),
         )
         .join_from(MESSAGES, SESSIONS, SESSIONS.c.id == MESSAGES.c.session_id)
-        # Branches: when messages form a tree, only the active branch's are searched; one more filter here.
-        .where(_owned(user_id), MESSAGES.c.content_tsv.op("@@")(query))
+        # Only the active branch's messages: a replaced message or a discarded answer is not the chat any more.
+        .where(_owned(user_id), MESSAGES.c.on_active_branch, MESSAGES.c.content_tsv.op("@@")(query))
     )
     hits = union_all(title_hits, message_hits).subquery("hits")
     page = select(hits)
@@ -197,8 +197,8 @@ def _sqlite_search(user_id: str, query: str, limit: int, after: tuple[float, str
         .select_from(MESSAGES_FTS)
         .join(MESSAGES, literal_column("messages.rowid") == MESSAGES_FTS.c.rowid)
         .join(SESSIONS, SESSIONS.c.id == MESSAGES.c.session_id)
-        # Branches: when messages form a tree, only the active branch's are searched; one more filter here.
-        .where(messages_fts.op("MATCH")(query), _owned(user_id))
+        # Only the active branch's messages: a replaced message or a discarded answer is not the chat any more.
+        .where(messages_fts.op("MATCH")(query), _owned(user_id), MESSAGES.c.on_active_branch)
     )
     # FTS5's auxiliary functions (bm25, snippet) work only in the query that MATCHes: computed in each arm, then
     # ordered and cut to the page outside.
@@ -265,7 +265,7 @@ def matching_session_ids(dialect: str, *, user_id: str, text: str) -> Select[Any
         by_message = (
             select(MESSAGES.c.session_id)
             .join_from(MESSAGES, SESSIONS, SESSIONS.c.id == MESSAGES.c.session_id)
-            .where(_owned(user_id), MESSAGES.c.content_tsv.op("@@")(query))
+            .where(_owned(user_id), MESSAGES.c.on_active_branch, MESSAGES.c.content_tsv.op("@@")(query))
         )
     else:
         fts5 = _fts5_query(text)
@@ -280,6 +280,6 @@ def matching_session_ids(dialect: str, *, user_id: str, text: str) -> Select[Any
             .select_from(MESSAGES_FTS)
             .join(MESSAGES, literal_column("messages.rowid") == MESSAGES_FTS.c.rowid)
             .join(SESSIONS, SESSIONS.c.id == MESSAGES.c.session_id)
-            .where(literal_column(MESSAGES_FTS.name).op("MATCH")(fts5), _owned(user_id))
+            .where(literal_column(MESSAGES_FTS.name).op("MATCH")(fts5), _owned(user_id), MESSAGES.c.on_active_branch)
         )
     return select(union(by_title, by_message).subquery().c[0])

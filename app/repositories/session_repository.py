@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, select
+from sqlalchemy import Boolean, Select, and_, bindparam, delete, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ChatSession, Message, User
@@ -36,6 +36,8 @@ class SessionForTurn:
     options: dict[str, Any]
     tools: list[dict[str, Any]]
     owner_budget_usd: Decimal | None
+    # Untitled, no title of its user's, and no turn yet: the turn starting now is its first, titled once it ends.
+    title_wanted: bool = False
 
 
 SESSION_FOR_TURN = (
@@ -47,6 +49,11 @@ SESSION_FOR_TURN = (
         ChatSession.options,
         ChatSession.tools,
         User.monthly_budget_usd,
+        # Boolean-typed, so SQLite's 0/1 comes back as a bool.
+        type_coerce(
+            and_(ChatSession.title.is_(None), ChatSession.title_source.is_(None), ChatSession.turn_count == 0),
+            Boolean,
+        ).label("title_wanted"),
     )
     .join(User, User.id == ChatSession.user_id)
     .where(
@@ -55,17 +62,20 @@ SESSION_FOR_TURN = (
         ChatSession.deleted_at.is_(None),
     )
 )
-# NO KEY UPDATE: rows that only reference the user (a turn's ledger rows, a new session) need not wait for it.
-SESSION_FOR_TURN_LOCKED = SESSION_FOR_TURN.with_for_update(of=User, key_share=True)
+# The session's row is locked for the start, as a branch operation locks it (`branch_repository.lock_session`):
+# a start never adds its message to a branch that is being moved. NO KEY UPDATE: rows that only reference the
+# user or the session (a turn's ledger rows, a new session) need not wait.
+SESSION_FOR_TURN_LOCKED = SESSION_FOR_TURN.with_for_update(of=ChatSession, key_share=True)
+SESSION_FOR_TURN_LOCKED_WITH_USER = SESSION_FOR_TURN.with_for_update(of=[User, ChatSession], key_share=True)
 
 
 async def get_owned_session_for_turn(
     db: AsyncSession, *, user_id: str, session_id: str, lock_user: bool
 ) -> SessionForTurn | None:
-    """The session (the caller's own, not deleted) in one prebuilt query of plain columns; with `lock_user`,
-    the owner's row is locked for the transaction (it serialises one user's turn starts, so limits count
+    """The session (the caller's own, not deleted) in one prebuilt query of plain columns, its row locked for
+    the transaction; with `lock_user`, the owner's row too (it serialises one user's turn starts, so limits count
     what nobody else is changing)."""
-    statement = SESSION_FOR_TURN_LOCKED if lock_user else SESSION_FOR_TURN
+    statement = SESSION_FOR_TURN_LOCKED_WITH_USER if lock_user else SESSION_FOR_TURN_LOCKED
     # On the session's connection: plain columns need none of the ORM's execution.
     connection = await db.connection()
     row = (await connection.execute(statement, {"session_key": session_id, "user_key": user_id})).first()
@@ -102,6 +112,14 @@ async def list_messages(
 ) -> Page[Message]:
     statement = select(Message).where(Message.session_id == session_id)
     return await paginate(db, statement, Message.id, limit=limit, after=after, order=order)
+
+
+async def list_session_messages(db: AsyncSession, *, session_id: str, active_branch_only: bool) -> Sequence[Message]:
+    """All of a session's messages, or only its active branch's, oldest first (ids sort by creation)."""
+    statement = select(Message).where(Message.session_id == session_id)
+    if active_branch_only:
+        statement = statement.where(Message.on_active_branch)
+    return (await db.scalars(statement.order_by(Message.id))).all()
 
 
 async def soft_delete_session(db: AsyncSession, session: ChatSession, *, at: dt.datetime) -> None:

@@ -48,10 +48,25 @@ LEDGER = cast(Table, UsageRecord.__table__)
 SPEND = cast(Table, UserMonthlySpend.__table__)
 USERS = cast(Table, User.__table__)
 
+
+def active_leaf(session_key: Any) -> Any:
+    """The session's active leaf: the newest message on its active branch (a new message's parent). Every
+    branch operation that moves the leaf elsewhere first makes the path to it the active branch."""
+    return (
+        select(MESSAGES.c.id)
+        .where(MESSAGES.c.session_id == session_key, MESSAGES.c.on_active_branch)
+        .order_by(MESSAGES.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
 # Statements on the path of every turn are built once: building one (coercing each value into a bind
 # parameter) costs more than running it from SQLAlchemy's compiled cache. Values come at execution.
 INSERT_TURN = insert(TURNS)
 INSERT_MESSAGE = insert(MESSAGES)
+# A message that goes on the active branch, after its leaf.
+INSERT_MESSAGE_AFTER_LEAF = insert(MESSAGES).values(parent_id=active_leaf(bindparam("leaf_session_key")))
 COUNT_SESSION_TURN = (
     update(SESSIONS)
     .where(SESSIONS.c.id == bindparam("session_key"))
@@ -96,6 +111,11 @@ async def list_turns(db: AsyncSession, *, session_id: str, limit: int, after: st
     return await paginate(
         db, select(Turn).where(Turn.session_id == session_id), Turn.id, limit=limit, after=after, order=order
     )
+
+
+async def list_session_turns(db: AsyncSession, *, session_id: str) -> Sequence[Turn]:
+    """Every turn of a session (all its branches), oldest first."""
+    return (await db.scalars(select(Turn).where(Turn.session_id == session_id).order_by(Turn.id))).all()
 
 
 async def find_by_idempotency_key(db: AsyncSession, *, user_id: str, key: str) -> Turn | None:
@@ -146,11 +166,21 @@ async def insert_started_turn(db: AsyncSession, turn: Turn, *, user_message: dic
         # The three writes as one statement: one round trip before the first token instead of three. (SQLite
         # runs in process, where separate statements cost no round trips.)
         parameters = {f"turn_{key}": value for key, value in _turn_row(turn).items()}
-        parameters.update({f"message_{key}": value for key, value in user_message.items()})
+        parameters.update({f"new_message_{key}": value for key, value in user_message.items()})
         await connection.execute(START_TURN_POSTGRES, parameters)
         return
     await connection.execute(INSERT_TURN, _turn_row(turn))
-    await connection.execute(INSERT_MESSAGE, user_message)
+    await add_message_after_leaf(db, user_message)
+    await connection.execute(COUNT_SESSION_TURN, {"session_key": turn.session_id, "at": turn.created_at})
+
+
+async def insert_branch_turn(db: AsyncSession, turn: Turn, *, user_message: dict[str, Any] | None) -> None:
+    """The turn that starts a branch (an edit's, with its new `user_message`; a regenerate's, with none), once
+    the session's active branch and conversation are the new branch's. Separate statements: branches are rare."""
+    connection = await db.connection()
+    await connection.execute(INSERT_TURN, _turn_row(turn))
+    if user_message is not None:
+        await connection.execute(INSERT_MESSAGE, user_message)
     await connection.execute(COUNT_SESSION_TURN, {"session_key": turn.session_id, "at": turn.created_at})
 
 
@@ -167,7 +197,12 @@ def _start_turn_in_one_statement() -> Any:
     )
     new_message = (
         insert(MESSAGES)
-        .values({column: bindparam(f"message_{column}") for column in _MESSAGE_START_COLUMNS})
+        .values(
+            {
+                **{column: bindparam(f"new_message_{column}") for column in _MESSAGE_START_COLUMNS},
+                "parent_id": active_leaf(bindparam("new_message_session_id")),
+            }
+        )
         .returning(MESSAGES.c.id)
         .cte("new_message")
     )
@@ -193,6 +228,7 @@ def _turn_row(turn: Turn) -> dict[str, Any]:
         "session_id": turn.session_id,
         "user_id": turn.user_id,
         "status": turn.status,
+        "message_id": turn.message_id,
         "input": turn.input,
         "request": turn.request,
         "metadata": turn.metadata_,
@@ -213,6 +249,7 @@ _TURN_START_COLUMNS = frozenset(
         "session_id",
         "user_id",
         "status",
+        "message_id",
         "input",
         "request",
         "metadata",
@@ -225,7 +262,17 @@ _TURN_START_COLUMNS = frozenset(
         "created_at",
     }
 )
-_MESSAGE_START_COLUMNS = ("id", "session_id", "turn_id", "role", "content", "status", "items", "created_at")
+_MESSAGE_START_COLUMNS = (
+    "id",
+    "session_id",
+    "turn_id",
+    "role",
+    "content",
+    "status",
+    "items",
+    "conversation_id",
+    "created_at",
+)
 START_TURN_POSTGRES = _start_turn_in_one_statement()
 
 
@@ -327,7 +374,7 @@ async def finish_turn(
         )
         parameters = {"turn_key": turn_id, "cost": cost, "at": at, "month": month}
         parameters.update({f"turn_{key}": value for key, value in values.items()})
-        parameters.update({f"message_{key}": value for key, value in (message or {}).items()})
+        parameters.update({f"new_message_{key}": value for key, value in (message or {}).items()})
         for number, row in enumerate(ledger):
             parameters.update({f"ledger_{number}_{key}": value for key, value in row.items()})
         await connection.execute(statement, parameters)
@@ -338,7 +385,7 @@ async def finish_turn(
         return
     if message is not None:
         row = {**message, "session_id": session_id, "turn_id": turn_id, "role": "assistant", "created_at": at}
-        await add_message(db, row)
+        await add_message_after_leaf(db, row)
     await insert_usage_records(db, ledger)
     await add_session_cost(db, session_id=session_id, cost=cost, at=at)
     if cost:
@@ -370,17 +417,18 @@ def _finish_in_one_statement(
         .cte("session_cost")
     ]
     if message:
-        columns = ("id", "content", "status", "items", "model")
+        columns = ("id", "content", "status", "items", "model", "conversation_id")
         writes.append(
             insert(MESSAGES)
             .from_select(
-                [*columns, "session_id", "turn_id", "role", "created_at"],
+                [*columns, "session_id", "turn_id", "role", "created_at", "parent_id"],
                 select(
-                    *(bindparam(f"message_{c}", type_=MESSAGES.c[c].type) for c in columns),
+                    *(bindparam(f"new_message_{c}", type_=MESSAGES.c[c].type) for c in columns),
                     finished.c.session_id,
                     finished.c.id,
                     literal("assistant", MESSAGES.c.role.type),
                     bindparam("at", type_=MESSAGES.c.created_at.type),
+                    active_leaf(finished.c.session_id),
                 ),
             )
             .returning(MESSAGES.c.id)
@@ -417,9 +465,10 @@ def _finish_in_one_statement(
     return select(func.count()).select_from(finished).add_cte(*writes)
 
 
-async def add_message(db: AsyncSession, values: dict[str, Any]) -> None:
+async def add_message_after_leaf(db: AsyncSession, values: dict[str, Any]) -> None:
+    """A message on its session's active branch, after the leaf."""
     connection = await db.connection()
-    await connection.execute(INSERT_MESSAGE, values)
+    await connection.execute(INSERT_MESSAGE_AFTER_LEAF, {**values, "leaf_session_key": values["session_id"]})
 
 
 async def insert_usage_records(db: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:

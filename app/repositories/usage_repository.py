@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import UsageRecord
 
-GROUP_COLUMNS = ("day", "model", "session", "prompt", "user")
+GROUP_COLUMNS = ("day", "model", "session", "prompt", "user", "kind")
 
 
 def _day(dialect: str) -> ColumnElement[Any]:
@@ -31,6 +31,8 @@ def _keys(group_by: str | None, dialect: str) -> list[ColumnElement[Any]]:
         return [UsageRecord.prompt_id.label("prompt_id"), UsageRecord.prompt_version.label("prompt_version")]
     if group_by == "user":
         return [UsageRecord.user_id.label("user_id")]
+    if group_by == "kind":
+        return [UsageRecord.kind.label("kind")]
     return []
 
 

@@ -14,8 +14,10 @@ from app.db.base import utcnow
 from app.db.ids import new_id
 from app.db.models import ChatSession, Message
 from app.errors import NotFound
+from app.repositories import branch_repository as branches_repo
 from app.repositories import session_repository as sessions_repo
 from app.repositories.pagination import Order, Page
+from app.services import branch_service
 from app.services.auth import Principal
 from app.services.policy import check_model, check_options, check_prompt, check_tools
 from app.services.search_service import checked_query
@@ -87,6 +89,7 @@ async def create_session(
         user_id=principal.user_id,
         conversation_id=conversation_id,
         title=title,
+        title_source="user" if title is not None else None,
         metadata_=metadata,
         prompt=prompt,
         model=model,
@@ -95,15 +98,24 @@ async def create_session(
         created_at=now,
         updated_at=now,
     )
+    imported: list[Message] = []
+    for m in messages:
+        parent_id = imported[-1].id if imported else None
+        imported.append(
+            Message(
+                id=new_id("msg"),
+                session_id=session_id,
+                parent_id=parent_id,
+                conversation_id=conversation_id,
+                role=m.role,
+                content=m.content,
+                created_at=now,
+            )
+        )
     try:
         await sessions_repo.add_session(db, session)
-        await sessions_repo.add_messages(
-            db,
-            [
-                Message(id=new_id("msg"), session_id=session_id, role=m.role, content=m.content, created_at=now)
-                for m in messages
-            ],
-        )
+        await branches_repo.add_conversation(db, session_id=session_id, conversation_id=conversation_id, at=now)
+        await sessions_repo.add_messages(db, imported)
     except Exception:
         await upstream_conversations.delete_conversation(upstream, conversation_id)
         raise
@@ -131,7 +143,9 @@ async def update_session(
         check_tools(settings, tools)
         session.tools = tools
     if title is not _UNSET:
+        # A user's title is never replaced by an automatic one; clearing it leaves the session untitled, as new.
         session.title = title
+        session.title_source = "user" if title is not None else None
     if metadata is not _UNSET:
         session.metadata_ = metadata
     if prompt is not _UNSET:
@@ -146,14 +160,36 @@ async def delete_session(
     db: AsyncSession, *, upstream: openai.AsyncOpenAI, principal: Principal, session_id: str
 ) -> str:
     session = await get_session(db, principal=principal, session_id=session_id)
-    await upstream_conversations.delete_conversation(upstream, session.conversation_id)
+    # Every branch's conversation (the active one included; listed too for sessions made before branches).
+    conversations = await branches_repo.conversations_of(db, session_id=session.id)
+    if session.conversation_id not in conversations:
+        conversations.append(session.conversation_id)
+    await branch_service.delete_conversations(upstream, conversations)
     await sessions_repo.soft_delete_session(db, session, at=utcnow())
     logger.info("session.deleted", extra={"session_id": session_id})
     return session.id
 
 
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    """A page of the active branch, and for each of its messages' parents the ids of their children in creation
+    order (a message's versions)."""
+
+    page: Page[Message]
+    versions: dict[str | None, list[str]]
+
+
 async def list_messages(
     db: AsyncSession, *, principal: Principal, session_id: str, limit: int, after: str | None, order: Order
-) -> Page[Message]:
+) -> MessagePage:
+    """The session's active branch; a cursor that is not on it is 404."""
     session = await get_session(db, principal=principal, session_id=session_id)
-    return await sessions_repo.list_messages(db, session_id=session.id, limit=limit, after=after, order=order)
+    if after is not None and not await branches_repo.is_on_active_branch(db, session_id=session.id, message_id=after):
+        raise NotFound(
+            f"No message with id '{after}' on this session's active branch.", code="message_not_found", param="after"
+        )
+    page = await branches_repo.list_active_branch(db, session_id=session.id, limit=limit, after=after, order=order)
+    versions = await branches_repo.versions_of(
+        db, session_id=session.id, parent_ids={message.parent_id for message in page.items}
+    )
+    return MessagePage(page=page, versions=versions)

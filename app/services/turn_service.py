@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -32,12 +33,15 @@ from app.errors import (
     ValidationFailed,
     shutting_down,
 )
+from app.repositories import branch_repository as branches_repo
 from app.repositories import session_repository as sessions_repo
 from app.repositories import turn_repository as turns_repo
 from app.repositories import user_repository as users_repo
 from app.repositories.pagination import Order, Page
 from app.repositories.session_repository import SessionForTurn
+from app.services import branch_service
 from app.services.auth import Principal
+from app.services.branch_service import BranchStart
 from app.services.limits import (
     check_round_budget,
     check_turn_allowed,
@@ -105,6 +109,8 @@ def json_bytes(value: Any, *, sort_keys: bool = False) -> bytes:
 class StartedTurn:
     turn: Turn
     replayed: bool  # an earlier request with the same Idempotency-Key made this turn
+    # The session's first turn, the session untitled: titled once the turn ends (`services.titles`).
+    title_wanted: bool = False
 
 
 def safety_identifier(user_id: str) -> str:
@@ -248,6 +254,8 @@ def resolve_upstream_body(
     if settings.upstream_background:
         # Kept with the turn's request, so whoever finishes the turn knows it may re-attach or cancel upstream.
         body["background"] = True
+    if settings.keep_reasoning:
+        body["include"] = ["reasoning.encrypted_content"]
     tools = [*server_tools, *client_tools]
     if tools:
         body["tools"] = tools
@@ -276,8 +284,12 @@ async def start_turn(
     runner_id: str,
     server_tools: list[dict[str, Any]],
     costs: RoundCosts,
+    branch: BranchStart | None = None,
+    fingerprint_scope: str | None = None,
+    fingerprint: str | None = None,
 ) -> StartedTurn:
-    """Limits, the turn row and the user message, in one short transaction before anything goes upstream.
+    """Limits, the turn row and the user message, in one short transaction before anything goes upstream. A
+    `branch` turn first makes its path the active branch and its conversation the session's.
 
     When a limit counts, the owner's row is locked first, so that one user's concurrent starts, on any
     replica, are counted one after the other (`limits.check_turn_allowed`); under a budget the turn row holds
@@ -285,7 +297,7 @@ async def start_turn(
     and one turn per Idempotency-Key are the unique indexes' job: a start that loses either race, or that a
     limit stops, writes nothing, and `_after_conflict` says why (a replay of the same request included).
     """
-    fingerprint = request.fingerprint(session_id)
+    fingerprint = fingerprint or request.fingerprint(fingerprint_scope or session_id)
     now = utcnow()
     try:
         async with sessionmaker() as db, db.begin():
@@ -294,6 +306,8 @@ async def start_turn(
             )
             if session is None:
                 raise _session_not_found(session_id)
+            if branch is not None:
+                session = dataclasses.replace(session, conversation_id=branch.conversation_id)
             turn_id = new_id("turn")
             body = resolve_upstream_body(
                 settings,
@@ -312,11 +326,13 @@ async def start_turn(
                 now=now,
                 reservation=lambda: costs.first_round(db, session_id=session_id, body=body, text=text),
             )
+            message_id = branch.message_id if branch is not None and branch.message_id else new_id("msg")
             turn = Turn(
                 id=turn_id,
                 session_id=session_id,
                 user_id=principal.user_id,
                 status="in_progress",
+                message_id=message_id,
                 input=request.input,
                 request=body,
                 metadata_=request.metadata,
@@ -329,17 +345,34 @@ async def start_turn(
                 created_at=now,
             )
             user_message = {
-                "id": new_id("msg"),
+                "id": message_id,
                 "session_id": session_id,
                 "turn_id": turn_id,
                 "role": "user",
                 "content": text,
                 "status": "completed",
                 "items": input_items(request.input),
+                "conversation_id": session.conversation_id,
                 "created_at": now,
             }
-            await turns_repo.insert_started_turn(db, turn, user_message=user_message)
-        return StartedTurn(turn, replayed=False)
+            if branch is None:
+                await turns_repo.insert_started_turn(db, turn, user_message=user_message)
+            else:
+                await branches_repo.make_active(
+                    db,
+                    session_id=session_id,
+                    path_ids=branch.path_ids,
+                    conversation_id=branch.conversation_id,
+                    at=now,
+                )
+                await branches_repo.add_conversation(
+                    db, session_id=session_id, conversation_id=branch.conversation_id, at=now
+                )
+                new_message = None
+                if branch.message_id is None:
+                    new_message = {**user_message, "parent_id": branch.path_ids[-1] if branch.path_ids else None}
+                await turns_repo.insert_branch_turn(db, turn, user_message=new_message)
+        return StartedTurn(turn, replayed=False, title_wanted=session.title_wanted)
     except IntegrityError:
         limited = None
     except (RateLimited, PaymentRequired) as error:
@@ -463,6 +496,7 @@ def render_turn(turn: Turn, *, stream_url: str | None) -> dict[str, Any]:
         "id": turn.id,
         "object": "turn",
         "session_id": turn.session_id,
+        "message_id": turn.message_id,
         "status": turn.status,
         "input": turn.input,
         "output_text": turn.output_text,
@@ -592,7 +626,13 @@ class TurnReply:
 
 
 def _job(
-    turn: Turn, *, upstream_body: dict[str, Any], stream_url: str, started_at: float, prior: PriorTurn | None = None
+    turn: Turn,
+    *,
+    upstream_body: dict[str, Any],
+    stream_url: str,
+    started_at: float,
+    prior: PriorTurn | None = None,
+    title_wanted: bool = False,
 ) -> TurnJob:
     """What the runner needs to run `turn` (its first round, or the next after tool outputs: `prior`)."""
     return TurnJob(
@@ -605,6 +645,7 @@ def _job(
         started_at=started_at,
         prior=prior,
         budgeted=turn.reserved_usd is not None,
+        title_wanted=title_wanted,
     )
 
 
@@ -677,7 +718,125 @@ class TurnService:
         stream_url = self.stream_url(turn, base_url=base_url, principal=principal)
         if started.replayed:
             return await self._replay(turn, stream=request.stream, stream_url=stream_url)
-        job = _job(turn, upstream_body=turn.request, stream_url=stream_url, started_at=started_at)
+        job = _job(
+            turn,
+            upstream_body=turn.request,
+            stream_url=stream_url,
+            started_at=started_at,
+            title_wanted=started.title_wanted,
+        )
+        return await self._run(self.runner.spawn(job), stream=request.stream, after=0)
+
+    async def edit_message(
+        self,
+        *,
+        principal: Principal,
+        session_id: str,
+        message_id: str,
+        request: TurnRequest,
+        idempotency_key: str | None,
+        base_url: str,
+    ) -> TurnReply:
+        """Send `request` in place of the user message `message_id`, on a new branch from just before it."""
+        if not self.runner.accepting:
+            raise shutting_down()
+        check_input(self.settings, request.input)
+        scope = f"{session_id}/edit/{message_id}"
+        replayed = await self._replayed(principal, session_id, idempotency_key, request.fingerprint(scope))
+        if replayed is not None:
+            return await self._replay(
+                replayed, stream=request.stream, stream_url=self._url(replayed, base_url, principal)
+            )
+        branch = await branch_service.prepare_edit(
+            self.sessionmaker, self.upstream, principal=principal, session_id=session_id, message_id=message_id
+        )
+        return await self._start_branch(principal, session_id, request, idempotency_key, base_url, branch, scope)
+
+    async def regenerate(
+        self,
+        *,
+        principal: Principal,
+        session_id: str,
+        turn_id: str,
+        options: dict[str, Any],
+        stream: bool,
+        idempotency_key: str | None,
+        base_url: str,
+    ) -> TurnReply:
+        """Answer the user message of `turn_id` again, as a new turn on a new branch (the earlier answer is kept)."""
+        if not self.runner.accepting:
+            raise shutting_down()
+        scope = f"{session_id}/regenerate/{turn_id}"
+        # The input is the turn's own: the fingerprint covers what the client chose (the options).
+        fingerprint = TurnRequest(input="", options=options).fingerprint(scope)
+        replayed = await self._replayed(principal, session_id, idempotency_key, fingerprint)
+        if replayed is not None:
+            return await self._replay(replayed, stream=stream, stream_url=self._url(replayed, base_url, principal))
+        branch, original_input = await branch_service.prepare_regenerate(
+            self.sessionmaker, self.upstream, principal=principal, session_id=session_id, turn_id=turn_id
+        )
+        request = TurnRequest(input=original_input, options=options, stream=stream)
+        return await self._start_branch(
+            principal, session_id, request, idempotency_key, base_url, branch, scope, fingerprint=fingerprint
+        )
+
+    async def _replayed(self, principal: Principal, session_id: str, key: str | None, fingerprint: str) -> Turn | None:
+        """The turn an Idempotency-Key already started in this session (a different request under it: 422)."""
+        if key is None:
+            return None
+        async with self.sessionmaker() as db:
+            if await sessions_repo.get_owned_session(db, user_id=principal.user_id, session_id=session_id) is None:
+                raise _session_not_found(session_id)
+            started = await _replayed_start(db, user_id=principal.user_id, key=key, fingerprint=fingerprint)
+        return started.turn if started is not None else None
+
+    def _url(self, turn: Turn, base_url: str, principal: Principal) -> str:
+        return self.stream_url(turn, base_url=base_url, principal=principal)
+
+    async def _start_branch(
+        self,
+        principal: Principal,
+        session_id: str,
+        request: TurnRequest,
+        idempotency_key: str | None,
+        base_url: str,
+        branch: BranchStart,
+        scope: str,
+        *,
+        fingerprint: str | None = None,
+    ) -> TurnReply:
+        """Start and run a branch's first turn; its conversation is discarded if the turn does not start."""
+        started_at = time.monotonic()
+        try:
+            started = await start_turn(
+                self.sessionmaker,
+                settings=self.settings,
+                principal=principal,
+                session_id=session_id,
+                request=request,
+                idempotency_key=idempotency_key,
+                runner_id=self.runner.id,
+                server_tools=self.server_tools.definitions(),
+                costs=self.costs,
+                branch=branch,
+                fingerprint_scope=scope,
+                fingerprint=fingerprint,
+            )
+        except BaseException:
+            await branch_service.discard_conversation(self.upstream, branch.conversation_id)
+            raise
+        turn = started.turn
+        stream_url = self.stream_url(turn, base_url=base_url, principal=principal)
+        if started.replayed:
+            await branch_service.discard_conversation(self.upstream, branch.conversation_id)
+            return await self._replay(turn, stream=request.stream, stream_url=stream_url)
+        job = _job(
+            turn,
+            upstream_body=turn.request,
+            stream_url=stream_url,
+            started_at=started_at,
+            title_wanted=started.title_wanted,
+        )
         return await self._run(self.runner.spawn(job), stream=request.stream, after=0)
 
     async def submit_tool_outputs(

@@ -150,6 +150,7 @@ class SqlTurnStore:
                 "status": outcome.status,
                 "items": outcome.items,
                 "model": served,
+                "conversation_id": job.upstream_body.get("conversation"),
             }
         return {
             "turn_id": job.turn_id,
@@ -296,8 +297,12 @@ class SqlTurnStore:
                 session_id=plan["session_id"],
                 user_id=plan["user_id"],
                 values=turn_values,
-                # A final write spooled before messages had items has none.
-                message={"items": None, "model": None, **plan["message"]} if plan["message"] else None,
+                # A final write spooled before messages had items or branches has none.
+                message=(
+                    {"items": None, "model": None, "conversation_id": None, **plan["message"]}
+                    if plan["message"]
+                    else None
+                ),
                 ledger=ledger,
                 cost=known_cost,
                 at=at,

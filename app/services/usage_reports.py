@@ -1,4 +1,4 @@
-"""`GET /v1/usage`: the ledger summed by day, model, session, prompt (or user, for admins)."""
+"""`GET /v1/usage`: the ledger summed by day, model, session, prompt, kind (or user, for admins)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ GROUP_KEYS = {
     "session": ("session_id",),
     "prompt": ("prompt_id", "prompt_version"),
     "user": ("user_id",),
+    # What the spend went on: the turns themselves, or the sessions' automatic titles.
+    "kind": ("kind",),
 }
 MAX_RANGE = dt.timedelta(days=400)
 

@@ -9,6 +9,7 @@ from app.simulator.api_errors import SimulatorError, invalid_type, invalid_value
 from app.simulator.generation import FunctionTool
 from app.simulator.items import parse_input
 from app.simulator.json_types import JsonObject
+from app.simulator.structured_output import TextFormat, check_json_word, parse_text_format
 from app.simulator.validation import (
     metadata,
     optional_bool,
@@ -82,6 +83,8 @@ class CreateParams:
     max_output_tokens: int | None
     reasoning: JsonObject | None
     include: frozenset[str]
+    text_format: TextFormat | None
+    """Set when the answer must be JSON (`text.format` of type json_schema or json_object)."""
 
 
 def parse_create_params(body: JsonObject) -> CreateParams:
@@ -108,10 +111,14 @@ def parse_create_params(body: JsonObject) -> CreateParams:
     tool_choice = _tool_choice(body.get("tool_choice"), function_tools)
     parallel = optional_bool(body, "parallel_tool_calls")
     _check_sampling(body)
+    input_items = parse_input(body.get("input"))
+    text_format = parse_text_format(body)
+    if text_format is not None and text_format.type == "json_object":
+        check_json_word(input_items)
     return CreateParams(
         body=body,
         model=optional_str(body, "model"),
-        input_items=parse_input(body.get("input")),
+        input_items=input_items,
         instructions=optional_str(body, "instructions"),
         prompt=body.get("prompt"),
         conversation_id=conversation_id,
@@ -128,6 +135,7 @@ def parse_create_params(body: JsonObject) -> CreateParams:
         max_output_tokens=optional_int(body, "max_output_tokens", minimum=16),
         reasoning=_reasoning(body.get("reasoning")),
         include=_include(body),
+        text_format=text_format,
     )
 
 

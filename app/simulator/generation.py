@@ -263,6 +263,11 @@ def _fields(user_text: str, seed: int) -> dict[str, str]:
     return fields
 
 
+def keywords(text: str) -> list[str]:
+    """Three words an answer about `text` can repeat (structured answers use them as topics)."""
+    return _keywords(text)
+
+
 def _keywords(text: str) -> list[str]:
     """The first three distinct words worth repeating, topped up with neutral ones."""
     words: list[str] = []

@@ -39,6 +39,8 @@ from app.simulator.runner import (
     PlannedReasoning,
 )
 from app.simulator.state import CachedPrefix, ResponseContext, ResponseRecord, SimulatorState, StoredConversation
+from app.simulator.structured_output import json_answer
+from app.simulator.titles import title_tokens
 
 SUMMARY_MODES = frozenset({"auto", "concise", "detailed"})
 
@@ -193,6 +195,10 @@ def _plan(
         if reasoning.get("summary") in SUMMARY_MODES:
             summary = split_tokens(reasoning_summary(user_text=user_text, tool_outputs=tool_outputs))
         plan.append(PlannedReasoning(hidden, summary, encrypted="reasoning.encrypted_content" in params.include))
+    title = title_tokens(params.instructions, user_text)
+    if title is not None:
+        # A title request (Parley's, after a session's first turn): a few of the user's words, not an answer.
+        return [*plan, PlannedMessage(title)]
     calls = tools_to_call(
         tools=params.function_tools,
         tool_choice=params.tool_choice,
@@ -202,6 +208,9 @@ def _plan(
     )
     if calls:
         plan.extend(PlannedFunctionCall(tool.name, function_arguments(tool, user_text)) for tool in calls)
+    elif params.text_format is not None:
+        # A JSON answer is never padded or cut to `output_tokens`: that would break the document.
+        plan.append(PlannedMessage(split_tokens(json_answer(params.text_format, user_text))))
     else:
         plan.append(
             PlannedMessage(reply_tokens(user_text=user_text, tool_outputs=tool_outputs, output_tokens=output_tokens))

@@ -95,6 +95,8 @@ class TurnJob:
     prior: PriorTurn | None = None
     # Its owner has a monthly budget: each further upstream round reserves first (`TurnStore.reserve_round`).
     budgeted: bool = False
+    # The session's first turn, the session untitled: it gets a title once the turn has ended (`TurnEnded`).
+    title_wanted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +161,12 @@ class UpstreamPosition:
 
     response_ids: tuple[str, ...]
     sequence_number: int
+
+
+class TurnEnded(Protocol):
+    """Called once a turn's terminal event is in its log (`services.titles`); it must return at once, and not raise."""
+
+    def __call__(self, job: TurnJob, final: dict[str, Any]) -> None: ...
 
 
 class TurnStore(Protocol):
@@ -287,6 +295,7 @@ class TurnRunner:
         config: RunnerConfig,
         metrics: Metrics | None = None,
         tools: ToolExecutor | None = None,
+        on_turn_ended: TurnEnded | None = None,
     ) -> None:
         self.id = f"runner_{uuid.uuid4().hex}"
         self.upstream = upstream
@@ -295,6 +304,7 @@ class TurnRunner:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics(process=False)
         self.tools = tools
+        self.on_turn_ended = on_turn_ended
         self._streaming = streaming_client(upstream, config.stream_policy)
         self._control = upstream.with_options(
             max_retries=1, timeout=openai.Timeout(CONTROL_TIMEOUT_S, connect=config.stream_policy.connect_timeout_s)
@@ -866,6 +876,8 @@ class TurnRunner:
         handle.log.close()
         if not handle.done.done():
             handle.done.set_result(final)
+        if self.on_turn_ended is not None:
+            self.on_turn_ended(handle.job, final)
         self._record(handle.job, outcome, final, events=state.events_relayed)
         upstream_request_id = next(
             (r.upstream_request_id for r in reversed(outcome.responses) if r.upstream_request_id),

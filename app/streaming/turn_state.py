@@ -80,12 +80,17 @@ BUILTIN_CALL_ITEMS = frozenset(
 
 
 def history_item(item: dict[str, Any]) -> dict[str, Any] | None:
-    """An output item as a message's `items` keep it: a reasoning item's summary text only, a function call,
+    """An output item as a message's `items` keep it: a reasoning item's summary text (and its encrypted content,
+    when the upstream sent it), a function call,
     a built-in tool call, a message's text parts with their annotations; None for what the history leaves out
     (reasoning with no summary, unknown types)."""
     kind = item.get("type")
     if kind == "reasoning":
         summary = [str(part.get("text", "")) for part in item.get("summary") or () if isinstance(part, dict)]
+        encrypted = item.get("encrypted_content")
+        if isinstance(encrypted, str) and encrypted:
+            # Kept for a branch's conversation (`services.branch_service`), never served (`api.schemas.served_items`).
+            return {"type": "reasoning", "summary": summary, "encrypted_content": encrypted}
         return {"type": "reasoning", "summary": summary} if any(summary) else None
     if kind == "message":
         content: list[dict[str, Any]] = []

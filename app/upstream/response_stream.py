@@ -226,3 +226,20 @@ async def retrieve_response(client: openai.AsyncOpenAI, response_id: str) -> dic
         logger.info("upstream.retrieve_failed", extra={"response_id": response_id, "error": type(error).__name__})
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedResponse:
+    """A non-streamed response as plain JSON, and the upstream's id for the request that made it."""
+
+    response: dict[str, Any]
+    request_id: str | None
+
+
+async def create_response(client: openai.AsyncOpenAI, body: dict[str, Any]) -> CreatedResponse:
+    """POST /v1/responses without streaming (a short side call, e.g. a session's title); raises the SDK's errors."""
+    raw = await client.responses.with_raw_response.create(**body)
+    parsed: Any = raw.http_response.json()
+    if not isinstance(parsed, dict):
+        raise ValueError("the upstream answered with something other than a Response object")
+    return CreatedResponse(parsed, raw.http_response.headers.get("x-request-id"))

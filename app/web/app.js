@@ -57,6 +57,11 @@ const ui = {
   searchStatus: $("search-status"),
   searchList: $("search-list"),
   searchMore: $("search-more"),
+  chatActions: $("chat-actions"),
+  exportMenu: $("export-menu"),
+  pickers: $("pickers"),
+  modelPicker: $("model-picker"),
+  promptPicker: $("prompt-picker"),
 };
 
 /**
@@ -66,6 +71,7 @@ const ui = {
  * @typedef {import("./parley.js").TurnStream} TurnStream
  * @typedef {import("./parley.js").ToolCall} ToolCall
  * @typedef {import("./parley.js").SearchResult} SearchResult
+ * @typedef {import("./parley.js").Config} Config
  */
 
 const state = {
@@ -84,6 +90,8 @@ const state = {
   searchGeneration: 0,
   /** @type {ReturnType<typeof setTimeout> | undefined} */
   searchTimer: undefined,
+  /** @type {Config | null} what this caller may choose (GET /v1/config), for the model and prompt pickers */
+  config: null,
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -346,12 +354,33 @@ function upsertSession(session) {
 
 /** @param {string} sessionId */
 async function refreshSession(sessionId) {
+  /** @type {Session | null} */
+  let session = null;
   try {
-    upsertSession(await state.client.getSession(sessionId));
+    session = await state.client.getSession(sessionId);
+    upsertSession(session);
   } catch {
     // The list simply keeps its last state.
   }
   loadUsage();
+  if (session) awaitTitle(session);
+}
+
+// The server names a chat after its first answer, once that answer has ended: an untitled chat is asked again.
+const TITLE_WAITS_MS = [500, 1000, 2000, 4000];
+
+/** @param {Session} session */
+async function awaitTitle(session) {
+  for (const wait of TITLE_WAITS_MS) {
+    if (session.title || session.title_source || session.turn_count !== 1) return;
+    await new Promise((resolve) => setTimeout(resolve, wait));
+    try {
+      session = await state.client.getSession(session.id);
+    } catch {
+      return; // deleted meanwhile, or the server is away: the list keeps what it has
+    }
+    upsertSession(session);
+  }
 }
 
 /** @returns {Promise<Session | null>} */
@@ -519,7 +548,9 @@ ui.searchMore.addEventListener("click", () => {
 /** @param {Session | null} session */
 function renderHeader(session) {
   ui.title.textContent = session ? sessionTitle(session) : "Parley";
+  ui.chatActions.hidden = !session;
   if (!session) {
+    ui.exportMenu.open = false;
     ui.meta.textContent = "";
     return;
   }
@@ -585,61 +616,474 @@ async function selectSession(sessionId) {
 }
 
 /**
+ * The active branch, top to leaf: each message with its actions, each answer with its turn's meta. A user message
+ * with no answer after it on the branch shows its newest turn (still being written, failed, or waiting for tool
+ * outputs).
  * @param {Message[]} messages
- * @param {Turn[]} turns
+ * @param {Turn[]} turns  newest first
+ * @param {{keepScroll?: boolean}} [how]  keepScroll: stay where the reader is (switching versions), not at the end
  */
-function renderHistory(messages, turns) {
+function renderHistory(messages, turns, how = {}) {
   const turnById = new Map(turns.map((t) => [t.id, t]));
-  /** @type {Map<string, {user?: Message, assistant?: Message}>} */
-  const groups = new Map();
-  /** @type {(Message | string)[]} */
-  const order = [];
-  for (const message of messages) {
-    if (!message.turn_id) {
-      order.push(message);
-      continue;
-    }
-    let group = groups.get(message.turn_id);
-    if (!group) {
-      group = {};
-      groups.set(message.turn_id, group);
-      order.push(message.turn_id);
-    }
-    if (message.role === "user") group.user = message;
-    else if (message.role === "assistant") group.assistant = message;
-  }
+  /** @type {Map<string, Turn>} the newest turn of each user message */
+  const latestFor = new Map();
+  for (const turn of turns) if (turn.message_id && !latestFor.has(turn.message_id)) latestFor.set(turn.message_id, turn);
+  const scrollTop = ui.messages.scrollTop;
+  const sessionId = /** @type {string} */ (state.sessionId);
+  const generation = state.generation;
   ui.thread.replaceChildren();
-  for (const entry of order) {
-    if (typeof entry !== "string") {
-      if (entry.role === "user") appendUser(entry.content);
-      else if (entry.role === "assistant") {
-        const view = appendAssistant();
-        view.text = entry.content;
-        view.render();
-        view.root.dataset.status = "completed";
-      } else appendNote(`${entry.role}: ${entry.content}`);
-      continue;
+  messages.forEach((message, index) => {
+    if (message.role === "user") {
+      const userView = appendUser(message.content);
+      decorateUser(userView, message);
+      if (messages[index + 1]?.role === "assistant") return;
+      const turn = latestFor.get(message.id) ?? (message.turn_id ? turnById.get(message.turn_id) : undefined);
+      if (turn) showTurn(userView, turn, sessionId, generation);
+      return;
     }
-    const group = /** @type {{user?: Message, assistant?: Message}} */ (groups.get(entry));
-    const turn = turnById.get(entry);
-    if (group.user) appendUser(group.user.content);
+    if (message.role !== "assistant") {
+      appendNote(`${message.role}: ${message.content}`);
+      return;
+    }
+    const turn = message.turn_id ? turnById.get(message.turn_id) : undefined;
     if (turn && IN_FLIGHT.has(turn.status)) {
-      // Still being answered (another tab, or a reload mid-answer): attach to its events from the start.
-      const view = appendAssistant(turn.id);
-      follow(view, (callbacks) => state.client.attach(turn.session_id, turn.id, callbacks));
-      continue;
+      showTurn(null, turn, sessionId, generation);
+      return;
     }
-    const view = appendAssistant(entry);
-    view.text = group.assistant?.content ?? turn?.output_text ?? "";
-    if (group.assistant?.items) view.showItems(group.assistant.items);
+    const view = appendAssistant(message.turn_id ?? undefined);
+    view.text = message.content ?? turn?.output_text ?? "";
+    if (message.items) view.showItems(message.items);
     view.render();
     if (turn) view.finish(turn);
-    else view.root.dataset.status = group.assistant?.status ?? "completed";
-  }
-  if (!order.length) {
+    else view.root.dataset.status = message.status ?? "completed";
+    decorateAssistant(view, message, message.turn_id);
+  });
+  if (!messages.length) {
     ui.thread.append(emptyState("Say hello", "Your messages and the assistant's answers will appear here."));
   }
+  if (how.keepScroll) ui.messages.scrollTop = scrollTop;
+  else scrollToBottom(true);
+}
+
+/**
+ * A turn with no stored answer on the branch: attach to it while it runs (another tab, or a reload mid-answer),
+ * else show what it ended with.
+ * @param {HTMLElement | null} userView
+ * @param {Turn} turn
+ * @param {string} sessionId
+ * @param {number} generation
+ */
+function showTurn(userView, turn, sessionId, generation) {
+  const view = appendAssistant(turn.id);
+  if (IN_FLIGHT.has(turn.status)) {
+    follow(view, (callbacks) => state.client.attach(turn.session_id, turn.id, callbacks), {
+      onDone: (done) => decorateLive(sessionId, generation, userView, view, done),
+    });
+    return;
+  }
+  view.text = turn.output_text ?? "";
+  view.render();
+  view.finish(turn);
+  decorateAssistant(view, null, turn.id);
+}
+
+/**
+ * The active branch again, from the server (after an edit, a regenerate, or one that was refused).
+ * @param {string} sessionId
+ * @param {number} generation
+ */
+async function reloadBranch(sessionId, generation) {
+  try {
+    const [messages, turns] = await Promise.all([
+      listAll((q) => state.client.listMessages(sessionId, q), "asc"),
+      listAll((q) => state.client.listTurns(sessionId, q), "desc"),
+    ]);
+    if (generation !== state.generation || state.stream) return;
+    renderHistory(messages, turns);
+  } catch (error) {
+    if (generation === state.generation) showError(error);
+  }
+}
+
+// ---------------------------------------------------------------- branches: edit, regenerate, versions, fork
+
+/** Whether a turn is being streamed into the open session (edit, regenerate and switching wait for it). */
+function busy() {
+  return ui.app.classList.contains("streaming");
+}
+
+/**
+ * A small icon button under a message. `turn` actions (edit, regenerate, switching versions) start or move a
+ * turn, so they are off while one streams: the server would answer 409.
+ * @param {string} action
+ * @param {string} label
+ * @param {string} iconName
+ * @param {() => void} onClick
+ * @param {{turn?: boolean}} [kind]
+ */
+function actionButton(action, label, iconName, onClick, kind = {}) {
+  const button = /** @type {HTMLButtonElement} */ (el("button", "msg-action"));
+  button.type = "button";
+  button.dataset.action = action;
+  button.title = label;
+  button.setAttribute("aria-label", label);
+  button.append(icon(iconName));
+  if (kind.turn) {
+    button.classList.add("turn-action");
+    button.disabled = busy();
+  }
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+/** Turn actions off while a turn streams, and on again after (a version switcher's ends stay off). */
+function lockTurnActions(/** @type {boolean} */ on) {
+  for (const button of ui.thread.querySelectorAll(".turn-action")) {
+    /** @type {HTMLButtonElement} */ (button).disabled = on || button.dataset.edge === "true";
+  }
+}
+
+/**
+ * "‹ 2/3 ›": which version of a message this is; the arrows make the branch through the one before or after
+ * it the active one.
+ * @param {Message} message
+ */
+function versionSwitcher(message) {
+  const alternatives = /** @type {import("./parley.js").Alternatives} */ (message.alternatives);
+  const { index, count, message_ids: ids } = alternatives;
+  const what = message.role === "user" ? "message" : "answer";
+  const nav = el("span", "versions");
+  nav.setAttribute("role", "group");
+  nav.setAttribute("aria-label", `Versions of this ${what}`);
+  /** @param {"previous" | "next"} direction */
+  const arrow = (direction) => {
+    const target = direction === "previous" ? index - 1 : index + 1;
+    const button = /** @type {HTMLButtonElement} */ (el("button", `msg-action turn-action version-${direction}`));
+    button.type = "button";
+    button.textContent = direction === "previous" ? "‹" : "›";
+    const label = `${direction === "previous" ? "Previous" : "Next"} version`;
+    button.title = label;
+    button.setAttribute("aria-label", label);
+    button.dataset.edge = String(target < 0 || target >= count);
+    button.disabled = busy() || button.dataset.edge === "true";
+    button.addEventListener("click", () => switchVersion(ids[target], direction));
+    return button;
+  };
+  const position = el("span", "version-position", `${index + 1}/${count}`);
+  position.title = `Version ${index + 1} of ${count}`;
+  position.setAttribute("aria-label", `Version ${index + 1} of ${count}`);
+  nav.append(arrow("previous"), position, arrow("next"));
+  return nav;
+}
+
+/** @param {HTMLElement} userView @param {Message} message */
+function decorateUser(userView, message) {
+  userView.dataset.messageId = message.id;
+  const actions = el("div", "msg-actions");
+  if (message.alternatives && message.alternatives.count > 1) actions.append(versionSwitcher(message));
+  actions.append(
+    actionButton("edit", "Edit message", "edit", () => startEdit(userView, message), { turn: true }),
+    actionButton("fork", "Fork from here", "fork", () => forkFrom(message.id)),
+  );
+  userView.querySelector(".msg-actions")?.remove();
+  userView.append(actions);
+}
+
+/**
+ * @param {AssistantView} view
+ * @param {Message | null} message  the stored answer (null: a turn that ended without one)
+ * @param {string | null} turnId
+ */
+function decorateAssistant(view, message, turnId) {
+  if (message) view.root.dataset.messageId = message.id;
+  view.actions.replaceChildren();
+  if (message?.alternatives && message.alternatives.count > 1) view.actions.append(versionSwitcher(message));
+  if (turnId) {
+    view.actions.append(
+      actionButton("regenerate", "Regenerate answer", "refresh", () => regenerateAnswer(view.root, turnId), { turn: true }),
+    );
+  }
+  if (message) view.actions.append(actionButton("fork", "Fork from here", "fork", () => forkFrom(message.id)));
+}
+
+/**
+ * A turn streamed into the page has ended: give its message and answer their ids and actions (from the branch's
+ * last messages), without drawing them again (what showed live, such as tool call durations, stays).
+ * @param {string} sessionId
+ * @param {number} generation
+ * @param {HTMLElement | null} userView
+ * @param {AssistantView} view
+ * @param {Turn} turn
+ */
+async function decorateLive(sessionId, generation, userView, view, turn) {
+  let recent;
+  try {
+    recent = await state.client.listMessages(sessionId, { limit: 4, order: "desc" });
+  } catch {
+    return;
+  }
+  if (generation !== state.generation) return;
+  const answer = recent.data.find((m) => m.role === "assistant" && m.turn_id === turn.id) ?? null;
+  const asked = recent.data.find((m) => m.role === "user" && (m.id === turn.message_id || m.turn_id === turn.id));
+  keepPinned(() => {
+    if (userView?.isConnected && asked) decorateUser(userView, asked);
+    if (view.root.isConnected) decorateAssistant(view, answer, turn.id);
+  });
+}
+
+/**
+ * Edit a user message in place: a textarea with Save and Cancel instead of its bubble.
+ * @param {HTMLElement} userView
+ * @param {Message} message
+ */
+function startEdit(userView, message) {
+  if (busy() || userView.querySelector(".edit-form")) return;
+  const bubble = /** @type {HTMLElement} */ (userView.querySelector(".bubble"));
+  const actions = /** @type {HTMLElement | null} */ (userView.querySelector(".msg-actions"));
+  const form = /** @type {HTMLFormElement} */ (el("form", "edit-form"));
+  form.setAttribute("aria-label", "Edit message");
+  const input = /** @type {HTMLTextAreaElement} */ (el("textarea", "edit-input"));
+  input.value = message.content;
+  input.rows = Math.min(10, Math.max(2, message.content.split("\n").length));
+  input.setAttribute("aria-label", "Edited message");
+  const cancel = /** @type {HTMLButtonElement} */ (el("button", "button ghost edit-cancel", "Cancel"));
+  cancel.type = "button";
+  const save = /** @type {HTMLButtonElement} */ (el("button", "button primary edit-save turn-action", "Save"));
+  save.type = "submit";
+  save.disabled = busy();
+  const buttons = el("div", "edit-actions");
+  buttons.append(cancel, save);
+  form.append(input, buttons);
+  bubble.hidden = true;
+  if (actions) actions.hidden = true;
+  userView.append(form);
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+
+  const close = () => {
+    form.remove();
+    bubble.hidden = false;
+    if (actions) actions.hidden = false;
+    /** @type {HTMLElement | null} */ (actions?.querySelector("[data-action='edit']"))?.focus();
+  };
+  cancel.addEventListener("click", close);
+  input.addEventListener("keydown", (/** @type {KeyboardEvent} */ event) => {
+    if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      close();
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  form.addEventListener("submit", (/** @type {SubmitEvent} */ event) => {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (!text || busy()) return;
+    form.remove();
+    bubble.textContent = text;
+    bubble.hidden = false;
+    actions?.remove();
+    delete userView.dataset.messageId;
+    sendEdit(userView, message, text);
+  });
+}
+
+/**
+ * Send an edited message: what came after it on the branch gives way to the new answer, streamed as a send's.
+ * @param {HTMLElement} userView
+ * @param {Message} message
+ * @param {string} text
+ */
+function sendEdit(userView, message, text) {
+  const sessionId = /** @type {string} */ (state.sessionId);
+  const generation = state.generation;
+  clearError();
+  while (userView.nextSibling) userView.nextSibling.remove();
+  const view = appendAssistant();
   scrollToBottom(true);
+  const again = () => reloadBranch(sessionId, generation);
+  follow(view, (callbacks) => state.client.editMessage(sessionId, message.id, messageBody(text), callbacks), {
+    onDone: again,
+    onRejected: again,
+  });
+}
+
+/**
+ * Answer a turn's message again: this answer and what came after it give way to the new one.
+ * @param {HTMLElement} answerView
+ * @param {string} turnId
+ */
+function regenerateAnswer(answerView, turnId) {
+  if (busy()) return;
+  const sessionId = /** @type {string} */ (state.sessionId);
+  const generation = state.generation;
+  clearError();
+  while (answerView.nextSibling) answerView.nextSibling.remove();
+  answerView.remove();
+  const view = appendAssistant();
+  scrollToBottom(true);
+  const again = () => reloadBranch(sessionId, generation);
+  follow(view, (callbacks) => state.client.regenerate(sessionId, turnId, {}, callbacks), {
+    onDone: again,
+    onRejected: again,
+  });
+}
+
+/**
+ * Show another version of a message: the branch through it becomes the active one.
+ * @param {string} messageId
+ * @param {"previous" | "next"} direction  the arrow pressed, which keeps the focus
+ */
+async function switchVersion(messageId, direction) {
+  const sessionId = state.sessionId;
+  if (!sessionId || busy()) return;
+  const generation = state.generation;
+  clearError();
+  ui.thread.setAttribute("aria-busy", "true");
+  try {
+    const [branch, turns] = await Promise.all([
+      state.client.activate(sessionId, messageId, { limit: PAGE_LIMIT }),
+      listAll((q) => state.client.listTurns(sessionId, q), "desc"),
+    ]);
+    const messages = branch.has_more ? await listAll((q) => state.client.listMessages(sessionId, q), "asc") : branch.data;
+    if (generation !== state.generation) return;
+    renderHistory(messages, turns, { keepScroll: true });
+    const switcher = ui.thread.querySelector(`[data-message-id="${CSS.escape(messageId)}"] .versions`);
+    const arrow = /** @type {HTMLButtonElement | null} */ (switcher?.querySelector(`.version-${direction}`));
+    const other = /** @type {HTMLButtonElement | null} */ (
+      switcher?.querySelector(`.version-${direction === "previous" ? "next" : "previous"}`)
+    );
+    (arrow && !arrow.disabled ? arrow : other)?.focus();
+  } catch (error) {
+    if (generation === state.generation) showError(error);
+  } finally {
+    ui.thread.removeAttribute("aria-busy");
+  }
+}
+
+/**
+ * A new chat whose history is this one's up to and including a message; it opens in its place.
+ * @param {string} messageId
+ */
+async function forkFrom(messageId) {
+  const sessionId = state.sessionId;
+  if (!sessionId) return;
+  clearError();
+  try {
+    const session = await state.client.fork(sessionId, { message_id: messageId });
+    upsertSession(session);
+    await selectSession(session.id);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// ---------------------------------------------------------------- export
+
+/**
+ * Download the open chat. The export needs the key in its Authorization header, so it is fetched, and saved
+ * through a link to the file's bytes.
+ * @param {"json" | "markdown"} format
+ * @param {boolean} allBranches
+ */
+async function exportChat(format, allBranches) {
+  const sessionId = state.sessionId;
+  if (!sessionId) return;
+  clearError();
+  try {
+    const file = await state.client.exportSession(sessionId, { format, branches: allBranches ? "all" : undefined });
+    const url = URL.createObjectURL(file.blob);
+    const link = /** @type {HTMLAnchorElement} */ (el("a"));
+    link.href = url;
+    link.download = file.filename;
+    link.hidden = true;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+ui.exportMenu.addEventListener("click", (/** @type {MouseEvent} */ event) => {
+  const choice = /** @type {HTMLElement | null} */ (event.target)?.closest?.("[data-format]");
+  if (!choice) return;
+  ui.exportMenu.open = false;
+  exportChat(choice.dataset.format === "markdown" ? "markdown" : "json", choice.dataset.branches === "all");
+});
+ui.exportMenu.addEventListener("keydown", (/** @type {KeyboardEvent} */ event) => {
+  if (event.key === "Escape" && ui.exportMenu.open) {
+    event.preventDefault();
+    event.stopPropagation();
+    ui.exportMenu.open = false;
+    ui.exportMenu.querySelector("summary").focus();
+  }
+});
+document.addEventListener("click", (event) => {
+  if (ui.exportMenu.open && !ui.exportMenu.contains(/** @type {Node} */ (event.target))) ui.exportMenu.open = false;
+});
+
+// ---------------------------------------------------------------- model and prompt pickers
+
+/**
+ * The names a picker offers: what the deployment allows by name, and its default (`"*"`, anything, is not a name).
+ * @param {{default: string | null, allowed: string[]} | undefined} choices
+ * @returns {string[]}
+ */
+function pickable(choices) {
+  if (!choices) return [];
+  const names = choices.allowed.filter((name) => name !== "*");
+  if (choices.default && !names.includes(choices.default)) names.unshift(choices.default);
+  return names;
+}
+
+/**
+ * @param {HTMLSelectElement} select
+ * @param {string[]} names
+ * @param {string | null} deploymentDefault
+ */
+function fillPicker(select, names, deploymentDefault) {
+  const kept = select.value;
+  const none = /** @type {HTMLOptionElement} */ (el("option", "", "(session default)"));
+  none.value = "";
+  select.replaceChildren(
+    none,
+    ...names.map((name) => {
+      const option = /** @type {HTMLOptionElement} */ (el("option", "", name));
+      option.value = name;
+      if (name === deploymentDefault) option.title = "This server's default";
+      return option;
+    }),
+  );
+  select.value = names.includes(kept) ? kept : "";
+  /** @type {HTMLElement} */ (select.closest(".picker")).hidden = names.length === 0;
+}
+
+async function loadConfig() {
+  try {
+    state.config = await state.client.config();
+  } catch {
+    state.config = null;
+  }
+  const config = state.config;
+  fillPicker(ui.modelPicker, pickable(config?.models), config?.models.default ?? null);
+  fillPicker(ui.promptPicker, pickable(config?.prompts), config?.prompts.default ?? null);
+  ui.pickers.hidden = ui.modelPicker.closest(".picker").hidden && ui.promptPicker.closest(".picker").hidden;
+}
+
+/**
+ * What a send (or an edit) carries: the text, and the model and prompt picked, if any (else the session's).
+ * @param {string} text
+ * @returns {string | import("./parley.js").MessageBody}
+ */
+function messageBody(text) {
+  const model = ui.pickers.hidden ? "" : ui.modelPicker.value;
+  const prompt = ui.pickers.hidden ? "" : ui.promptPicker.value;
+  if (!model && !prompt) return text;
+  return { input: text, ...(model ? { model } : {}), ...(prompt ? { prompt: { id: prompt } } : {}) };
 }
 
 /** @param {string} text */
@@ -678,7 +1122,8 @@ function appendAssistant(turnId) {
   sources.hidden = true;
   sources.setAttribute("aria-label", "Sources");
   const meta = el("div", "turn-meta");
-  body.append(reasoning.root, tools, content, sources, meta);
+  const actions = el("div", "msg-actions");
+  body.append(reasoning.root, tools, content, sources, meta, actions);
   root.append(avatar, body);
   ui.thread.append(root);
 
@@ -690,6 +1135,7 @@ function appendAssistant(turnId) {
     root,
     text: "",
     reasoning,
+    actions,
     render() {
       content.replaceChildren(renderMarkdown(view.text));
       addCopyButtons(content);
@@ -999,13 +1445,15 @@ function setStreaming(on) {
   ui.stop.hidden = !on;
   ui.stop.disabled = false;
   ui.app.classList.toggle("streaming", on);
+  lockTurnActions(on);
 }
 
 /**
  * Stream a turn into `view`, via `open` (a send or an attach).
  * @param {AssistantView} view
  * @param {(callbacks: import("./parley.js").TurnCallbacks) => TurnStream} open
- * @param {{onRejected?: (error: any) => void}} [hooks]
+ * @param {{onRejected?: (error: any) => void, onDone?: (turn: Turn) => void}} [hooks]  onRejected: the turn was
+ *   never started (no `turn.created`); onDone: it ended, in the session still open
  */
 function follow(view, open, hooks = {}) {
   const generation = state.generation;
@@ -1039,7 +1487,10 @@ function follow(view, open, hooks = {}) {
         state.stream = null;
         setStreaming(false);
       }
-      if (current()) refreshSession(turn.session_id);
+      if (current()) {
+        refreshSession(turn.session_id);
+        hooks.onDone?.(turn);
+      }
     },
     onError: (error) => {
       if (state.stream === stream) {
@@ -1084,7 +1535,8 @@ async function sendMessage(text) {
   const userView = appendUser(text);
   const view = appendAssistant();
   scrollToBottom(true);
-  follow(view, (callbacks) => state.client.send(sessionId, text, callbacks), {
+  follow(view, (callbacks) => state.client.send(sessionId, messageBody(text), callbacks), {
+    onDone: (turn) => decorateLive(sessionId, generation, userView, view, turn),
     onRejected: async () => {
       // No `turn.created` came back, but the server may still have stored the message (a failure upstream
       // before the first byte is stored as a failed turn; a proxy can fail a stream the server answered).
@@ -1103,14 +1555,6 @@ async function sendMessage(text) {
       }
     },
   });
-  if (!session.title) {
-    // Name the chat after its first message, as chat apps do.
-    const title = text.replace(/\s+/g, " ").trim().slice(0, 60);
-    state.client
-      .updateSession(sessionId, { title })
-      .then(upsertSession)
-      .catch(() => {});
-  }
 }
 
 /**
@@ -1206,6 +1650,7 @@ async function start() {
   }
   if (!(await loadSessions())) return;
   loadUsage();
+  loadConfig();
   const wanted = decodeURIComponent(location.hash.slice(1));
   if (wanted.startsWith("sess_")) await selectSession(wanted);
   else showSession(null);

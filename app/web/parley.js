@@ -16,7 +16,8 @@
 //
 // Also: parley.attach(sessionId, turnId, callbacks, {lastEventId}) to re-attach (e.g. after a reload),
 // parley.submitToolOutputs(…) to answer `turn.requires_action`, and the session and turn calls
-// (listSessions, updateSession, deleteSession, listMessages, listTurns, getTurn, cancelTurn, search).
+// (listSessions, updateSession, deleteSession, listMessages, listTurns, getTurn, cancelTurn, search), branches
+// (editMessage and regenerate stream as send does; activate, fork), exportSession and config.
 //
 // Streams are read with fetch (so the key travels in the Authorization header, never in a URL). When the
 // connection drops mid-answer the client re-attaches to GET …/turns/{id}/events with Last-Event-ID and
@@ -36,6 +37,7 @@
  * @property {string} id
  * @property {"turn"} object
  * @property {string} session_id
+ * @property {string | null} [message_id]  its user message (a regenerated answer's is the message answered again)
  * @property {"queued"|"in_progress"|"requires_action"|"completed"|"incomplete"|"failed"|"cancelled"} status
  * @property {string | unknown[]} input
  * @property {string} output_text
@@ -64,6 +66,7 @@
  * @property {string} id
  * @property {"session"} object
  * @property {string | null} title
+ * @property {"user" | "auto" | null} title_source  who named it (`auto`: made after its first turn)
  * @property {Record<string, string>} metadata
  * @property {string} created_at
  * @property {string} updated_at
@@ -82,8 +85,43 @@
  * @property {object[]} items   the Responses items that make it up: input parts; reasoning summaries, function
  *   calls and outputs, built-in tool calls, message text with its annotations
  * @property {string | null} model   an assistant message's model, as served
+ * @property {string | null} parent_id   the message before it on its branch (null at the top)
+ * @property {Alternatives | null} alternatives   its versions (edits of a user message, answers to one message)
  * @property {string} status
  * @property {string} created_at
+ */
+
+/**
+ * The versions of a message: `message_ids` in creation order, `index` (0-based) this one's place among them.
+ * @typedef {Object} Alternatives
+ * @property {number} index
+ * @property {number} count
+ * @property {string[]} message_ids
+ */
+
+/**
+ * What a send or an edit carries: the input and, optionally, what to answer it with.
+ * @typedef {Object} MessageBody
+ * @property {string | unknown[]} input
+ * @property {Record<string, string>} [prompt_variables]
+ * @property {{id: string, version?: string, variables?: Record<string, string>}} [prompt]
+ * @property {string} [model]
+ * @property {Record<string, string>} [metadata]
+ * @property {Record<string, unknown>} [options]   Responses options (text, reasoning, temperature, …)
+ * @property {object[]} [tools]
+ */
+
+/**
+ * What this caller may choose, for a client's pickers (`GET /v1/config`). `allowed: ["*"]` means any.
+ * @typedef {Object} Config
+ * @property {"config"} object
+ * @property {{default: string | null, allowed: string[]}} models
+ * @property {{default: string | null, allowed: string[]}} prompts
+ * @property {string[]} options
+ * @property {string[]} builtin_tools
+ * @property {{name: string, description: string | null}[]} server_tools
+ * @property {{max_message_chars: number, max_body_bytes: number, turns_per_minute: number | null,
+ *   concurrent_turns: number | null, monthly_budget_usd: string | null, spent_this_month_usd: string}} limits
  */
 
 /**
@@ -706,6 +744,66 @@ export class ParleyClient {
     return this.request("PUT", `${this.turnPath(sessionId, turnId)}/feedback`, { rating, comment });
   }
 
+  /**
+   * Make the branch through a message the active one (down to its most recent leaf).
+   * @param {string} sessionId
+   * @param {string} messageId  e.g. one of a message's `alternatives.message_ids`
+   * @param {{limit?: number, order?: "asc"|"desc"}} [query]
+   * @returns {Promise<List<Message>>} the now active branch, as listMessages lists it
+   */
+  activate(sessionId, messageId, query) {
+    const path = `/v1/sessions/${encodeURIComponent(sessionId)}/messages/${encodeURIComponent(messageId)}/activate`;
+    return this.request("POST", `${path}${ParleyClient.query(query)}`);
+  }
+
+  /**
+   * A new session whose history is the active branch up to and including `message_id` (default: all of it).
+   * @param {string} sessionId
+   * @param {{message_id?: string, title?: string}} [body]
+   * @returns {Promise<Session>}
+   */
+  fork(sessionId, body = {}) {
+    return this.request("POST", `/v1/sessions/${encodeURIComponent(sessionId)}/fork`, body);
+  }
+
+  /**
+   * Download a session: its active branch (or every branch) with items, and its turns with usage and cost.
+   * @param {string} sessionId
+   * @param {{format?: "json" | "markdown", branches?: "active" | "all"}} [query]
+   * @returns {Promise<{blob: Blob, filename: string, contentType: string}>}  filename: the server's
+   *   Content-Disposition name (else `<session id>.json` / `.md`)
+   */
+  async exportSession(sessionId, query = {}) {
+    const path = `/v1/sessions/${encodeURIComponent(sessionId)}/export${ParleyClient.query(query)}`;
+    let response;
+    try {
+      response = await this.fetch(this.baseUrl + path, { method: "GET", headers: await this.authHeaders() });
+    } catch (cause) {
+      throw new ParleyError("The server could not be reached.", { cause });
+    }
+    if (!response.ok) throw await errorFromResponse(response);
+    const disposition = response.headers.get("Content-Disposition") ?? "";
+    const named = /filename\*=UTF-8''([^;]+)|filename="([^"]+)"|filename=([^;]+)/i.exec(disposition);
+    let filename = `${sessionId}.${query.format === "markdown" ? "md" : "json"}`;
+    if (named) {
+      try {
+        filename = named[1] ? decodeURIComponent(named[1]) : (named[2] ?? named[3]).trim();
+      } catch {
+        // a malformed name: keep the session id's
+      }
+    }
+    const contentType = response.headers.get("Content-Type") ?? "application/octet-stream";
+    return { blob: await response.blob(), filename, contentType };
+  }
+
+  /**
+   * What this caller may choose (models, prompts, options, tools) and the limits that apply to them.
+   * @returns {Promise<Config>}
+   */
+  config() {
+    return this.request("GET", "/v1/config");
+  }
+
   /** @param {string} sessionId @param {string} turnId */
   turnPath(sessionId, turnId) {
     return `/v1/sessions/${encodeURIComponent(sessionId)}/turns/${encodeURIComponent(turnId)}`;
@@ -714,17 +812,58 @@ export class ParleyClient {
   /**
    * Send a message and stream the answer. Returns at once; events arrive through the callbacks.
    * @param {string} sessionId
-   * @param {string | {input: string | unknown[], prompt_variables?: Record<string, string>,
-   *          prompt?: object, model?: string, metadata?: Record<string, string>}} message
+   * @param {string | MessageBody} message
    * @param {TurnCallbacks} [callbacks]
    * @param {SendOptions} [options]
    * @returns {TurnStream}
    */
   send(sessionId, message, callbacks = {}, options = {}) {
     const body = typeof message === "string" ? { input: message } : message;
+    return this.startTurn(sessionId, `/v1/sessions/${encodeURIComponent(sessionId)}/messages`, body, callbacks, options);
+  }
+
+  /**
+   * Send `message` in place of one of the session's user messages (any of them, not only the last): a new branch
+   * goes on from just before it, and its answer streams as a send's does. The earlier version is kept (see
+   * `Message.alternatives` and `activate`).
+   * @param {string} sessionId
+   * @param {string} messageId  a user message of the session
+   * @param {string | MessageBody} message
+   * @param {TurnCallbacks} [callbacks]
+   * @param {SendOptions} [options]
+   * @returns {TurnStream}
+   */
+  editMessage(sessionId, messageId, message, callbacks = {}, options = {}) {
+    const body = typeof message === "string" ? { input: message } : message;
+    const path = `/v1/sessions/${encodeURIComponent(sessionId)}/messages/${encodeURIComponent(messageId)}/edit`;
+    return this.startTurn(sessionId, path, body, callbacks, options);
+  }
+
+  /**
+   * Answer a turn's user message again, as a new turn on a new branch, and stream it as a send's answer.
+   * @param {string} sessionId
+   * @param {string} turnId
+   * @param {{options?: Record<string, unknown>}} [body]  Responses options for this answer
+   * @param {TurnCallbacks} [callbacks]
+   * @param {SendOptions} [options]
+   * @returns {TurnStream}
+   */
+  regenerate(sessionId, turnId, body = {}, callbacks = {}, options = {}) {
+    return this.startTurn(sessionId, `${this.turnPath(sessionId, turnId)}/regenerate`, body, callbacks, options);
+  }
+
+  /**
+   * POST a turn-starting body to `path` with `stream: true` and an Idempotency-Key, and stream the turn.
+   * @param {string} sessionId
+   * @param {string} path
+   * @param {object} body
+   * @param {TurnCallbacks} callbacks
+   * @param {SendOptions} options
+   * @returns {TurnStream}
+   */
+  startTurn(sessionId, path, body, callbacks, options) {
     const stream = new TurnStream(this, sessionId, callbacks, options.signal);
     const key = options.idempotencyKey ?? newIdempotencyKey();
-    const path = `/v1/sessions/${encodeURIComponent(sessionId)}/messages`;
     this.run(stream, async () => ({
       method: "POST",
       url: this.baseUrl + path,

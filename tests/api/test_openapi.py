@@ -35,6 +35,11 @@ ROUTES = {
     ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/cancel"),
     ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/tool_outputs"),
     ("PUT", "/v1/sessions/{session_id}/turns/{turn_id}/feedback"),
+    ("POST", "/v1/sessions/{session_id}/messages/{message_id}/edit"),
+    ("POST", "/v1/sessions/{session_id}/messages/{message_id}/activate"),
+    ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/regenerate"),
+    ("POST", "/v1/sessions/{session_id}/fork"),
+    ("GET", "/v1/sessions/{session_id}/export"),
     ("GET", "/v1/search"),
     ("GET", "/v1/usage"),
     ("GET", "/v1/config"),
@@ -49,10 +54,13 @@ ROUTES = {
 }
 BODY_ROUTES = {(m, p) for m, p in ROUTES if m in ("POST", "PATCH", "PUT")} - {
     ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/cancel"),
+    ("POST", "/v1/sessions/{session_id}/messages/{message_id}/activate"),
     ("POST", "/v1/admin/keys/{key_id}/revoke"),
 }
 SSE_ROUTES = {
     ("POST", "/v1/sessions/{session_id}/messages"),
+    ("POST", "/v1/sessions/{session_id}/messages/{message_id}/edit"),
+    ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/regenerate"),
     ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/tool_outputs"),
     ("GET", "/v1/sessions/{session_id}/turns/{turn_id}/events"),
 }
@@ -132,6 +140,7 @@ def test_schemas_match_the_contract(spec: dict[str, Any]) -> None:
         "id",
         "object",
         "title",
+        "title_source",
         "metadata",
         "prompt",
         "model",
@@ -167,6 +176,8 @@ def test_schemas_match_the_contract(spec: dict[str, Any]) -> None:
         "object",
         "session_id",
         "turn_id",
+        "parent_id",
+        "alternatives",
         "role",
         "content",
         "items",

@@ -1,11 +1,14 @@
 """Two users, and a JWT user named like one of them, never observe or change each other's objects.
 
 A hypothesis state machine drives a real server with random interleavings of three callers' operations:
-creating, reading, renaming, listing, searching and deleting sessions, sending messages (sometimes under an
-Idempotency-Key that another caller also uses), reading, cancelling, rating and resuming turns, reading usage.
-It keeps its own model of who owns what and checks every answer against it: another caller's ids answer
-404 exactly like ids that do not exist, lists hold only the caller's own objects, and an Idempotency-Key
-replays only its own user's turn (OWASP API1; ../shared/docs/reliability.md AZ-3..AZ-6, AZ-12, BI-10).
+creating, reading, renaming, listing, searching, forking, exporting and deleting sessions, sending messages
+(sometimes under an Idempotency-Key that another caller also uses), editing them, switching branches, reading,
+cancelling, rating, regenerating and resuming turns, reading usage. It keeps its own model of who owns what, and
+of each session's message tree and active branch, and checks every answer against it: another caller's ids
+answer 404 exactly like ids that do not exist, lists hold only the caller's own objects, an Idempotency-Key
+replays only its own user's turn (OWASP API1; ../shared/docs/reliability.md AZ-3..AZ-6, AZ-12, BI-10), and the
+active branch, its messages' versions and every export are exactly what the edits, regenerations, switches and
+forks so far make them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import datetime as dt
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -25,7 +29,15 @@ import pytest
 from httpx_sse import connect_sse
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multiple, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from tests.conftest import ADMIN_TOKEN, RunningParley, run_parley
 
@@ -54,12 +66,66 @@ MACHINE_SETTINGS = settings(
 )
 
 
+@dataclass(frozen=True)
+class MessageModel:
+    id: str
+    session_id: str
+    parent_id: str | None
+    role: str
+    turn_id: str | None
+    content: str
+
+
+# What the model predicts of a listed Message (the rest: items, model, status, created_at, are the turn's).
+MESSAGE_FIELDS = ("id", "session_id", "parent_id", "turn_id", "role", "content", "alternatives")
+
+
 @dataclass
 class SessionModel:
     owner: str
     title: str
     deleted: bool = False
-    turns: list[str] = field(default_factory=list)
+    turns: list[str] = field(default_factory=list)  # every turn, on every branch
+    messages: dict[str, MessageModel] = field(default_factory=dict)  # the message tree, in creation order
+    leaf: str | None = None  # the active branch's last message
+
+    def path_to(self, message_id: str | None) -> list[MessageModel]:
+        path = []
+        while message_id is not None:
+            path.append(self.messages[message_id])
+            message_id = self.messages[message_id].parent_id
+        return path[::-1]
+
+    def branch(self) -> list[MessageModel]:
+        return self.path_to(self.leaf)
+
+    def versions(self, message: MessageModel) -> list[str]:
+        return [m.id for m in self.messages.values() if m.parent_id == message.parent_id]
+
+    def newest_leaf_under(self, message_id: str) -> str:
+        # A child is always newer than its parent: the subtree's newest message is a leaf.
+        subtree = {message_id}
+        for m in self.messages.values():
+            if m.parent_id in subtree:
+                subtree.add(m.id)
+        return [m for m in self.messages if m in subtree][-1]
+
+    def expected(self, message: MessageModel) -> dict[str, Any]:
+        versions = self.versions(message)
+        alternatives = (
+            {"index": versions.index(message.id), "count": len(versions), "message_ids": versions}
+            if len(versions) > 1
+            else None
+        )
+        return {
+            "id": message.id,
+            "session_id": message.session_id,
+            "parent_id": message.parent_id,
+            "turn_id": message.turn_id,
+            "role": message.role,
+            "content": message.content,
+            "alternatives": alternatives,
+        }
 
 
 @dataclass
@@ -67,6 +133,7 @@ class TurnModel:
     owner: str
     session_id: str
     stream_url: str
+    message_id: str  # the user message it answers
 
 
 @dataclass
@@ -87,6 +154,7 @@ class TwoUsers(RuleBasedStateMachine):
 
     base_url: ClassVar[str] = ""
     requests_checked: ClassVar[int] = 0  # over every run, for the figures in docs/reliability.md
+    branch_operations: ClassVar[Counter[str]] = Counter()  # the edits, regenerations, ... that made a change
 
     sessions = Bundle("sessions")
     turns = Bundle("turns")
@@ -106,6 +174,7 @@ class TwoUsers(RuleBasedStateMachine):
         self.turn_model: dict[str, TurnModel] = {}
         self.sent: dict[tuple[str, str], SentRequest] = {}  # (actor, Idempotency-Key) -> what it started
         self.ratings: dict[str, str | None] = {}  # turn id -> the rating its owner gave it
+        self.messages: dict[str, MessageModel] = {}  # every message of every session, in creation order
 
     def teardown(self) -> None:
         self.http.close()
@@ -179,20 +248,77 @@ class TwoUsers(RuleBasedStateMachine):
             self._not_found(response, "another's history")
             return
         assert response.status_code == 200, response.text
-        messages = response.json()["data"]
-        assert {m["session_id"] for m in messages} <= {session_id}
-        assert [m["turn_id"] for m in messages if m["role"] == "user"] == self.model[session_id].turns
+        self._check_branch(session_id, response.json()["data"])
+
+    def _check_branch(self, session_id: str, listed: list[dict[str, Any]]) -> None:
+        """`listed` (a list of Message) is the session's active branch as the model has it, versions and all."""
+        session = self.model[session_id]
+        assert [{name: m[name] for name in MESSAGE_FIELDS} for m in listed] == [
+            session.expected(m) for m in session.branch()
+        ]
+
+    def _branch(self, actor: str, session_id: str) -> list[dict[str, Any]]:
+        response = self._call(actor, "GET", f"/v1/sessions/{session_id}/messages", params={"limit": 100})
+        assert response.status_code == 200, response.text
+        return list(response.json()["data"])
+
+    def _add_message(self, message: MessageModel) -> None:
+        assert message.id not in self.messages
+        self.model[message.session_id].messages[message.id] = message
+        self.messages[message.id] = message
+
+    def _answered(
+        self, actor: str, turn: dict[str, Any], user_message: MessageModel | None = None
+    ) -> list[dict[str, Any]]:
+        """A new turn ended with an answer to its user message (`user_message` when the turn wrote one): the
+        active branch is now the path to that message and the answer, whose id the listing tells. The listing."""
+        session_id = turn["session_id"]
+        assert turn["status"] == "completed", turn
+        assert turn["id"] not in self.turn_model, "a new turn's id is an earlier turn's"
+        self.turn_model[turn["id"]] = TurnModel(
+            owner=actor, session_id=session_id, stream_url=turn["stream_url"], message_id=turn["message_id"]
+        )
+        self.model[session_id].turns.append(turn["id"])
+        if user_message is not None:
+            assert turn["message_id"] == user_message.id
+            self._add_message(user_message)
+        listed = self._branch(actor, session_id)
+        answer = listed[-1]
+        assert (answer["role"], answer["parent_id"], answer["turn_id"]) == ("assistant", turn["message_id"], turn["id"])
+        self._add_message(
+            MessageModel(answer["id"], session_id, turn["message_id"], "assistant", turn["id"], answer["content"])
+        )
+        self.model[session_id].leaf = answer["id"]
+        self._check_branch(session_id, listed)
+        return listed
+
+    @staticmethod
+    def _caller(data: st.DataObject, owner: str) -> str:
+        """Mostly the owner (the branch rules change something only then), else anyone, the owner included."""
+        return str(data.draw(st.sampled_from([owner, owner, *ACTORS]), label="actor"))
+
+    def _draw_message(self, data: st.DataObject, *, role: str | None = None) -> MessageModel:
+        """Any message of any session (with `role`, those of that role twice as often)."""
+        favoured = [m.id for m in self.messages.values() if m.role == role]
+        return self.messages[data.draw(st.sampled_from(favoured + list(self.messages)), label="message")]
+
+    def _session_of(self, data: st.DataObject, owner_of: str, elsewhere: bool) -> str:
+        """The session a message or turn is in, or (elsewhere) any session: ids of two sessions never mix."""
+        if not elsewhere:
+            return owner_of
+        return str(data.draw(st.sampled_from(list(self.model)), label="session in the path"))
 
     # Turns.
 
     @rule(
         target=turns,
-        actor=st.sampled_from(ACTORS),
         session_id=sessions,
+        data=st.data(),
         text=st.sampled_from(TEXTS),
         key=st.none() | st.sampled_from(KEYS),
     )
-    def send_message(self, actor: str, session_id: str, text: str, key: str | None) -> Any:
+    def send_message(self, session_id: str, data: st.DataObject, text: str, key: str | None) -> Any:
+        actor = self._caller(data, self.model[session_id].owner)
         headers = {} if key is None else {"Idempotency-Key": f"{self.key_prefix}-{key}"}
         response = self._call(
             actor,
@@ -219,12 +345,175 @@ class TwoUsers(RuleBasedStateMachine):
         # A new turn of this caller's: never a replay of a turn another caller started under the same key.
         assert turn["id"] not in self.turn_model, "a key replayed another caller's turn"
         assert turn["session_id"] == session_id
-        assert turn["status"] == "completed", turn
-        self.turn_model[turn["id"]] = TurnModel(owner=actor, session_id=session_id, stream_url=turn["stream_url"])
-        self.model[session_id].turns.append(turn["id"])
+        leaf = self.model[session_id].leaf
+        self._answered(actor, turn, MessageModel(turn["message_id"], session_id, leaf, "user", turn["id"], text))
         if key is not None:
             self.sent[(actor, key)] = SentRequest(session_id=session_id, text=text, turn_id=turn["id"])
         return turn["id"]
+
+    # Branches.
+
+    @precondition(lambda self: self.messages)
+    @rule(
+        target=turns,
+        data=st.data(),
+        text=st.sampled_from(TEXTS),
+        elsewhere=st.sampled_from([False, False, False, True]),
+    )
+    def edit_message(self, data: st.DataObject, text: str, elsewhere: bool) -> Any:
+        message = self._draw_message(data, role="user")
+        actor = self._caller(data, self.model[message.session_id].owner)
+        session_id = self._session_of(data, message.session_id, elsewhere)
+        response = self._call(
+            actor,
+            "POST",
+            f"/v1/sessions/{session_id}/messages/{message.id}/edit",
+            json={"input": f"{text} (edited)", "stream": False},
+        )
+        if session_id != message.session_id or not self._visible(actor, session_id):
+            self._not_found(response, "editing another's message")
+            return multiple()
+        if message.role != "user":
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "message_not_editable"
+            return multiple()
+        assert response.status_code == 200, response.text
+        turn = response.json()
+        versions = len(self.model[session_id].versions(message))
+        edited = MessageModel(turn["message_id"], session_id, message.parent_id, "user", turn["id"], f"{text} (edited)")
+        *_, question, answer = self._answered(actor, turn, edited)
+        # The edit, in the place of the message it replaces and its newest version, then its answer, end the branch.
+        assert (question["id"], question["parent_id"], answer["parent_id"]) == (edited.id, message.parent_id, edited.id)
+        assert question["alternatives"]["count"] == versions + 1
+        assert question["alternatives"]["message_ids"][-1] == edited.id
+        assert message.id in question["alternatives"]["message_ids"]
+        TwoUsers.branch_operations["edit"] += 1
+        return turn["id"]
+
+    @rule(
+        target=turns,
+        turn_id=turns,
+        data=st.data(),
+        elsewhere=st.sampled_from([False, False, False, True]),
+    )
+    def regenerate(self, turn_id: str, data: st.DataObject, elsewhere: bool) -> Any:
+        answered = self.turn_model[turn_id]
+        actor = self._caller(data, answered.owner)
+        session_id = self._session_of(data, answered.session_id, elsewhere)
+        response = self._call(
+            actor, "POST", f"/v1/sessions/{session_id}/turns/{turn_id}/regenerate", json={"stream": False}
+        )
+        if session_id != answered.session_id or not self._visible(actor, session_id):
+            self._not_found(response, "regenerating another's turn")
+            return multiple()
+        assert response.status_code == 200, response.text
+        turn = response.json()
+        assert turn["message_id"] == answered.message_id  # the same question, answered again
+        session = self.model[session_id]
+        versions = sum(1 for m in session.messages.values() if m.parent_id == answered.message_id)
+        *_, question, answer = self._answered(actor, turn)
+        # The new answer, the newest of the question's answers, ends the active branch right after the question.
+        assert (question["id"], answer["parent_id"]) == (answered.message_id, answered.message_id)
+        assert answer["alternatives"]["count"] == versions + 1
+        assert answer["alternatives"]["message_ids"][-1] == answer["id"]
+        TwoUsers.branch_operations["regenerate"] += 1
+        return turn["id"]
+
+    @precondition(lambda self: self.messages)
+    @rule(data=st.data(), elsewhere=st.sampled_from([False, False, False, True]))
+    def activate(self, data: st.DataObject, elsewhere: bool) -> None:
+        message = self._draw_message(data)
+        actor = self._caller(data, self.model[message.session_id].owner)
+        session_id = self._session_of(data, message.session_id, elsewhere)
+        response = self._call(
+            actor, "POST", f"/v1/sessions/{session_id}/messages/{message.id}/activate", params={"limit": 100}
+        )
+        if session_id != message.session_id or not self._visible(actor, session_id):
+            self._not_found(response, "activating another's message")
+            return
+        assert response.status_code == 200, response.text
+        session = self.model[session_id]
+        session.leaf = session.newest_leaf_under(message.id)
+        assert message in session.branch()
+        self._check_branch(session_id, response.json()["data"])
+        TwoUsers.branch_operations["activate"] += 1
+
+    @rule(target=sessions, session_id=sessions, data=st.data())
+    def fork(self, session_id: str, data: st.DataObject) -> Any:
+        """A fork is its forker's alone, and holds the active branch up to the message chosen (one of the
+        branch's, often; any message, sometimes: off the branch or in another session, 404)."""
+        source = self.model[session_id]
+        actor = self._caller(data, source.owner)
+        candidates = [m.id for m in source.branch()] + list(self.messages)
+        until = data.draw(st.none() | st.sampled_from(candidates), label="message_id") if candidates else None
+        response = self._call(actor, "POST", f"/v1/sessions/{session_id}/fork", json={"message_id": until})
+        branch = source.branch()
+        if not self._visible(actor, session_id):
+            self._not_found(response, "forking another's session")
+            return multiple()
+        if until is not None and until not in [m.id for m in branch]:
+            self._not_found(response, "forking at a message off the active branch")
+            return multiple()
+        assert response.status_code == 201, response.text
+        forked = response.json()
+        assert (forked["title"], forked["turn_count"]) == (source.title, 0)
+        assert forked["id"] not in self.model
+        self.model[forked["id"]] = SessionModel(owner=actor, title=source.title)
+        kept = branch if until is None else branch[: [m.id for m in branch].index(until) + 1]
+        listed = self._branch(actor, forked["id"])
+        # The same conversation, in messages of its own that no turn of the fork answered.
+        assert [(m["role"], m["content"]) for m in listed] == [(m.role, m.content) for m in kept]
+        parent = None
+        for message in listed:
+            self._add_message(
+                MessageModel(message["id"], forked["id"], parent, message["role"], None, message["content"])
+            )
+            parent = message["id"]
+        self.model[forked["id"]].leaf = parent
+        self._check_branch(forked["id"], listed)
+        TwoUsers.branch_operations["fork"] += 1
+        return forked["id"]
+
+    @rule(
+        session_id=sessions,
+        data=st.data(),
+        format=st.sampled_from(["json", "markdown"]),
+        branches=st.sampled_from(["active", "all"]),
+    )
+    def export(self, session_id: str, data: st.DataObject, format: str, branches: str) -> None:
+        actor = self._caller(data, self.model[session_id].owner)
+        params = {"format": format, "branches": branches}
+        response = self._call(actor, "GET", f"/v1/sessions/{session_id}/export", params=params)
+        if not self._visible(actor, session_id):
+            self._not_found(response, "exporting another's session")
+            return
+        assert response.status_code == 200, response.text
+        TwoUsers.branch_operations["export"] += 1
+        session = self.model[session_id]
+        if format == "markdown":
+            assert response.headers["content-type"] == "text/markdown; charset=utf-8"
+            assert all(m.content in response.text for m in session.branch() if m.role == "user")
+            # Every branch: the active one, then one section for each leaf off it.
+            parents = {m.parent_id for m in session.messages.values()}
+            off = sum(1 for m in session.messages if m not in parents and m != session.leaf)
+            headings = re.findall(r"^## Branch .*$", response.text, flags=re.MULTILINE)
+            if branches == "all" and off:
+                assert headings == ["## Branch 1 (active)"] + [f"## Branch {n}" for n in range(2, off + 2)]
+            else:
+                assert headings == []
+            return
+        export = response.json()
+        assert (export["session"]["id"], export["branches"]) == (session_id, branches)
+        assert sorted(t["id"] for t in export["turns"]) == sorted(session.turns)
+        if branches == "active":
+            assert export["messages"] == self._branch(actor, session_id)
+            return
+        # Every message of the session, oldest first, each saying whether it is on the active branch.
+        on_branch = {m.id for m in session.branch()}
+        assert [{name: m[name] for name in MESSAGE_FIELDS} for m in export["messages"]] == [
+            session.expected(m) for m in session.messages.values()
+        ]
+        assert [m["on_active_branch"] for m in export["messages"]] == [m in on_branch for m in session.messages]
 
     @rule(actor=st.sampled_from(ACTORS), session_id=sessions)
     def list_turns(self, actor: str, session_id: str) -> None:
@@ -368,7 +657,11 @@ def jwt_parley(database_url: str, backend: str) -> Iterator[RunningParley]:
 
 async def test_no_user_observes_or_changes_anothers_objects(jwt_parley: RunningParley) -> None:
     machine = type("TwoUsersOnServer", (TwoUsers,), {"base_url": jwt_parley.base_url})
-    before = TwoUsers.requests_checked
+    before, operations = TwoUsers.requests_checked, Counter(TwoUsers.branch_operations)
     # Hypothesis drives the machine synchronously; off the event loop, which the fixtures share.
     await asyncio.to_thread(run_state_machine_as_test, machine, settings=MACHINE_SETTINGS)
-    print(f"\n[{jwt_parley.backend}] two-user state machine: {TwoUsers.requests_checked - before} requests checked")
+    made = ", ".join(f"{n} {name}" for name, n in sorted((TwoUsers.branch_operations - operations).items()))
+    checked = TwoUsers.requests_checked - before
+    print(
+        f"\n[{jwt_parley.backend}] two-user state machine: {checked} requests checked (own branch operations: {made})"
+    )

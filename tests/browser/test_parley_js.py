@@ -341,6 +341,87 @@ async def test_a_resume_gives_up_after_max_reconnects_and_says_the_network_is_do
     assert "Can't reach the server" in log["words"]
 
 
+async def test_branch_export_and_config_calls(lab: Page) -> None:
+    log = await run(
+        lab,
+        """
+        const json = (body, status = 200, headers = {}) =>
+          new Response(JSON.stringify(body), {status, headers: {'Content-Type': 'application/json', ...headers}});
+        const done = (id) => () => streamed([frames_([
+          [1, 'turn.created', {turn: {...turnOf('in_progress'), id}}],
+          [2, 'response.output_text.delta', {delta: id}],
+          [3, 'turn.completed', {turn: {...turnOf('completed', id), id}}],
+        ])]);
+        const list = {object: 'list', data: [{id: 'msg_1'}], first_id: 'msg_1', last_id: 'msg_1', has_more: false};
+        const {fetch, calls} = scripted([
+          done('turn_edit'),
+          done('turn_again'),
+          () => json(list),
+          () => json({id: 'sess_2', object: 'session'}, 201),
+          () => new Response('# Trip\\n', {status: 200, headers: {'Content-Type': 'text/markdown; charset=utf-8',
+            'Content-Disposition': 'attachment; filename="trip-planning.md"'}}),
+          () => new Response('{}', {status: 200, headers: {'Content-Type': 'application/json'}}),
+          () => json({object: 'config', models: {default: 'gpt-5-mini', allowed: ['*']}}),
+          () => json({error: {type: 'conflict_error', code: 'turn_in_progress', message: 'busy', param: null}}, 409),
+        ]);
+        const client = new P.ParleyClient({apiKey: 'pk_test', fetch});
+        const out = {};
+        const [editLog, editCallbacks] = collect();
+        out.edited = (await client.editMessage('sess_1', 'msg_1', {input: 'again', model: 'gpt-4.1-mini'},
+          editCallbacks).done).id;
+        out.editDeltas = editLog.deltas;
+        out.regenerated = (await client.regenerate('sess_1', 'turn_1', {options: {temperature: 0.2}}).done).id;
+        out.activated = await client.activate('sess_1', 'msg_1', {limit: 100});
+        out.forked = await client.fork('sess_1', {message_id: 'msg_1'});
+        const markdown = await client.exportSession('sess_1', {format: 'markdown', branches: 'all'});
+        out.markdown = {filename: markdown.filename, type: markdown.contentType, text: await markdown.blob.text()};
+        out.unnamed = (await client.exportSession('sess_1')).filename;
+        out.config = await client.config();
+        try { await client.activate('sess_1', 'msg_2'); } catch (error) {
+          out.refused = {status: error.status, code: error.code, words: P.describeError(error)};
+        }
+        out.calls = calls.map((c) => ({url: c.url, method: c.method, body: c.body, auth: c.headers.Authorization,
+          key: c.headers['Idempotency-Key'] ?? null, accept: c.headers.Accept ?? null}));
+        return out;
+        """,
+    )
+    assert log["edited"] == "turn_edit"
+    assert log["editDeltas"] == ["turn_edit"]
+    assert log["regenerated"] == "turn_again"
+    assert log["activated"]["data"] == [{"id": "msg_1"}]
+    assert log["forked"] == {"id": "sess_2", "object": "session"}
+    assert log["markdown"] == {
+        "filename": "trip-planning.md",
+        "type": "text/markdown; charset=utf-8",
+        "text": "# Trip\n",
+    }
+    assert log["unnamed"] == "sess_1.json"
+    assert log["config"]["models"]["default"] == "gpt-5-mini"
+    assert log["refused"]["status"] == 409
+    assert log["refused"]["code"] == "turn_in_progress"
+    assert "still answering" in log["refused"]["words"]
+
+    calls = log["calls"]
+    assert all(call["auth"] == "Bearer pk_test" for call in calls)
+    edit, again, activate, fork, export, unnamed, config, refused = calls
+    assert (edit["method"], edit["url"]) == ("POST", "/v1/sessions/sess_1/messages/msg_1/edit")
+    assert edit["body"] == '{"input":"again","model":"gpt-4.1-mini","stream":true}'
+    assert edit["accept"] == "text/event-stream"
+    assert (again["method"], again["url"]) == ("POST", "/v1/sessions/sess_1/turns/turn_1/regenerate")
+    assert again["body"] == '{"options":{"temperature":0.2},"stream":true}'
+    # Each turn-starting call has an Idempotency-Key of its own, so a retried POST never starts a second turn.
+    assert edit["key"]
+    assert again["key"]
+    assert edit["key"] != again["key"]
+    assert (activate["method"], activate["url"]) == ("POST", "/v1/sessions/sess_1/messages/msg_1/activate?limit=100")
+    assert activate["body"] is None
+    assert (fork["method"], fork["url"], fork["body"]) == ("POST", "/v1/sessions/sess_1/fork", '{"message_id":"msg_1"}')
+    assert (export["method"], export["url"]) == ("GET", "/v1/sessions/sess_1/export?format=markdown&branches=all")
+    assert unnamed["url"] == "/v1/sessions/sess_1/export"
+    assert (config["method"], config["url"]) == ("GET", "/v1/config")
+    assert refused["url"] == "/v1/sessions/sess_1/messages/msg_2/activate"
+
+
 MARKDOWN_CASES = [
     (
         "Hello **bold** and *it* and `x < y`",

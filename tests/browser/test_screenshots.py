@@ -52,7 +52,8 @@ class Scene:
 async def scene(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
     """A user with a few chats, the open one with three answers (Markdown, a tool call), made through the page."""
     async with sqlite_database(tmp_path_factory.mktemp("screens")) as url:
-        with run_parley(url, "sqlite", tools=["current_time", "calculator"]) as parley:
+        # Titles on: the open chat is named by the server after its first answer, as on a real deployment.
+        with run_parley(url, "sqlite", tools=["current_time", "calculator"], title_model="gpt-4.1-mini") as parley:
             async with httpx.AsyncClient(base_url=parley.base_url, timeout=30) as http:
                 user = await create_api_user(http, name="ada")
                 await simulator_for(parley, http).configure(tokens_per_second=0, first_token_delay_ms=0)

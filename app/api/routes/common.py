@@ -25,15 +25,19 @@ def list_response(
     )
 
 
-def links(**targets: tuple[str, str, dict[str, str]]) -> dict[str, Any]:
+def links(
+    **targets: tuple[str, str, dict[str, str]] | tuple[str, str, dict[str, str], dict[str, str]],
+) -> dict[str, Any]:
     """OpenAPI links of a success response: the operations that take the ids it returns (a client's next calls,
-    and the chains schemathesis's stateful phase follows). A target is (method, path, {parameter: expression})."""
+    and the chains schemathesis's stateful phase follows). A target is (method, path, {parameter: expression}),
+    and optionally the request body's fields ({field: expression})."""
     return {
         name: {
             "operationRef": "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method.lower(),
             "parameters": parameters,
+            **({"requestBody": body[0]} if body else {}),
         }
-        for name, (method, path, parameters) in targets.items()
+        for name, (method, path, parameters, *body) in targets.items()
     }
 
 
@@ -64,5 +68,6 @@ def _id_path(prefix: str) -> Any:
 
 SessionId = Annotated[str, _id_path("sess")]
 TurnId = Annotated[str, _id_path("turn")]
+MessageId = Annotated[str, _id_path("msg")]
 UserId = Annotated[str, _id_path("user")]
 KeyId = Annotated[str, _id_path("key")]

@@ -5,17 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.api.deps import DbDep, ListDep, SettingsDep, UpstreamDep, UserDep
-from app.api.routes.common import SessionId, errors, links, list_response
+from app.api.routes.common import MessageId, SessionId, errors, links, list_response
 from app.api.schemas import (
     ListResponse,
     MessageRead,
     SessionCreate,
     SessionDeleted,
+    SessionFork,
     SessionRead,
     SessionUpdate,
 )
 from app.api.search_schemas import SessionFilter
-from app.services import session_service
+from app.services import branch_service, session_service
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=errors(401, 422))
 
@@ -29,6 +30,8 @@ SESSION_LINKS = links(
     ListMessages=("GET", f"{SESSION}/messages", BY_SESSION_ID),
     SendMessage=("POST", f"{SESSION}/messages", BY_SESSION_ID),
     ListTurns=("GET", f"{SESSION}/turns", BY_SESSION_ID),
+    ExportSession=("GET", f"{SESSION}/export", BY_SESSION_ID),
+    ForkSession=("POST", f"{SESSION}/fork", BY_SESSION_ID),
 )
 
 
@@ -100,9 +103,41 @@ async def delete_session(session_id: SessionId, db: DbDep, user: UserDep, upstre
     return SessionDeleted(id=deleted_id)
 
 
+@router.post(
+    "/{session_id}/fork",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        201: {"description": "The new session.", "links": SESSION_LINKS},
+        **errors(400, 404, 413, 415, 502, 504),
+    },
+)
+async def fork_session(
+    session_id: SessionId, db: DbDep, user: UserDep, upstream: UpstreamDep, body: SessionFork | None = None
+) -> SessionRead:
+    """A new session, with a conversation of its own, whose history is this one's active branch up to and
+    including `message_id` (all of it by default); it keeps the session's settings."""
+    body = body or SessionFork()
+    session = await branch_service.fork(
+        db, upstream, principal=user, session_id=session_id, message_id=body.message_id, title=body.title
+    )
+    return SessionRead.of(session)
+
+
+@router.post("/{session_id}/messages/{message_id}/activate", responses=errors(404, 409))
+async def activate_message(
+    session_id: SessionId, message_id: MessageId, db: DbDep, user: UserDep, page: ListDep
+) -> ListResponse[MessageRead]:
+    """Make the branch through this message the active one (its most recent leaf): the session's next turn
+    goes on from there, in that branch's own conversation. Returns the now active branch, as `GET …/messages`
+    with the same query would. 409 while a turn is in flight."""
+    await branch_service.activate(db, principal=user, session_id=session_id, message_id=message_id)
+    return await list_messages(session_id, db, user, page)
+
+
 @router.get("/{session_id}/messages", responses=errors(404))
 async def list_messages(session_id: SessionId, db: DbDep, user: UserDep, page: ListDep) -> ListResponse[MessageRead]:
-    """The session's history, from Parley's database (oldest first by default)."""
+    """The session's active branch: the path from its first message to its active leaf, from Parley's database
+    (oldest first by default)."""
     result = await session_service.list_messages(
         db,
         principal=user,
@@ -111,4 +146,6 @@ async def list_messages(session_id: SessionId, db: DbDep, user: UserDep, page: L
         after=page.after,
         order=page.order or "asc",
     )
-    return list_response(result.items, result.has_more, MessageRead.of, lambda m: m.id)
+    return list_response(
+        result.page.items, result.page.has_more, lambda m: MessageRead.of(m, result.versions), lambda m: m.id
+    )

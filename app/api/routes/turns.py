@@ -1,4 +1,4 @@
-"""Turns: send a message and stream the answer, resume a stream, list, read and cancel turns."""
+"""Turns: send, edit or regenerate a message and stream the answer, resume a stream, list, read and cancel."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pydantic import WithJsonSchema
 
 from app.api.deps import DbDep, ListDep, StateDep, TurnsDep, UserDep, bearer_scheme
 from app.api.event_stream import event_stream
-from app.api.routes.common import SessionId, TurnId, errors, links, list_response
+from app.api.routes.common import MessageId, SessionId, TurnId, errors, links, list_response
 from app.api.schemas import ListResponse
-from app.api.turn_schemas import FeedbackUpdate, MessageCreate, ToolOutputsCreate, TurnRead
+from app.api.turn_schemas import FeedbackUpdate, MessageCreate, RegenerateCreate, ToolOutputsCreate, TurnRead
 from app.errors import InvalidRequest
 from app.services import turn_service
 from app.services.auth import Principal
@@ -53,13 +53,25 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     }
 }
 TURN = "/v1/sessions/{session_id}/turns/{turn_id}"
+MESSAGE = "/v1/sessions/{session_id}/messages/{message_id}"
 BY_TURN_ID = {"session_id": "$request.path.session_id", "turn_id": "$response.body#/id"}
+BY_MESSAGE_ID = {"session_id": "$request.path.session_id", "message_id": "$response.body#/message_id"}
 # Links of the finished Turn (stream: false); a stream carries the same ids in its `turn.created` event.
 TURN_LINKS = links(
     GetTurn=("GET", TURN, BY_TURN_ID),
     TurnEvents=("GET", f"{TURN}/events", BY_TURN_ID),
     CancelTurn=("POST", f"{TURN}/cancel", BY_TURN_ID),
     SubmitToolOutputs=("POST", f"{TURN}/tool_outputs", BY_TURN_ID),
+    RateTurn=("PUT", f"{TURN}/feedback", BY_TURN_ID),
+    RegenerateTurn=("POST", f"{TURN}/regenerate", BY_TURN_ID),
+    EditMessage=("POST", f"{MESSAGE}/edit", BY_MESSAGE_ID),
+    ActivateMessage=("POST", f"{MESSAGE}/activate", BY_MESSAGE_ID),
+    ForkAtMessage=(
+        "POST",
+        "/v1/sessions/{session_id}/fork",
+        {"session_id": "$request.path.session_id"},
+        {"message_id": "$response.body#/message_id"},
+    ),
 )
 # What `_idempotency_key` and `_last_event_id` accept (they answer 400 otherwise, in plainer words than
 # pydantic's), documented. A header is a string or absent, never null.
@@ -124,7 +136,18 @@ async def send_message(
         str | None, Header(alias="Idempotency-Key", max_length=1000), IDEMPOTENCY_KEY_SCHEMA
     ] = None,
 ) -> Response:
-    turn_request = turn_service.TurnRequest(
+    reply = await turns.send_message(
+        principal=user,
+        session_id=session_id,
+        request=_turn_request(body),
+        idempotency_key=_idempotency_key(idempotency_key),
+        base_url=str(request.base_url),
+    )
+    return _reply(reply, state, user)
+
+
+def _turn_request(body: MessageCreate) -> turn_service.TurnRequest:
+    return turn_service.TurnRequest(
         input=body.input_payload(),
         prompt=body.prompt.model_dump(exclude_none=True) if body.prompt else None,
         prompt_variables=body.prompt_variables,
@@ -134,10 +157,74 @@ async def send_message(
         tools=[tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in body.tools or []],
         options=body.options.upstream() if body.options else {},
     )
-    reply = await turns.send_message(
+
+
+@router.post(
+    "/messages/{message_id}/edit",
+    responses={
+        200: {**STREAM_RESPONSES[200], "links": TURN_LINKS},
+        **errors(400, 402, 409, 413, 415, 429, 502, 503, 504),
+    },
+    response_model=TurnRead,
+    summary="Edit a user message; stream the new answer",
+    description="Sends the body in place of one of the session's user messages, on a new branch from just "
+    "before it (the earlier version and what followed it are kept: `activate` goes back). Takes an "
+    "Idempotency-Key as a send does; 409 while a turn is in flight. " + SSE_DESCRIPTION,
+)
+async def edit_message(
+    session_id: SessionId,
+    message_id: MessageId,
+    body: MessageCreate,
+    request: Request,
+    state: StateDep,
+    turns: TurnsDep,
+    user: UserDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=1000), IDEMPOTENCY_KEY_SCHEMA
+    ] = None,
+) -> Response:
+    reply = await turns.edit_message(
         principal=user,
         session_id=session_id,
-        request=turn_request,
+        message_id=message_id,
+        request=_turn_request(body),
+        idempotency_key=_idempotency_key(idempotency_key),
+        base_url=str(request.base_url),
+    )
+    return _reply(reply, state, user)
+
+
+@router.post(
+    "/turns/{turn_id}/regenerate",
+    responses={
+        200: {**STREAM_RESPONSES[200], "links": TURN_LINKS},
+        **errors(400, 402, 409, 413, 415, 429, 502, 503, 504),
+    },
+    response_model=TurnRead,
+    summary="Answer a turn's message again; stream the new answer",
+    description="A new turn answers the same user message (`message_id`) on a new branch; the earlier answer "
+    "is kept as another version. Takes an Idempotency-Key as a send does; 409 while a turn is in flight. "
+    + SSE_DESCRIPTION,
+)
+async def regenerate_turn(
+    session_id: SessionId,
+    turn_id: TurnId,
+    request: Request,
+    state: StateDep,
+    turns: TurnsDep,
+    user: UserDep,
+    body: RegenerateCreate | None = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=1000), IDEMPOTENCY_KEY_SCHEMA
+    ] = None,
+) -> Response:
+    body = body or RegenerateCreate()
+    reply = await turns.regenerate(
+        principal=user,
+        session_id=session_id,
+        turn_id=turn_id,
+        options=body.options.upstream() if body.options else {},
+        stream=body.stream,
         idempotency_key=_idempotency_key(idempotency_key),
         base_url=str(request.base_url),
     )

@@ -64,12 +64,16 @@ async def get_usage(
         IsoDateTime | None, Query(description="Inclusive; default: the start of this month (UTC).")
     ] = None,
     end: Annotated[IsoDateTime | None, Query(description="Exclusive; default: now.")] = None,
-    group_by: Annotated[Literal["day", "model", "session", "prompt", "user"], Query()] = "day",
+    group_by: Annotated[
+        Literal["day", "model", "session", "prompt", "user", "kind"],
+        Query(description="`kind`: turns apart from the sessions' automatic titles."),
+    ] = "day",
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Any:
     """Requests, tokens (input, cached input, output, reasoning) and cost in USD, grouped. A user sees their own
-    usage; the admin token sees everyone's and may group by user. Unknown costs are left out of `cost_usd`
-    and counted in `unpriced_requests`."""
+    usage; the admin token sees everyone's and may group by user. Every ledger row counts, the sessions' automatic
+    titles (kind `title`) with the turns'. Unknown costs are left out of `cost_usd` and counted in
+    `unpriced_requests`."""
     if group_by == "user" and scope is not None:
         raise PermissionDenied("Only the admin may group usage by user.", code="admin_only", param="group_by")
     report = await usage_reports.usage_report(
