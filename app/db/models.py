@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -77,6 +78,8 @@ class ChatSession(Base):
     # Responses options and tools for every turn of the session (a message's own override them).
     options: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict, server_default="{}")
     tools: Mapped[list[dict[str, Any]]] = mapped_column(PortableJSON, default=list, server_default="[]")
+    # The deployment's own tools (PARLEY_TOOLS) the session may use, by name; None: every one the prompt allows.
+    server_tools: Mapped[list[str] | None] = mapped_column(PortableJSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_turn_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
@@ -95,6 +98,29 @@ class ChatSession(Base):
         Index("ix_sessions_user_id_id", "user_id", "id"),
         Index("ix_sessions_title_tsv", "title_tsv", postgresql_using="gin", info=POSTGRES_ONLY),
     )
+
+
+class StoredFile(Base):
+    """A file a user uploaded: its bytes (kept here, so every replica serves them) and its upstream copy."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # pfile_…
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(255))
+    # Judged by the content, not the name.
+    content_type: Mapped[str] = mapped_column(String(100))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    # The upstream's `file-…` id, once uploaded there (purpose user_data).
+    upstream_file_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Deleted by its user: hidden at once; deleted upstream once no live session references it.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    upstream_deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_files_user_id_id", "user_id", "id"),)
 
 
 class SessionConversation(Base):
