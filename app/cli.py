@@ -23,6 +23,7 @@ from app.observability.logging import configure_logging
 from app.server import preflight
 from app.server.process import is_loopback, serve_parley, serve_simulator
 from app.settings import Settings
+from app.tools.registry import ToolConfigError, check_prompt_tools, load_tools
 from app.version import package_version
 
 T = TypeVar("T")
@@ -98,6 +99,10 @@ def _serve(args: argparse.Namespace) -> int:
     for problem in (preflight.database_problem(settings), preflight.spool_problem(settings)):
         if problem is not None:
             raise CommandFailed(problem)
+    try:
+        check_prompt_tools(settings.prompt_tools, load_tools(settings.tools))
+    except ToolConfigError as error:
+        raise CommandFailed(str(error)) from error
     return serve_parley(args.host, args.port)
 
 

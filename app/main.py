@@ -12,7 +12,20 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from app.api.error_handlers import install_error_handlers
-from app.api.routes import admin, api_docs, client_config, export, health, metrics, search, sessions, turns, usage, web
+from app.api.routes import (
+    admin,
+    api_docs,
+    client_config,
+    export,
+    files,
+    health,
+    metrics,
+    search,
+    sessions,
+    turns,
+    usage,
+    web,
+)
 from app.db.engine import build_engine, build_sessionmaker
 from app.db.migrate import SchemaWatch, head_revision, upgrade
 from app.observability.loop_lag import LoopLagWatch
@@ -35,6 +48,7 @@ from app.state import AppState
 from app.streaming.event_log import EventLogRegistry
 from app.streaming.redis_log import RedisEventLogs, connect
 from app.streaming.turn_runner import RunnerConfig, TurnRunner
+from app.tools.registry import check_prompt_tools, load_tools
 from app.upstream.client import build_openai_client
 from app.upstream.response_stream import StreamPolicy
 from app.version import package_version
@@ -72,6 +86,13 @@ def upstream_base_url(settings: Settings) -> str:
     return "https://api.openai.com/v1"
 
 
+def server_tools(settings: Settings) -> ServerTools:
+    """Parley's own tools, loaded (and checked) at startup: a bad PARLEY_TOOLS entry stops the server here."""
+    loaded = load_tools(settings.tools)
+    check_prompt_tools(settings.prompt_tools, loaded)
+    return ServerTools(loaded, timeout_s=settings.tool_timeout_s, prompt_tools=settings.prompt_tools)
+
+
 def runner_config(settings: Settings) -> RunnerConfig:
     return RunnerConfig(
         stream_policy=StreamPolicy(
@@ -83,6 +104,7 @@ def runner_config(settings: Settings) -> RunnerConfig:
         lease_s=settings.turn_lease_s,
         cancel_poll_interval_s=settings.runner_cancel_poll_interval_s,
         recovery_timeout_s=settings.upstream_recovery_timeout_s,
+        max_tool_steps=settings.max_tool_rounds,
     )
 
 
@@ -114,6 +136,7 @@ def embedded_simulator(settings: Settings) -> FastAPI:
 def create_app(settings: Settings) -> FastAPI:
     base_url = upstream_base_url(settings)
     simulator = embedded_simulator(settings) if settings.uses_simulator else None
+    tools = server_tools(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -145,7 +168,6 @@ def create_app(settings: Settings) -> FastAPI:
         logs = EventLogRegistry(
             retention_s=settings.resume_window_s, max_bytes=settings.resume_max_bytes, sink=shared_logs
         )
-        tools = ServerTools(settings.tools)
         titles = TitleMaker(settings=settings, sessionmaker=sessionmaker, upstream=upstream, pricer=pricer)
         runner = TurnRunner(
             upstream=upstream,
@@ -254,6 +276,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(sessions.router)
     app.include_router(search.router)
+    app.include_router(files.router)
     app.include_router(turns.router)
     app.include_router(export.router)
     app.include_router(usage.router)
@@ -264,7 +287,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.mount("/web", web.static_files(), name="web")
     if simulator is not None:
         app.router.routes.append(Mount(SIMULATOR_MOUNT, app=simulator))
-    app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestGuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        upload_path="/v1/files",
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origins:
         # Off unless origins are listed; never "*" with credentials (bearer tokens travel in a header,

@@ -163,7 +163,15 @@ class Settings(BaseSettings):
     # Shares every turn's event log between replicas as a Redis Stream (e.g. redis://redis:6379/0), so any replica
     # serves a resume of any turn. Unset: each process keeps its turns' logs in memory only.
     redis_url: str | None = None
+    # Parley's own function tools: built-in names and `package.module:attribute` import paths (README, "Your own
+    # tools"); installed packages' `parley.tools` entry points are added to them.
     tools: Annotated[list[str], NoDecode] = []
+    # JSON: prompt id -> the tool names its turns may use (a prompt not listed may use all of them).
+    prompt_tools: dict[str, list[str]] = {}
+    # One call of a tool, unless its decorator says otherwise; the model gets "timed out" as the call's output.
+    tool_timeout_s: PositiveFloat = 10.0
+    # Upstream rounds answered by Parley's own tools in one turn; the turn then ends incomplete (tool_loop_limit).
+    max_tool_rounds: int = Field(default=8, ge=1)
     pricing_file: Path | None = None
     # The Responses options a message or session may set, by name. Cost levers (service_tier) and cache keys
     # (prompt_cache_key) are left out unless a deployment adds them.
@@ -188,6 +196,9 @@ class Settings(BaseSettings):
     keep_reasoning: bool = True
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # One uploaded file (`POST /v1/files`, that route's own limit), and all of a user's live files together.
+    max_upload_bytes: int = Field(default=20 * 1_048_576, ge=1024)
+    max_user_file_bytes: int = Field(default=200 * 1_048_576, ge=1024)
     # All the text of a message, every input form and part counted together.
     max_message_chars: int = Field(default=32_000, ge=1)
     # The JSON body of one upstream call. A legitimate one is one request body (a data: URL of almost

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import ValidationFailed
 from app.services.auth import Authenticator, Principal
+from app.services.server_tools import ServerTools
 from app.services.turn_service import TurnService
 from app.settings import Settings
 from app.state import AppState
@@ -54,6 +55,13 @@ async def get_upstream(state: StateDep) -> openai.AsyncOpenAI:
 
 
 UpstreamDep = Annotated[openai.AsyncOpenAI, Depends(get_upstream)]
+
+
+async def get_server_tools(state: StateDep) -> ServerTools:
+    return state.tools
+
+
+ServerToolsDep = Annotated[ServerTools, Depends(get_server_tools)]
 
 
 async def get_db(state: StateDep) -> AsyncIterator[AsyncSession]:

@@ -220,6 +220,15 @@ ToolIn = Annotated[
     Field(discriminator="type"),
 ]
 Tools = Annotated[list[ToolIn], Field(max_length=32)]
+# Names of Parley's own tools (`GET /v1/config`'s server_tools) a session may use; null: all of them.
+ServerToolNames = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]],
+    Field(max_length=128),
+]
+SERVER_TOOLS_DESCRIPTION = (
+    "The names of Parley's own tools (`GET /v1/config`) the session's turns may use; null (the default): all "
+    "of them. The prompt's own list (`PARLEY_PROMPT_TOOLS`) narrows it further."
+)
 
 
 class TextFormatText(StrictModel):
@@ -298,6 +307,7 @@ class SessionCreate(StrictModel):
     model: Identifier | None = None
     options: Options | None = Field(default=None, description="Responses options for every turn of the session.")
     tools: Tools | None = Field(default=None, description="Tools for every turn of the session (as a message's).")
+    server_tools: ServerToolNames | None = Field(default=None, description=SERVER_TOOLS_DESCRIPTION)
     messages: Annotated[list[ImportedMessageIn], Field(max_length=MAX_IMPORTED_MESSAGES)] | None = None
 
     model_config = ConfigDict(
@@ -320,6 +330,9 @@ class SessionUpdate(StrictModel):
     prompt: PromptRef | None = None
     options: Options | None = Field(default=None, description="Replaces the session's options (`{}` clears them).")
     tools: Tools | None = Field(default=None, description="Replaces the session's tools (`[]` clears them).")
+    server_tools: ServerToolNames | None = Field(
+        default=None, description=SERVER_TOOLS_DESCRIPTION + " Given, it replaces the session's (null: all again)."
+    )
 
 
 class SessionFork(StrictModel):
@@ -344,6 +357,7 @@ class SessionRead(BaseModel):
     model: str | None
     options: dict[str, Any]
     tools: list[dict[str, Any]]
+    server_tools: list[str] | None = Field(description=SERVER_TOOLS_DESCRIPTION)
     conversation_id: str
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -362,6 +376,7 @@ class SessionRead(BaseModel):
             model=session.model,
             options=session.options or {},
             tools=session.tools or [],
+            server_tools=session.server_tools,
             conversation_id=session.conversation_id,
             created_at=session.created_at,
             updated_at=session.updated_at,
@@ -586,7 +601,12 @@ class ClientConfigRead(BaseModel):
     prompts: ChoiceRead
     options: list[str] = Field(description="The Responses options a message or session may set.")
     builtin_tools: list[str] = Field(description="The upstream's built-in tool types a message or session may add.")
-    server_tools: list[ServerToolRead] = Field(description="Parley's own tools, which it runs for every session.")
+    server_tools: list[ServerToolRead] = Field(
+        description=(
+            "Parley's own tools, which it runs itself: a session may use all of them unless its prompt "
+            "(`PARLEY_PROMPT_TOOLS`) or its own `server_tools` narrows them."
+        )
+    )
     limits: LimitsRead
 
     @classmethod

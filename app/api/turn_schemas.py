@@ -11,8 +11,11 @@ from pydantic import AfterValidator, BaseModel, Field, StrictBool, StringConstra
 
 from app.api.schemas import Identifier, Metadata, Options, PromptRef, PromptVariables, SafeStr, StrictModel, Tools
 
-# Refused by the turn service until Parley has files of its own (a raw id names any file of the account).
-FILE_ID_DESCRIPTION = "Not accepted yet (422 `file_id_not_supported`): Parley has no files of its own."
+# Parley's own file ids only: a raw upstream id would name any file of the account, whoever uploaded it.
+FILE_ID_DESCRIPTION = (
+    "A file you uploaded (`POST /v1/files`), by its `pfile_…` id; another user's, a deleted one or an upstream "
+    "`file-…` id is 404 `file_not_found`."
+)
 
 
 def _public_https_url(value: str) -> str:

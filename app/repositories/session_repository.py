@@ -35,6 +35,7 @@ class SessionForTurn:
     model: str | None
     options: dict[str, Any]
     tools: list[dict[str, Any]]
+    server_tools: list[str] | None
     owner_budget_usd: Decimal | None
     # Untitled, no title of its user's, and no turn yet: the turn starting now is its first, titled once it ends.
     title_wanted: bool = False
@@ -48,6 +49,7 @@ SESSION_FOR_TURN = (
         ChatSession.model,
         ChatSession.options,
         ChatSession.tools,
+        ChatSession.server_tools,
         User.monthly_budget_usd,
         # Boolean-typed, so SQLite's 0/1 comes back as a bool.
         type_coerce(

@@ -11,6 +11,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+# An upload's body is its file and the multipart framing around it (boundaries, a part's headers).
+UPLOAD_FORM_OVERHEAD = 64 * 1024
 
 
 class BodyTooLarge(HTTPException):
@@ -35,19 +37,32 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
 
 class RequestGuardMiddleware:
     """Bounds request bodies (413, counting the bytes actually streamed, not trusting Content-Length
-    alone) and requires JSON bodies on the API (415), before any handler parses anything."""
+    alone) and requires JSON bodies on the API (415), before any handler parses anything. An upload
+    (`POST` to `upload_path`) is multipart instead, with its own limit: the file's, and room for the form's
+    part headers."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, prefix: str = "/v1") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        prefix: str = "/v1",
+        upload_path: str | None = None,
+        max_upload_bytes: int = 0,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.prefix = prefix
+        self.upload_path = upload_path
+        self.max_upload_bytes = max_upload_bytes + UPLOAD_FORM_OVERHEAD
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        limit = self.max_body_bytes
+        upload = scope["method"] == "POST" and scope["path"] == self.upload_path
+        limit = self.max_upload_bytes if upload else self.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await _send_error(send, 413, "payload_too_large", f"The request body is larger than {limit} bytes.")
@@ -55,7 +70,13 @@ class RequestGuardMiddleware:
         has_body = (declared not in (None, "0")) or "transfer-encoding" in headers
         if scope["method"] in _BODY_METHODS and has_body:
             media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-            if media_type != "application/json" and not media_type.endswith("+json"):
+            if upload:
+                if media_type != "multipart/form-data":
+                    await _send_error(
+                        send, 415, "unsupported_media_type", "Upload a file as multipart/form-data (field `file`)."
+                    )
+                    return
+            elif media_type != "application/json" and not media_type.endswith("+json"):
                 await _send_error(send, 415, "unsupported_media_type", "Request bodies must be application/json.")
                 return
 

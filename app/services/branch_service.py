@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from app.errors import Conflict, NotFound, ValidationFailed
 from app.repositories import branch_repository as branches_repo
 from app.repositories import session_repository as sessions_repo
 from app.repositories import turn_repository as turns_repo
+from app.services import file_service
 from app.services.auth import Principal
 from app.upstream import conversations as upstream_conversations
 
@@ -42,7 +43,7 @@ class BranchStart:
     message_id: str | None = None
 
 
-def context_items(messages: Sequence[Message]) -> list[dict[str, Any]]:
+def context_items(messages: Sequence[Message], files: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The conversation items that hold these messages, in order: what a branch's conversation starts with.
 
     Reasoning goes in with its encrypted content (`PARLEY_KEEP_REASONING`); without it, the upstream would refuse
@@ -51,7 +52,7 @@ def context_items(messages: Sequence[Message]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for message in messages:
         if message.role != "assistant":
-            content: Any = message.items if message.items else message.content
+            content: Any = file_service.upstream_parts(message.items, files or {}) if message.items else message.content
             items.append({"type": "message", "role": message.role, "content": content})
             continue
         if message.items is None:
@@ -106,12 +107,17 @@ async def _refuse_while_busy(db: AsyncSession, *, session_id: str) -> None:
 
 
 async def _branch_conversation(
-    upstream: openai.AsyncOpenAI, *, principal: Principal, session_id: str, path: Sequence[Message]
+    upstream: openai.AsyncOpenAI,
+    *,
+    principal: Principal,
+    session_id: str,
+    path: Sequence[Message],
+    files: Mapping[str, str],
 ) -> str:
     return await upstream_conversations.create_conversation(
         upstream,
         metadata={"parley_session_id": session_id, "parley_user_id": principal.user_id},
-        items=context_items(path),
+        items=context_items(path, files),
     )
 
 
@@ -135,7 +141,10 @@ async def prepare_edit(
             )
         await _refuse_while_busy(db, session_id=session_id)
         path = await branches_repo.path_to(db, session_id=session_id, message_id=message.parent_id)
-    conversation_id = await _branch_conversation(upstream, principal=principal, session_id=session_id, path=path)
+        files = await file_service.upstream_ids_for(db, user_id=principal.user_id, messages=path)
+    conversation_id = await _branch_conversation(
+        upstream, principal=principal, session_id=session_id, path=path, files=files
+    )
     return BranchStart(conversation_id=conversation_id, path_ids=[m.id for m in path])
 
 
@@ -166,7 +175,10 @@ async def prepare_regenerate(
             )
         await _refuse_while_busy(db, session_id=session_id)
         path = await branches_repo.path_to(db, session_id=session_id, message_id=message.id)
-    conversation_id = await _branch_conversation(upstream, principal=principal, session_id=session_id, path=path[:-1])
+        files = await file_service.upstream_ids_for(db, user_id=principal.user_id, messages=path[:-1])
+    conversation_id = await _branch_conversation(
+        upstream, principal=principal, session_id=session_id, path=path[:-1], files=files
+    )
     branch = BranchStart(conversation_id=conversation_id, path_ids=[m.id for m in path], message_id=message.id)
     return branch, turn.input
 
@@ -224,11 +236,12 @@ async def fork(
                 param="message_id",
             )
     path = await branches_repo.path_to(db, session_id=session_id, message_id=leaf_id)
+    files = await file_service.upstream_ids_for(db, user_id=principal.user_id, messages=path)
     fork_id = new_id("sess")
     conversation_id = await upstream_conversations.create_conversation(
         upstream,
         metadata={"parley_session_id": fork_id, "parley_user_id": principal.user_id},
-        items=context_items(path),
+        items=context_items(path, files),
     )
     now = utcnow()
     session = ChatSession(
@@ -242,6 +255,7 @@ async def fork(
         model=source.model,
         options=dict(source.options or {}),
         tools=list(source.tools or []),
+        server_tools=list(source.server_tools) if source.server_tools is not None else None,
         created_at=now,
         updated_at=now,
     )

@@ -41,7 +41,7 @@ async def client_config(
         prompts=_choices(settings.allowed_prompts, settings.effective_default_prompt_id, settings),
         options=list(settings.allowed_options),
         builtin_tools=list(settings.allowed_builtin_tools),
-        server_tools=[{"name": tool["name"], "description": tool.get("description")} for tool in tools.definitions()],
+        server_tools=tools.describe(),
         limits={
             "max_message_chars": settings.max_message_chars,
             "max_body_bytes": settings.max_body_bytes,

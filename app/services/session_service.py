@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.base import utcnow
 from app.db.ids import new_id
 from app.db.models import ChatSession, Message
-from app.errors import NotFound
+from app.errors import NotFound, ValidationFailed
 from app.repositories import branch_repository as branches_repo
 from app.repositories import session_repository as sessions_repo
 from app.repositories.pagination import Order, Page
-from app.services import branch_service
+from app.services import branch_service, file_service
 from app.services.auth import Principal
 from app.services.policy import check_model, check_options, check_prompt, check_tools
 from app.services.search_service import checked_query
@@ -70,8 +70,11 @@ async def create_session(
     messages: Sequence[ImportedMessage],
     options: dict[str, Any] | None = None,
     tools: list[dict[str, Any]] | None = None,
+    server_tools: list[str] | None = None,
+    known_server_tools: Collection[str] = (),
 ) -> ChatSession:
     check_model(settings, model)
+    check_server_tools(server_tools, known_server_tools)
     check_prompt(settings, prompt["id"] if prompt else None)
     check_options(settings, options or {})
     check_tools(settings, tools or [])
@@ -95,6 +98,7 @@ async def create_session(
         model=model,
         options=options or {},
         tools=tools or [],
+        server_tools=_unique(server_tools),
         created_at=now,
         updated_at=now,
     )
@@ -123,6 +127,21 @@ async def create_session(
     return session
 
 
+def check_server_tools(names: list[str] | None, known: Collection[str]) -> None:
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown server tool(s): {', '.join(unknown)}; this deployment has "
+            f"{', '.join(sorted(known)) or 'none'} (GET /v1/config).",
+            param="server_tools",
+            code="unknown_server_tool",
+        )
+
+
+def _unique(names: list[str] | None) -> list[str] | None:
+    return list(dict.fromkeys(names)) if names is not None else None
+
+
 async def update_session(
     db: AsyncSession,
     *,
@@ -134,8 +153,13 @@ async def update_session(
     prompt: dict[str, Any] | None = _UNSET,
     options: dict[str, Any] = _UNSET,
     tools: list[dict[str, Any]] = _UNSET,
+    server_tools: list[str] | None = _UNSET,
+    known_server_tools: Collection[str] = (),
 ) -> ChatSession:
     session = await get_session(db, principal=principal, session_id=session_id)
+    if server_tools is not _UNSET:
+        check_server_tools(server_tools, known_server_tools)
+        session.server_tools = _unique(server_tools)
     if options is not _UNSET:
         check_options(settings, options)
         session.options = options
@@ -166,6 +190,8 @@ async def delete_session(
         conversations.append(session.conversation_id)
     await branch_service.delete_conversations(upstream, conversations)
     await sessions_repo.soft_delete_session(db, session, at=utcnow())
+    # Deleted files this session was the last to name go upstream now.
+    await file_service.release_deleted_files(db, upstream, user_id=principal.user_id)
     logger.info("session.deleted", extra={"session_id": session_id})
     return session.id
 

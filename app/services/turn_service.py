@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from app.repositories import turn_repository as turns_repo
 from app.repositories import user_repository as users_repo
 from app.repositories.pagination import Order, Page
 from app.repositories.session_repository import SessionForTurn
-from app.services import branch_service
+from app.services import branch_service, file_service
 from app.services.auth import Principal
 from app.services.branch_service import BranchStart
 from app.services.limits import (
@@ -149,7 +149,7 @@ def input_items(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def check_input(settings: Settings, value: str | list[dict[str, Any]]) -> None:
-    """A message's input before anything is stored or sent: not empty, no file ids, and all of its text
+    """A message's input before anything is stored or sent: not empty, and all of its text
     (a string, or every message's string content and input_text parts together) within the limit."""
     if isinstance(value, str):
         if not value.strip():
@@ -157,21 +157,12 @@ def check_input(settings: Settings, value: str | list[dict[str, Any]]) -> None:
         chars = len(value)
     else:
         chars = 0
-        for i, item in enumerate(value):
+        for item in value:
             content = item.get("content")
             if isinstance(content, str):
                 chars += len(content)
                 continue
-            for j, part in enumerate(content if isinstance(content, list) else []):
-                if part.get("file_id") is not None:
-                    # Parley has no files of its own yet: an id would name any file of the organisation's
-                    # OpenAI account, whoever uploaded it.
-                    raise ValidationFailed(
-                        "Files cannot be referenced by file_id here; send the file's content as file_data, "
-                        "or an image as image_url (an https: or data: URL).",
-                        param=f"input.{i}.content.{j}.file_id",
-                        code="file_id_not_supported",
-                    )
+            for part in content if isinstance(content, list) else []:
                 if part.get("type") == "input_text":
                     chars += len(str(part.get("text", "")))
     limit = settings.max_message_chars
@@ -195,6 +186,10 @@ def check_upstream_body(settings: Settings, body: dict[str, Any]) -> None:
         )
 
 
+# The names of Parley's own tools a turn may use, for its prompt id and its session's list (None: all).
+AllowedServerTools = Callable[[str | None, list[str] | None], frozenset[str] | None]
+
+
 def resolve_upstream_body(
     settings: Settings,
     *,
@@ -203,8 +198,10 @@ def resolve_upstream_body(
     principal: Principal,
     turn_id: str,
     server_tools: list[dict[str, Any]],
+    allowed_server_tools: AllowedServerTools | None = None,
 ) -> dict[str, Any]:
-    """prompt, model, options and tools: message overrides → session → deployment default."""
+    """prompt, model, options and tools: message overrides → session → deployment default. Of Parley's own
+    `server_tools`, the body carries those the turn's prompt and the session allow (`allowed_server_tools`)."""
     check_model(settings, request.model)
     check_options(settings, request.options)
     check_tools(settings, request.tools)
@@ -241,6 +238,10 @@ def resolve_upstream_body(
         prompt = {"id": settings.effective_default_prompt_id}
         if settings.default_prompt_version:
             prompt["version"] = settings.default_prompt_version
+    if allowed_server_tools is not None:
+        allowed = allowed_server_tools(prompt["id"] if prompt else None, session.server_tools)
+        if allowed is not None:
+            server_tools = [tool for tool in server_tools if tool["name"] in allowed]
     if prompt is not None and request.prompt_variables:
         prompt["variables"] = {**(prompt.get("variables") or {}), **request.prompt_variables}
     body: dict[str, Any] = {
@@ -284,6 +285,7 @@ async def start_turn(
     runner_id: str,
     server_tools: list[dict[str, Any]],
     costs: RoundCosts,
+    allowed_server_tools: AllowedServerTools | None = None,
     branch: BranchStart | None = None,
     fingerprint_scope: str | None = None,
     fingerprint: str | None = None,
@@ -309,13 +311,22 @@ async def start_turn(
             if branch is not None:
                 session = dataclasses.replace(session, conversation_id=branch.conversation_id)
             turn_id = new_id("turn")
+            # Parley file ids go upstream as their upstream copies'; the message keeps them (one read, and only
+            # for an input that names files).
+            items, sent = input_items(request.input), request
+            if file_service.has_file_ids(request.input):
+                upstream_input, items = await file_service.resolve_file_ids(
+                    db, user_id=principal.user_id, value=request.input
+                )
+                sent = dataclasses.replace(request, input=upstream_input)
             body = resolve_upstream_body(
                 settings,
                 session=session,
-                request=request,
+                request=sent,
                 principal=principal,
                 turn_id=turn_id,
                 server_tools=server_tools,
+                allowed_server_tools=allowed_server_tools,
             )
             text = input_text(request.input)
             reserved = await check_turn_allowed(
@@ -351,7 +362,7 @@ async def start_turn(
                 "role": "user",
                 "content": text,
                 "status": "completed",
-                "items": input_items(request.input),
+                "items": items,
                 "conversation_id": session.conversation_id,
                 "created_at": now,
             }
@@ -712,6 +723,7 @@ class TurnService:
             idempotency_key=idempotency_key,
             runner_id=self.runner.id,
             server_tools=self.server_tools.definitions(),
+            allowed_server_tools=self.server_tools.allowed_names,
             costs=self.costs,
         )
         turn = started.turn
@@ -817,6 +829,7 @@ class TurnService:
                 idempotency_key=idempotency_key,
                 runner_id=self.runner.id,
                 server_tools=self.server_tools.definitions(),
+                allowed_server_tools=self.server_tools.allowed_names,
                 costs=self.costs,
                 branch=branch,
                 fingerprint_scope=scope,

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from app.simulator import control, routes_conversations, routes_models, routes_responses
+from app.simulator import control, routes_conversations, routes_files, routes_models, routes_responses
 from app.simulator.api_errors import SimulatorError
 from app.simulator.middleware import SimulatorMiddleware, relative_path
 from app.simulator.prompts import DEFAULT_PROMPTS_PATH, PromptLibrary
@@ -67,7 +67,7 @@ def create_simulator_app(
 
     app = FastAPI(title="Parley OpenAI simulator", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.simulator = state
-    for router in (routes_responses.router, routes_conversations.router, routes_models.router):
+    for router in (routes_responses.router, routes_conversations.router, routes_models.router, routes_files.router):
         app.include_router(router)
     if control_routes:
         guard = [] if control_token is None else [Depends(control.require_control_token(control_token))]

@@ -357,6 +357,9 @@ def function_arguments(tool: FunctionTool, user_text: str) -> str:
 
 
 def _value_for(schema: JsonObject, user_text: str) -> object:
+    if "default" in schema:
+        # A strict schema lists every property as required; one with a default is the model's to leave as is.
+        return schema["default"]
     enum = schema.get("enum")
     if isinstance(enum, list) and enum:
         return enum[0]

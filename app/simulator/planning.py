@@ -7,6 +7,7 @@ from collections.abc import Container
 import orjson
 
 from app.simulator.api_errors import SimulatorError, conversation_locked, conversation_not_found, missing_parameter
+from app.simulator.attachments import acknowledgement
 from app.simulator.conversation_items import EMPTY_PREFIX, ConversationItems, ItemsPrefix
 from app.simulator.create_params import CreateParams
 from app.simulator.faults import GenerationFault
@@ -130,6 +131,7 @@ def start_response(
             history=history,
             conversation=conversation,
             output_tokens=config.output_tokens,
+            attachments=acknowledgement(state.files, params.input_items),
         ),
         pacing=Pacing(config.tokens_per_second, config.first_token_delay_ms / 1000),
         fault=fault,
@@ -176,6 +178,7 @@ def _plan(
     history: ItemsPrefix,
     conversation: StoredConversation | None,
     output_tokens: int | None,
+    attachments: str | None = None,
 ) -> list[PlannedItem]:
     user_text = newest_user_text(params.input_items)
     if user_text is None:
@@ -212,7 +215,8 @@ def _plan(
         # A JSON answer is never padded or cut to `output_tokens`: that would break the document.
         plan.append(PlannedMessage(split_tokens(json_answer(params.text_format, user_text))))
     else:
-        plan.append(
-            PlannedMessage(reply_tokens(user_text=user_text, tool_outputs=tool_outputs, output_tokens=output_tokens))
-        )
+        reply = reply_tokens(user_text=user_text, tool_outputs=tool_outputs, output_tokens=output_tokens)
+        if attachments is not None:
+            reply = [*split_tokens(attachments + "\n\n"), *reply]
+        plan.append(PlannedMessage(reply))
     return plan

@@ -19,6 +19,7 @@ from app.simulator.api_errors import (
     invalid_type,
     response_not_found,
 )
+from app.simulator.attachments import check_attachments
 from app.simulator.create_params import parse_create_params
 from app.simulator.deps import StateDep
 from app.simulator.faults import (
@@ -60,6 +61,7 @@ async def create_response(request: Request, state: StateDep) -> Response:
     if params.background and state.zero_data_retention:
         raise background_refused()
     await state.recall(conversation_id=params.conversation_id, response_id=params.previous_response_id)
+    await check_attachments(state, params.input_items)
     record, generation = start_response(state, params, fault)
     if params.background:
         record.log = EventLog()

@@ -4,6 +4,8 @@ it has a state database, written there too and read back from it after a restart
 from __future__ import annotations
 
 import asyncio
+import secrets
+import string
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
@@ -249,6 +251,16 @@ class ResponseContext:
         return [*self.history.decoded(), *orjson.loads(self.input)]
 
 
+class StoredFile(NamedTuple):
+    """An uploaded file: its FileObject as served, and its bytes."""
+
+    file: JsonObject
+    content: bytes
+
+
+_FILE_ID_ALPHABET = string.ascii_letters + string.digits
+
+
 class SimulatorState:
     """The working copy is in memory. With a `database`, every change is also queued for it, and an id that
     memory does not hold is looked for there (`find_conversation`, `find_response`) before it counts as unknown.
@@ -274,12 +286,51 @@ class SimulatorState:
         self.requests: list[RecordedRequest] = []
         self.conversations: dict[str, StoredConversation] = {}
         self.responses: dict[str, ResponseRecord] = {}
+        self.files: dict[str, StoredFile] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Deleted here, perhaps not yet in the database: never to be read back from it.
         self._deleted: set[str] = set()
 
     def next_fault(self) -> Fault | None:
         return self.faults.popleft() if self.faults else None
+
+    # -- files -----------------------------------------------------------------------------------------------
+
+    async def find_file(self, file_id: str) -> StoredFile | None:
+        stored = self.files.get(file_id)
+        if stored is not None or self.database is None or file_id in self._deleted:
+            return stored
+        row = await self.database.load_file(file_id)
+        if row is None:
+            return None
+        return self.files.setdefault(file_id, StoredFile(orjson.loads(row[0]), row[1]))
+
+    def create_file(self, *, filename: str, purpose: str, content: bytes) -> StoredFile:
+        file_id = "file-" + "".join(secrets.choice(_FILE_ID_ALPHABET) for _ in range(22))
+        stored = StoredFile(
+            {
+                "id": file_id,
+                "object": "file",
+                "bytes": len(content),
+                "created_at": int(time.time()),
+                "filename": filename,
+                "purpose": purpose,
+                "status": "processed",
+                "expires_at": None,
+                "status_details": None,
+            },
+            content,
+        )
+        self.files[file_id] = stored
+        if self.database is not None:
+            self.database.insert_file(file_id=file_id, file=orjson.dumps(stored.file), content=content)
+        return stored
+
+    def delete_file(self, file_id: str) -> None:
+        self.files.pop(file_id, None)
+        if self.database is not None:
+            self._deleted.add(file_id)
+            self.database.delete_file(file_id)
 
     # -- conversations -------------------------------------------------------------------------------------
 
@@ -416,6 +467,7 @@ class SimulatorState:
         self.requests.clear()
         self.conversations.clear()
         self.responses.clear()
+        self.files.clear()
         if self.database is not None:
             self.database.clear()
             # Written before the next request can look for an id in the database.

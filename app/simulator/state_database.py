@@ -20,7 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Column, Integer, MetaData, String, Table, Text, delete, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -63,6 +76,14 @@ responses_table = Table(
     Column("input_tokens", BigInteger, nullable=False),
     Column("instructions_key", BigInteger, nullable=False),
     Column("background", Boolean, nullable=False),
+)
+files_table = Table(
+    "simulator_files",
+    metadata,
+    Column("id", String, primary_key=True),
+    # The FileObject as served, and the file's bytes.
+    Column("file", Text, nullable=False),
+    Column("content", LargeBinary, nullable=False),
 )
 TABLE_NAMES = frozenset(metadata.tables)
 
@@ -207,8 +228,14 @@ class StateDatabase:
     def delete_response(self, response_id: str) -> None:
         self._enqueue((delete(responses_table).where(responses_table.c.id == response_id), None))
 
+    def insert_file(self, *, file_id: str, file: bytes, content: bytes) -> None:
+        self._enqueue((files_table.insert(), {"id": file_id, "file": file.decode(), "content": content}))
+
+    def delete_file(self, file_id: str) -> None:
+        self._enqueue((delete(files_table).where(files_table.c.id == file_id), None))
+
     def clear(self) -> None:
-        for table in (conversation_items_table, conversations_table, responses_table):
+        for table in (conversation_items_table, conversations_table, responses_table, files_table):
             self._enqueue((delete(table), None))
 
     # -- reads ---------------------------------------------------------------------------------------------
@@ -262,6 +289,14 @@ class StateDatabase:
             instructions_key=int(found.instructions_key),
             background=bool(found.background),
         )
+
+    async def load_file(self, file_id: str) -> tuple[bytes, bytes] | None:
+        """A file's FileObject (JSON) and its bytes."""
+        if self._engine is None or not await self._ensure_tables():
+            return None
+        async with self._engine.connect() as connection:
+            found = (await connection.execute(select(files_table).where(files_table.c.id == file_id))).first()
+        return None if found is None else (found.file.encode(), bytes(found.content))
 
     # -- the writer ----------------------------------------------------------------------------------------
 

@@ -115,7 +115,7 @@ class ToolResult:
 
 
 class ToolExecutor(Protocol):
-    """The function tools Parley runs itself (`services.tools`)."""
+    """The function tools Parley runs itself (`services.server_tools`)."""
 
     def definitions(self) -> list[dict[str, Any]]: ...
     def has(self, name: str) -> bool: ...
@@ -586,55 +586,73 @@ class TurnRunner:
         that are the client's to answer. Each output is stored before the next round sends it, so that a process
         taking the turn over never runs a finished call again (`known`: those it found stored; `announced`:
         those whose completion its readers have seen)."""
-        outputs: list[dict[str, Any]] = []
+        # Only the tools this turn offered the model are Parley's to run (a session or prompt may narrow them).
+        offered = {tool.get("name") for tool in handle.job.upstream_body.get("tools") or () if isinstance(tool, dict)}
+        outputs: dict[str, dict[str, Any]] = {}
         for_client: list[dict[str, str]] = []
+        to_run: list[dict[str, str]] = []
         for call in calls:
-            if self.tools is None or not self.tools.has(call["name"]):
+            if self.tools is None or not self.tools.has(call["name"]) or call["name"] not in offered:
                 for_client.append(call)
                 continue
             stored = known.get(call["call_id"])
-            if stored is not None:
-                outputs.append(stored)
-                if handle.state is not None and stored not in handle.state.items:
-                    handle.state.items.append(stored)
-                if call["call_id"] not in announced:
-                    handle.log.append(
-                        "turn.tool_call.completed",
-                        orjson.dumps(
-                            {
-                                "call_id": call["call_id"],
-                                "name": call["name"],
-                                "output": stored.get("output"),
-                                "error": None,
-                                "duration_ms": None,
-                            }
-                        ),
-                    )
+            if stored is None:
+                to_run.append(call)
                 continue
+            outputs[call["call_id"]] = stored
+            if handle.state is not None and stored not in handle.state.items:
+                handle.state.items.append(stored)
+            if call["call_id"] not in announced:
+                handle.log.append(
+                    "turn.tool_call.completed",
+                    orjson.dumps(
+                        {
+                            "call_id": call["call_id"],
+                            "name": call["name"],
+                            "output": stored.get("output"),
+                            "error": None,
+                            "duration_ms": None,
+                        }
+                    ),
+                )
+        # The calls of one round run at once (the model asked for them together); each output is stored and
+        # announced as it comes, and the next round sends them in the order the model made the calls.
+        for call in to_run:
             handle.log.append("turn.tool_call.started", orjson.dumps(call))
+        finished: list[dict[str, Any]] = list(outputs.values())
+        storing = asyncio.Lock()
+
+        async def run_one(call: dict[str, str], tools: ToolExecutor) -> None:
             started = time.monotonic()
             try:
-                result = await self.tools.run(call["name"], call["arguments"])
+                result = await tools.run(call["name"], call["arguments"])
             except Exception:
                 logger.exception("tool.crashed", extra={"turn_id": handle.job.turn_id, "tool": call["name"]})
                 result = ToolResult(output='{"error": "The tool failed."}', error="The tool failed.")
-            outputs.append({"type": "function_call_output", "call_id": call["call_id"], "output": result.output})
+            output = {"type": "function_call_output", "call_id": call["call_id"], "output": result.output}
+            async with storing:
+                outputs[call["call_id"]] = output
+                finished.append(output)
+                await self.store.store_tool_outputs(handle.job.turn_id, list(finished))
+                handle.log.append(
+                    "turn.tool_call.completed",
+                    orjson.dumps(
+                        {
+                            "call_id": call["call_id"],
+                            "name": call["name"],
+                            "output": result.output,
+                            "error": result.error,
+                            "duration_ms": int((time.monotonic() - started) * 1000),
+                        }
+                    ),
+                )
+
+        if to_run and self.tools is not None:
+            await asyncio.gather(*(run_one(call, self.tools) for call in to_run))
             if handle.state is not None:
-                handle.state.items.append(outputs[-1])
-            await self.store.store_tool_outputs(handle.job.turn_id, outputs)
-            handle.log.append(
-                "turn.tool_call.completed",
-                orjson.dumps(
-                    {
-                        "call_id": call["call_id"],
-                        "name": call["name"],
-                        "output": result.output,
-                        "error": result.error,
-                        "duration_ms": int((time.monotonic() - started) * 1000),
-                    }
-                ),
-            )
-        return outputs, for_client
+                handle.state.items.extend(outputs[call["call_id"]] for call in to_run)
+        ordered = [outputs[call["call_id"]] for call in calls if call["call_id"] in outputs]
+        return ordered, for_client
 
     async def _relay(self, handle: TurnHandle, stream: UpstreamStream, state: TurnState) -> str | None:
         """Relay upstream events into the log until the response ends. Returns why it ended early ("cancelled",

@@ -260,7 +260,7 @@ async def test_405_allow_lists_every_method_of_the_path(client: httpx.AsyncClien
             assert response.headers["allow"] in _error(response, 405)["message"]
 
 
-# --- 5. a client's file_id is refused, never sent upstream ------------------------------------------------
+# --- 5. a raw upstream file id is not found, never sent upstream ------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -271,16 +271,16 @@ async def test_405_allow_lists_every_method_of_the_path(client: httpx.AsyncClien
         {"type": "input_image", "file_id": "file-0123456789abcdef", "image_url": "https://example.com/cat.png"},
     ],
 )
-async def test_a_file_id_is_refused_and_never_sent_upstream(
+async def test_a_raw_upstream_file_id_is_not_found_and_never_sent_upstream(
     client: httpx.AsyncClient, user: ApiUser, sim: Simulator, part: dict[str, Any]
 ) -> None:
     session_id = await new_session(client, user)
     content = [{"type": "input_text", "text": "What is in this file?"}, part]
     response = await _send(client, user, session_id, {"input": [{"role": "user", "content": content}]})
-    error = _error(response, 422)
-    assert error["code"] == "file_id_not_supported"
+    error = _error(response, 404)
+    assert error["code"] == "file_not_found"
     assert error["param"] == "input.0.content.1.file_id"
-    assert "file_id" in error["message"]
+    assert "file-0123456789abcdef" in error["message"]
     await _nothing_happened(client, user, sim, session_id)
     logged = str(await sim.requests())
     assert "file-0123456789abcdef" not in logged

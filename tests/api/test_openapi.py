@@ -41,6 +41,11 @@ ROUTES = {
     ("POST", "/v1/sessions/{session_id}/fork"),
     ("GET", "/v1/sessions/{session_id}/export"),
     ("GET", "/v1/search"),
+    ("POST", "/v1/files"),
+    ("GET", "/v1/files"),
+    ("GET", "/v1/files/{file_id}"),
+    ("GET", "/v1/files/{file_id}/content"),
+    ("DELETE", "/v1/files/{file_id}"),
     ("GET", "/v1/usage"),
     ("GET", "/v1/config"),
     ("POST", "/v1/admin/users"),
@@ -56,6 +61,7 @@ BODY_ROUTES = {(m, p) for m, p in ROUTES if m in ("POST", "PATCH", "PUT")} - {
     ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/cancel"),
     ("POST", "/v1/sessions/{session_id}/messages/{message_id}/activate"),
     ("POST", "/v1/admin/keys/{key_id}/revoke"),
+    ("POST", "/v1/files"),  # multipart: see test_an_upload_is_described_as_multipart
 }
 SSE_ROUTES = {
     ("POST", "/v1/sessions/{session_id}/messages"),
@@ -118,6 +124,14 @@ def test_every_api_route_is_documented_with_auth_and_errors(spec: dict[str, Any]
             assert "413" not in responses, (method, path)
 
 
+def test_an_upload_is_described_as_multipart(spec: dict[str, Any]) -> None:
+    operation = _operations(spec)[("POST", "/v1/files")]
+    form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["file"]
+    assert form["properties"]["file"]["format"] == "binary"
+    assert {"201", "413", "415"} <= set(operation["responses"])
+
+
 def test_streams_are_described(spec: dict[str, Any]) -> None:
     operations = _operations(spec)
     for key in SSE_ROUTES:
@@ -146,6 +160,7 @@ def test_schemas_match_the_contract(spec: dict[str, Any]) -> None:
         "model",
         "options",
         "tools",
+        "server_tools",
         "conversation_id",
         "created_at",
         "updated_at",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.api.deps import DbDep, ListDep, SettingsDep, UpstreamDep, UserDep
+from app.api.deps import DbDep, ListDep, ServerToolsDep, SettingsDep, UpstreamDep, UserDep
 from app.api.routes.common import MessageId, SessionId, errors, links, list_response
 from app.api.schemas import (
     ListResponse,
@@ -31,7 +31,6 @@ SESSION_LINKS = links(
     SendMessage=("POST", f"{SESSION}/messages", BY_SESSION_ID),
     ListTurns=("GET", f"{SESSION}/turns", BY_SESSION_ID),
     ExportSession=("GET", f"{SESSION}/export", BY_SESSION_ID),
-    ForkSession=("POST", f"{SESSION}/fork", BY_SESSION_ID),
 )
 
 
@@ -41,7 +40,12 @@ SESSION_LINKS = links(
     responses={201: {"description": "The session.", "links": SESSION_LINKS}, **errors(400, 413, 415, 429, 502, 504)},
 )
 async def create_session(
-    body: SessionCreate, db: DbDep, user: UserDep, settings: SettingsDep, upstream: UpstreamDep
+    body: SessionCreate,
+    db: DbDep,
+    user: UserDep,
+    settings: SettingsDep,
+    upstream: UpstreamDep,
+    server_tools: ServerToolsDep,
 ) -> SessionRead:
     """Create a session and its upstream Conversation; `messages` imports a Chat Completions history."""
     session = await session_service.create_session(
@@ -56,6 +60,8 @@ async def create_session(
         options=body.options.upstream() if body.options else {},
         tools=[tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in body.tools or []],
         messages=[session_service.ImportedMessage(m.role, m.content) for m in body.messages or []],
+        server_tools=body.server_tools,
+        known_server_tools=server_tools.names(),
     )
     return SessionRead.of(session)
 
@@ -76,11 +82,16 @@ async def get_session(session_id: SessionId, db: DbDep, user: UserDep) -> Sessio
 
 @router.patch("/{session_id}", responses=errors(400, 404, 413, 415))
 async def update_session(
-    session_id: SessionId, body: SessionUpdate, db: DbDep, user: UserDep, settings: SettingsDep
+    session_id: SessionId,
+    body: SessionUpdate,
+    db: DbDep,
+    user: UserDep,
+    settings: SettingsDep,
+    server_tools: ServerToolsDep,
 ) -> SessionRead:
-    """Change the title, metadata, pinned prompt, options or tools; fields left out stay as they are, and options
-    and tools given replace the session's."""
-    fields = {"title", "metadata", "prompt", "options", "tools"}
+    """Change the title, metadata, pinned prompt, options, tools or server tools; fields left out stay as they
+    are, and options and tools given replace the session's."""
+    fields = {"title", "metadata", "prompt", "options", "tools", "server_tools"}
     changes = {name: getattr(body, name) for name in body.model_fields_set & fields}
     if "metadata" in changes:
         changes["metadata"] = changes["metadata"] or {}
@@ -91,7 +102,12 @@ async def update_session(
     if "tools" in changes:
         changes["tools"] = [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in body.tools or []]
     session = await session_service.update_session(
-        db, settings=settings, principal=user, session_id=session_id, **changes
+        db,
+        settings=settings,
+        principal=user,
+        session_id=session_id,
+        known_server_tools=server_tools.names(),
+        **changes,
     )
     return SessionRead.of(session)
 
