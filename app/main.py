@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -306,4 +307,28 @@ def create_app(settings: Settings) -> FastAPI:
             allow_credentials=False,
             max_age=600,
         )
+    document_server_tool_names(app, tools.names())
     return app
+
+
+def document_server_tool_names(app: FastAPI, names: list[str]) -> None:
+    """The OpenAPI document names this deployment's own tools where a session lists them (`server_tools`): the
+    names come from PARLEY_TOOLS, which no static schema knows (FastAPI's documented way to extend the schema)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for model in ("SessionCreate", "SessionUpdate"):
+            field = schema["components"]["schemas"][model]["properties"]["server_tools"]
+            for option in field.get("anyOf", [field]):
+                if option.get("type") == "array":
+                    if names:
+                        option["items"]["enum"] = sorted(names)
+                    else:
+                        option["maxItems"] = 0
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

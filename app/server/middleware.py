@@ -61,7 +61,8 @@ class RequestGuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        upload = scope["method"] == "POST" and scope["path"] == self.upload_path
+        # Any method: a multipart body sent with the wrong one is the router's 405, not a 415.
+        upload = scope["path"] == self.upload_path
         limit = self.max_upload_bytes if upload else self.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):

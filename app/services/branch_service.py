@@ -230,9 +230,9 @@ async def fork(
     if message_id is not None:
         message = await branches_repo.get_message(db, session_id=session_id, message_id=message_id)
         if message is None or not message.on_active_branch:
-            raise NotFound(
-                f"No message with id '{message_id}' on this session's active branch.",
-                code="message_not_found",
+            raise ValidationFailed(
+                f"A fork ends at a message of this session's active branch; '{message_id}' is not one.",
+                code="message_not_on_branch",
                 param="message_id",
             )
     path = await branches_repo.path_to(db, session_id=session_id, message_id=leaf_id)

@@ -42,6 +42,15 @@ _BINARY_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".pdf"})
 _TEXT_TYPES = {".md": "text/markdown", ".markdown": "text/markdown", ".csv": "text/csv", ".json": "application/json"}
 
 
+# Every type `sniff_type` answers, so what a file is served as.
+CONTENT_TYPES = (
+    *dict.fromkeys(content_type for _, content_type in _SIGNATURES),
+    "image/webp",
+    "text/plain",
+    *dict.fromkeys(_TEXT_TYPES.values()),
+)
+
+
 def sniff_type(filename: str, data: bytes) -> str:
     """The file's type as its bytes show it; the name only tells text types apart (Markdown, CSV, plain), and
     a `.json` must parse. Anything else is a 415."""

@@ -289,8 +289,7 @@ async def test_every_branch_of_an_edited_and_regenerated_session(client: httpx.A
     assert a2["content"] in second
     assert "### You" not in second
     assert third.startswith(
-        "\nStarts at the top, in place of the first message.\n\n### You\n\nFirst question, edited\n\n"
-        "### Assistant\n\n"
+        "\nStarts at the top, in place of the first message.\n\n### You\n\nFirst question, edited\n\n### Assistant\n\n"
     )
     assert a1b["content"] in third
     assert "Second question" not in third

@@ -3,9 +3,10 @@
 It reads `/openapi.json` from the running server and generates requests for every operation, valid and
 invalid (the schema's examples, boundary values of every constraint, random data, unexpected methods, missing
 and wrong credentials), then chains operations along the schema's OpenAPI links and the ones it infers (create a
-session, then read, rename, message and delete it; send a message, then read, cancel and resume the turn). Every check is on:
-no 5xx, every status code, content type, header and body as documented, invalid data refused, valid data
-accepted, auth enforced. A failure prints schemathesis's report with a curl command that reproduces it.
+session, then read, rename, message, export and delete it; send a message, then read, cancel, resume, rate and
+regenerate the turn, edit its message, switch to it and fork the session at it). Every check is on: no 5xx, every status code, content type, header and body as documented, invalid data
+refused, valid data accepted, auth enforced. A failure prints schemathesis's report with a curl command that
+reproduces it.
 """
 
 from __future__ import annotations
@@ -24,15 +25,19 @@ from app.settings import BuiltinToolType, OptionName
 from tests.conftest import ADMIN_TOKEN, RunningParley, create_api_user, run_parley
 
 # Cases per operation in the fuzzing phase; the coverage phase adds each constraint's boundaries on top. About
-# 5,000 requests and 45-60 s per backend on a 2-core machine.
-MAX_EXAMPLES = 150
+# 8,000 requests and 1.5-2 minutes per backend on a 2-core machine (150 took 2.5-4.5 minutes on Postgres once the
+# branch, export and file routes came: too close to the timeout below).
+MAX_EXAMPLES = 100
 # Business rules no JSON Schema can state, which answer a schema-valid request with a documented 4xx: a usage
 # report's `end` must be after its `start` and it covers at most 400 days (422); a message may name a prompt the
 # upstream does not know (400, with the upstream's words) and image or file URLs must be public https ones (422);
 # the stateful phase, as the admin, may set the fuzzing user's own budget to 0 (402); a search's `after` must be
-# the id of an earlier result, whose bytes no pattern describes (422).
+# the id of an earlier result, whose bytes no pattern describes (422); a fork ends at a message of the session's
+# active branch (422); an upload's type is judged by its content (415).
 USAGE_RULES = ["2xx", "401", "403", "422"]
 SEARCH_RULES = ["2xx", "401", "403", "422"]
+UPLOAD_RULES = ["2xx", "401", "403", "413", "415"]
+FORK_RULES = ["2xx", "401", "403", "404", "422"]
 SEND_RULES = ["2xx", "400", "401", "402", "403", "404", "409", "422", "429"]
 # A body over PARLEY_MAX_BODY_BYTES is refused with 413 before it is parsed (schemathesis's default list of
 # rejections leaves 413 out).
@@ -81,6 +86,14 @@ checks.positive_data_acceptance.expected-statuses = {json.dumps(USAGE_RULES)}
 [[operations]]
 include-path = "/v1/search"
 checks.positive_data_acceptance.expected-statuses = {json.dumps(SEARCH_RULES)}
+
+[[operations]]
+include-path-regex = "^/v1/sessions/[^/]+/fork$"
+checks.positive_data_acceptance.expected-statuses = {json.dumps(FORK_RULES)}
+
+[[operations]]
+include-path = "/v1/files"
+checks.positive_data_acceptance.expected-statuses = {json.dumps(UPLOAD_RULES)}
 
 [[operations]]
 include-path-regex = "^/v1/sessions/[^/]+/(messages|turns/[^/]+/tool_outputs)$"

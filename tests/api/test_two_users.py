@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
+    initialize,
     invariant,
     multiple,
     precondition,
@@ -56,7 +57,7 @@ SEARCH_WORDS = ("Trip", "plans", "Lisbon", "hello", "alice", "nowhere")
 KEYS = ("key-a", "key-b", "key-c")
 LAST_EVENT_IDS = (None, 0, 1, 4, 10_000)
 
-# Enough interleavings to mix every rule with every other, small enough for CI (about 20 s per backend).
+# Enough interleavings to mix every rule with every other, small enough for CI (about 45 s per backend).
 MACHINE_SETTINGS = settings(
     max_examples=60,
     stateful_step_count=25,
@@ -204,8 +205,19 @@ class TwoUsers(RuleBasedStateMachine):
 
     # Sessions.
 
+    @initialize(target=sessions)
+    def a_conversation_each(self) -> Any:
+        """Each caller starts with a session of one exchange: the branch rules have messages from the first step."""
+        started = [self._create(actor, TITLES[0]) for actor in ACTORS]
+        for actor, session_id in zip(ACTORS, started, strict=True):
+            self._send(actor, session_id, TEXTS[0], None)
+        return multiple(*started)
+
     @rule(target=sessions, actor=st.sampled_from(ACTORS), title=st.sampled_from(TITLES))
     def create_session(self, actor: str, title: str) -> str:
+        return self._create(actor, title)
+
+    def _create(self, actor: str, title: str) -> str:
         response = self._call(actor, "POST", "/v1/sessions", json={"title": title})
         assert response.status_code == 201, response.text
         session_id = str(response.json()["id"])
@@ -318,7 +330,9 @@ class TwoUsers(RuleBasedStateMachine):
         key=st.none() | st.sampled_from(KEYS),
     )
     def send_message(self, session_id: str, data: st.DataObject, text: str, key: str | None) -> Any:
-        actor = self._caller(data, self.model[session_id].owner)
+        return self._send(self._caller(data, self.model[session_id].owner), session_id, text, key)
+
+    def _send(self, actor: str, session_id: str, text: str, key: str | None) -> Any:
         headers = {} if key is None else {"Idempotency-Key": f"{self.key_prefix}-{key}"}
         response = self._call(
             actor,
@@ -390,13 +404,10 @@ class TwoUsers(RuleBasedStateMachine):
         TwoUsers.branch_operations["edit"] += 1
         return turn["id"]
 
-    @rule(
-        target=turns,
-        turn_id=turns,
-        data=st.data(),
-        elsewhere=st.sampled_from([False, False, False, True]),
-    )
-    def regenerate(self, turn_id: str, data: st.DataObject, elsewhere: bool) -> Any:
+    @precondition(lambda self: self.turn_model)
+    @rule(target=turns, data=st.data(), elsewhere=st.sampled_from([False, False, False, True]))
+    def regenerate(self, data: st.DataObject, elsewhere: bool) -> Any:
+        turn_id = data.draw(st.sampled_from(list(self.turn_model)), label="turn")
         answered = self.turn_model[turn_id]
         actor = self._caller(data, answered.owner)
         session_id = self._session_of(data, answered.session_id, elsewhere)
@@ -441,7 +452,7 @@ class TwoUsers(RuleBasedStateMachine):
     @rule(target=sessions, session_id=sessions, data=st.data())
     def fork(self, session_id: str, data: st.DataObject) -> Any:
         """A fork is its forker's alone, and holds the active branch up to the message chosen (one of the
-        branch's, often; any message, sometimes: off the branch or in another session, 404)."""
+        branch's, often; any message, sometimes: off the branch or in another session, 422)."""
         source = self.model[session_id]
         actor = self._caller(data, source.owner)
         candidates = [m.id for m in source.branch()] + list(self.messages)
@@ -452,7 +463,8 @@ class TwoUsers(RuleBasedStateMachine):
             self._not_found(response, "forking another's session")
             return multiple()
         if until is not None and until not in [m.id for m in branch]:
-            self._not_found(response, "forking at a message off the active branch")
+            assert response.status_code == 422, f"forking at a message off the active branch: {response.text}"
+            assert response.json()["error"]["code"] == "message_not_on_branch"
             return multiple()
         assert response.status_code == 201, response.text
         forked = response.json()

@@ -344,7 +344,8 @@ async def test_a_fork_copies_the_branch_up_to_a_message_into_a_session_of_its_ow
     stale = await client.post(
         f"/v1/sessions/{session_id}/fork", json={"message_id": source[5]["id"]}, headers=user.headers
     )
-    assert stale.status_code == 404
+    assert stale.status_code == 422
+    assert stale.json()["error"]["code"] == "message_not_on_branch"
 
 
 async def test_deleting_a_session_deletes_every_branch_conversation(

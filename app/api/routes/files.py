@@ -151,7 +151,13 @@ async def get_file(file_id: FileId, db: DbDep, user: UserDep) -> FileRead:
 
 @router.get(
     "/{file_id}/content",
-    responses={**errors(404), 200: {"content": {"application/octet-stream": {}}, "description": "The file's bytes."}},
+    responses={
+        **errors(404),
+        200: {
+            "content": {content_type: {} for content_type in file_service.CONTENT_TYPES},
+            "description": "The file's bytes, as the type Parley judged from them.",
+        },
+    },
     response_class=StreamingResponse,
 )
 async def get_file_content(file_id: FileId, db: DbDep, user: UserDep, state: StateDep) -> StreamingResponse:
