@@ -338,10 +338,20 @@ async def cancel_all(tasks: list[asyncio.Task[StreamRecord]]) -> None:
 # --- the database, read directly ------------------------------------------------------------------------
 
 
-async def kill_once_progressed(parley: ParleyProcess, record: StreamRecord, task: asyncio.Task[StreamRecord]) -> None:
-    """SIGKILL the process once the stream it serves has brought its wanted deltas; the stream then breaks."""
+async def kill_once_progressed(
+    parley: ParleyProcess,
+    record: StreamRecord,
+    task: asyncio.Task[StreamRecord],
+    *,
+    stored_in: AsyncEngine | None = None,
+) -> None:
+    """SIGKILL the process once the stream it serves has brought its wanted deltas, and (with `stored_in`) once
+    the turn's response id is stored there, as it is a moment after a turn's start: a kill before that leaves
+    nobody able to continue the turn (it ends interrupted, tested on its own). The stream then breaks."""
     try:
         await until_progressed([record])
+        if stored_in is not None:
+            await poll_row(stored_in, record.turn_id, lambda row: bool(row.response_ids), timeout=10)
         parley.process.kill()
         assert await parley.wait_exit(10) is not None
         await asyncio.wait_for(task, 10)
@@ -624,7 +634,7 @@ async def test_a_restarted_process_finishes_the_turn_its_predecessor_left(backen
                         "conversation_id"
                     ]
                     record, task = api.start_stream(session_id, "Tell me a long story.", wanted_deltas=6)
-                    await kill_once_progressed(parley, record, task)
+                    await kill_once_progressed(parley, record, task, stored_in=engine)
                 response_id = record.response_id
                 assert response_id is not None
                 creates = await simulator.response_creates()
