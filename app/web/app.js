@@ -1,7 +1,7 @@
 // The Parley playground: sessions in a sidebar, a chat column, a composer. Talks to the API only through
 // parley.js; model text reaches the page only through markdown.js (DOM nodes, never HTML strings).
 
-import { ParleyClient, describeError } from "./parley.js";
+import { ParleyClient, describeError, messageFiles, messageInput } from "./parley.js";
 import { renderMarkdown } from "./markdown.js";
 import { exactCost, formatCost, formatCount } from "./format.js";
 
@@ -62,6 +62,10 @@ const ui = {
   pickers: $("pickers"),
   modelPicker: $("model-picker"),
   promptPicker: $("prompt-picker"),
+  chat: $("chat"),
+  attach: $("attach"),
+  fileInput: $("file-input"),
+  attachments: $("attachments"),
 };
 
 /**
@@ -72,6 +76,10 @@ const ui = {
  * @typedef {import("./parley.js").ToolCall} ToolCall
  * @typedef {import("./parley.js").SearchResult} SearchResult
  * @typedef {import("./parley.js").Config} Config
+ * @typedef {import("./parley.js").ParleyFile} ParleyFile
+ * @typedef {{filename: string, content_type: string, bytes: number, id?: string}} Shown  a file as a message shows it
+ * @typedef {{file: File, chip: HTMLElement, uploaded: ParleyFile | null, done: Promise<ParleyFile | null>,
+ *   controller: AbortController}} Pending  an attachment in the composer, uploading or uploaded
  */
 
 const state = {
@@ -92,6 +100,10 @@ const state = {
   searchTimer: undefined,
   /** @type {Config | null} what this caller may choose (GET /v1/config), for the model and prompt pickers */
   config: null,
+  /** @type {Pending[]} the composer's attachments, for the next message */
+  attachments: [],
+  /** @type {Map<string, Promise<string>>} image thumbnails (data: URLs, which the page's CSP allows) by file id */
+  thumbnails: new Map(),
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -634,7 +646,8 @@ function renderHistory(messages, turns, how = {}) {
   ui.thread.replaceChildren();
   messages.forEach((message, index) => {
     if (message.role === "user") {
-      const userView = appendUser(message.content);
+      const files = messageFiles(message.items).map((part) => ({ ...part, id: part.file_id }));
+      const userView = appendUser(message.content, files);
       decorateUser(userView, message);
       if (messages[index + 1]?.role === "assistant") return;
       const turn = latestFor.get(message.id) ?? (message.turn_id ? turnById.get(message.turn_id) : undefined);
@@ -1079,20 +1092,21 @@ async function loadConfig() {
  * @param {string} text
  * @returns {string | import("./parley.js").MessageBody}
  */
-function messageBody(text) {
+function messageBody(text, files = []) {
   const model = ui.pickers.hidden ? "" : ui.modelPicker.value;
   const prompt = ui.pickers.hidden ? "" : ui.promptPicker.value;
-  if (!model && !prompt) return text;
-  return { input: text, ...(model ? { model } : {}), ...(prompt ? { prompt: { id: prompt } } : {}) };
+  if (!model && !prompt && !files.length) return text;
+  const input = files.length ? messageInput(text, files) : text;
+  return { input, ...(model ? { model } : {}), ...(prompt ? { prompt: { id: prompt } } : {}) };
 }
 
-/** @param {string} text */
-function appendUser(text) {
+/** @param {string} text @param {Shown[]} [files] */
+function appendUser(text, files = []) {
   ui.thread.querySelector(".empty-state")?.remove();
   const root = el("article", "msg user");
   root.dataset.role = "user";
-  const bubble = el("div", "bubble", text);
-  root.append(bubble);
+  if (files.length) root.append(attachmentsView(files));
+  if (text || !files.length) root.append(el("div", "bubble", text));
   ui.thread.append(root);
   return root;
 }
@@ -1516,8 +1530,8 @@ function follow(view, open, hooks = {}) {
   return stream;
 }
 
-/** @param {string} text */
-async function sendMessage(text) {
+/** @param {string} text @param {ParleyFile[]} [files] */
+async function sendMessage(text, files = []) {
   clearError();
   if (state.creating) await state.creating;
   if (state.stream) {
@@ -1532,10 +1546,10 @@ async function sendMessage(text) {
   }
   const sessionId = session.id;
   const generation = state.generation;
-  const userView = appendUser(text);
+  const userView = appendUser(text, files);
   const view = appendAssistant();
   scrollToBottom(true);
-  follow(view, (callbacks) => state.client.send(sessionId, messageBody(text), callbacks), {
+  follow(view, (callbacks) => state.client.send(sessionId, messageBody(text, files), callbacks), {
     onDone: (turn) => decorateLive(sessionId, generation, userView, view, turn),
     onRejected: async () => {
       // No `turn.created` came back, but the server may still have stored the message (a failure upstream
@@ -1596,18 +1610,36 @@ function showStoredTurn(userView, turn) {
   refreshSession(turn.session_id);
 }
 
-ui.composer.addEventListener("submit", (/** @type {SubmitEvent} */ event) => {
+ui.composer.addEventListener("submit", async (/** @type {SubmitEvent} */ event) => {
   event.preventDefault();
-  if (state.stream) return;
+  if (state.stream || ui.send.disabled) return;
   const text = ui.input.value.trim();
-  if (!text) return;
+  if (!text && !state.attachments.length) return;
   if (!localStorage.getItem(KEY_STORAGE)) {
     openKeyDialog();
     return;
   }
+  /** @type {ParleyFile[]} */
+  let files = [];
+  if (state.attachments.length) {
+    // Send waits for the uploads; one that fails is taken off (its error shown) and the message stays unsent.
+    const pending = [...state.attachments];
+    ui.send.disabled = true;
+    ui.composer.dataset.waiting = "true";
+    let uploaded;
+    try {
+      uploaded = await Promise.all(pending.map((item) => item.done));
+    } finally {
+      ui.send.disabled = false;
+      delete ui.composer.dataset.waiting;
+    }
+    if (uploaded.some((file) => !file) || state.stream) return;
+    files = /** @type {ParleyFile[]} */ (uploaded);
+    for (const item of pending) removeAttachment(item, { keepUpload: true });
+  }
   ui.input.value = "";
   autosize();
-  sendMessage(text);
+  sendMessage(text, files);
 });
 
 ui.input.addEventListener("keydown", (/** @type {KeyboardEvent} */ event) => {
@@ -1637,6 +1669,216 @@ ui.stop.addEventListener("click", async () => {
 
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && state.stream && !document.querySelector("dialog[open]")) ui.stop.click();
+});
+
+// ---------------------------------------------------------------- attachments
+
+/** A size as a person reads it. @param {number} bytes */
+function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(bytes < 10 * 1024 ? 1 : 0)} KB`;
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+}
+
+/** A short name for a content type ("PNG", "PDF", "Markdown"). @param {string} type @param {string} name */
+function typeLabel(type, name) {
+  const known = /** @type {Record<string, string>} */ ({
+    "text/plain": "Text",
+    "text/markdown": "Markdown",
+    "text/csv": "CSV",
+    "application/json": "JSON",
+    "application/pdf": "PDF",
+  });
+  const bare = type.split(";")[0].trim();
+  if (known[bare]) return known[bare];
+  if (bare.startsWith("image/")) return bare.slice(6).toUpperCase();
+  const extension = name.includes(".") ? name.split(".").pop() : "";
+  return (extension || bare || "file").toUpperCase();
+}
+
+/** @param {Shown} file */
+function isImage(file) {
+  return file.content_type.startsWith("image/");
+}
+
+/** @param {Blob} blob @returns {Promise<string>} */
+function dataUrl(blob) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result));
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
+/**
+ * A thumbnail's source for an uploaded image: fetched once with the key (an <img> cannot send it), kept by id.
+ * @param {string} fileId
+ */
+function thumbnail(fileId) {
+  let url = state.thumbnails.get(fileId);
+  if (!url) {
+    url = state.client.fetchFileBlob(fileId).then(dataUrl);
+    url.catch(() => state.thumbnails.delete(fileId));
+    state.thumbnails.set(fileId, url);
+  }
+  return url;
+}
+
+/**
+ * A message's files: images as thumbnails, other files as a chip with name, type and size.
+ * @param {Shown[]} files
+ */
+function attachmentsView(files) {
+  const list = el("div", "attachments sent");
+  list.setAttribute("aria-label", "Attachments");
+  for (const file of files) {
+    const details = `${file.filename}, ${typeLabel(file.content_type, file.filename)}, ${formatBytes(file.bytes)}`;
+    if (isImage(file) && file.id) {
+      const figure = el("figure", "attachment image");
+      figure.title = details;
+      figure.dataset.fileId = file.id;
+      const img = /** @type {HTMLImageElement} */ (el("img", "thumbnail"));
+      img.alt = file.filename;
+      img.decoding = "async";
+      thumbnail(file.id).then(
+        (src) => {
+          img.src = src;
+        },
+        () => figure.classList.add("broken"),
+      );
+      figure.append(img, el("figcaption", "", file.filename));
+      list.append(figure);
+    } else {
+      list.append(fileChip(file));
+    }
+  }
+  return list;
+}
+
+/** @param {Shown} file */
+function fileChip(file) {
+  const chip = el("div", "attachment file");
+  if (file.id) chip.dataset.fileId = file.id;
+  const text = el("span", "attachment-text");
+  text.append(
+    el("span", "attachment-name", file.filename),
+    el("span", "attachment-meta", `${typeLabel(file.content_type, file.filename)} · ${formatBytes(file.bytes)}`),
+  );
+  chip.append(icon("file"), text);
+  return chip;
+}
+
+function renderAttachments() {
+  ui.attachments.hidden = !state.attachments.length;
+  ui.attachments.replaceChildren(...state.attachments.map((item) => item.chip));
+}
+
+/**
+ * Take an attachment off the composer. An upload still running is cancelled.
+ * @param {Pending} item
+ * @param {{keepUpload?: boolean}} [how]
+ */
+function removeAttachment(item, how = {}) {
+  state.attachments = state.attachments.filter((other) => other !== item);
+  if (!how.keepUpload && !item.uploaded) item.controller.abort();
+  renderAttachments();
+}
+
+/** Attach files to the next message: each uploads at once, its chip showing the progress. @param {File[]} files */
+function addFiles(files) {
+  if (!localStorage.getItem(KEY_STORAGE)) {
+    openKeyDialog();
+    return;
+  }
+  for (const file of files) {
+    const chip = el("div", "attachment pending-file");
+    chip.dataset.state = "uploading";
+    const text = el("span", "attachment-text");
+    const type = typeLabel(file.type, file.name);
+    text.append(el("span", "attachment-name", file.name), el("span", "attachment-meta", `${type} · ${formatBytes(file.size)}`));
+    const progress = /** @type {HTMLProgressElement} */ (el("progress", "upload-progress"));
+    progress.max = file.size || 1;
+    progress.value = 0;
+    progress.setAttribute("aria-label", `Uploading ${file.name}`);
+    const remove = /** @type {HTMLButtonElement} */ (el("button", "icon-button attachment-remove"));
+    remove.type = "button";
+    remove.setAttribute("aria-label", `Remove ${file.name}`);
+    remove.append(icon("close"));
+    chip.append(icon(file.type.startsWith("image/") ? "paperclip" : "file"), text, progress, remove);
+    const controller = new AbortController();
+    /** @type {Pending} */
+    const item = { file, chip, uploaded: null, done: Promise.resolve(null), controller };
+    item.done = state.client
+      .uploadFile(file, {
+        signal: controller.signal,
+        onProgress: ({ loaded, total }) => {
+          progress.max = total || 1;
+          progress.value = loaded;
+        },
+      })
+      .then(
+        (uploaded) => {
+          item.uploaded = uploaded;
+          chip.dataset.state = "uploaded";
+          chip.dataset.fileId = uploaded.id;
+          progress.value = progress.max;
+          progress.hidden = true;
+          return uploaded;
+        },
+        (error) => {
+          if (state.attachments.includes(item)) {
+            removeAttachment(item, { keepUpload: true });
+            showError(error);
+          }
+          return null;
+        },
+      );
+    remove.addEventListener("click", () => removeAttachment(item));
+    state.attachments.push(item);
+  }
+  renderAttachments();
+}
+
+ui.attach.addEventListener("click", () => ui.fileInput.click());
+ui.fileInput.addEventListener("change", () => {
+  addFiles(Array.from(/** @type {FileList} */ (ui.fileInput.files)));
+  ui.fileInput.value = "";
+});
+
+/** @param {DragEvent} event */
+function carriesFiles(event) {
+  return Array.from(event.dataTransfer?.types ?? []).includes("Files");
+}
+let dragDepth = 0;
+ui.chat.addEventListener("dragenter", (/** @type {DragEvent} */ event) => {
+  if (!carriesFiles(event)) return;
+  event.preventDefault();
+  dragDepth += 1;
+  ui.chat.classList.add("dropping");
+});
+ui.chat.addEventListener("dragover", (/** @type {DragEvent} */ event) => {
+  if (!carriesFiles(event)) return;
+  event.preventDefault();
+  if (event.dataTransfer) event.dataTransfer.dropEffect = "copy";
+});
+ui.chat.addEventListener("dragleave", () => {
+  dragDepth = Math.max(0, dragDepth - 1);
+  if (!dragDepth) ui.chat.classList.remove("dropping");
+});
+ui.chat.addEventListener("drop", (/** @type {DragEvent} */ event) => {
+  dragDepth = 0;
+  ui.chat.classList.remove("dropping");
+  const files = Array.from(event.dataTransfer?.files ?? []);
+  if (!files.length) return;
+  event.preventDefault();
+  addFiles(files);
+});
+ui.input.addEventListener("paste", (/** @type {ClipboardEvent} */ event) => {
+  const files = Array.from(event.clipboardData?.files ?? []);
+  if (!files.length) return;
+  event.preventDefault();
+  addFiles(files);
 });
 
 // ---------------------------------------------------------------- start

@@ -17,7 +17,8 @@
 // Also: parley.attach(sessionId, turnId, callbacks, {lastEventId}) to re-attach (e.g. after a reload),
 // parley.submitToolOutputs(…) to answer `turn.requires_action`, and the session and turn calls
 // (listSessions, updateSession, deleteSession, listMessages, listTurns, getTurn, cancelTurn, search), branches
-// (editMessage and regenerate stream as send does; activate, fork), exportSession and config.
+// (editMessage and regenerate stream as send does; activate, fork), exportSession and config, and files
+// (uploadFile with progress, fetchFileBlob; messageInput(text, files) is a message's input with attachments).
 //
 // Streams are read with fetch (so the key travels in the Authorization header, never in a URL). When the
 // connection drops mid-answer the client re-attaches to GET …/turns/{id}/events with Last-Event-ID and
@@ -199,6 +200,7 @@
  *   returning a fresh one)
  * @property {string} [baseUrl]   where Parley is, e.g. "https://parley.example.com" (default: this origin)
  * @property {typeof fetch} [fetch]
+ * @property {typeof XMLHttpRequest} [XMLHttpRequest]  for uploads (fetch cannot report upload progress)
  * @property {number} [maxReconnects]   attempts before giving up on a dropped stream (default 10)
  * @property {number} [initialBackoffMs]  first reconnect delay, doubled each time (default 250)
  * @property {number} [maxBackoffMs]    cap of the delay (default: the server's `retry:`, else 5000)
@@ -418,6 +420,53 @@ export async function errorFromResponse(response) {
 }
 
 /**
+ * A file uploaded to Parley (`POST /v1/files`), to name in a message by its id.
+ * @typedef {Object} ParleyFile
+ * @property {string} id   "pfile_…"
+ * @property {"file"} object
+ * @property {string} filename
+ * @property {number} bytes
+ * @property {string} content_type
+ * @property {string} created_at
+ */
+
+/**
+ * The `input` of a message with files: the text, then an `input_image` part for each image and an `input_file`
+ * part for any other file. Pass it as `{input: messageInput(text, files)}` to send or editMessage.
+ * @param {string} text
+ * @param {{id: string, content_type?: string}[]} files  ParleyFile objects (or just their ids and types)
+ * @returns {{role: "user", content: object[]}[]}
+ */
+export function messageInput(text, files) {
+  /** @type {object[]} */
+  const content = text ? [{ type: "input_text", text }] : [];
+  for (const file of files) {
+    const kind = String(file.content_type ?? "").startsWith("image/") ? "input_image" : "input_file";
+    content.push({ type: kind, file_id: file.id });
+  }
+  return [{ role: "user", content }];
+}
+
+/**
+ * The files a stored user message carries (its `items`' `input_image` / `input_file` parts with a Parley id).
+ * @param {object[] | undefined | null} items
+ * @returns {{type: string, file_id: string, filename: string, content_type: string, bytes: number}[]}
+ */
+export function messageFiles(items) {
+  /** @type {any[]} */
+  const found = [];
+  /** @param {any} part */
+  const visit = (part) => {
+    if (!part || typeof part !== "object") return;
+    if ((part.type === "input_image" || part.type === "input_file") && typeof part.file_id === "string") {
+      found.push(part);
+    } else if (Array.isArray(part.content)) part.content.forEach(visit);
+  };
+  (items ?? []).forEach(visit);
+  return found;
+}
+
+/**
  * Words a person understands for an error, for showing in a UI.
  * @param {unknown} error a ParleyError, or the `error` of a failed Turn (`{code, message}`)
  * @returns {string}
@@ -462,6 +511,8 @@ export function describeError(error) {
       return "The answer was cut short because it reached the length limit.";
     case "content_filter":
       return "The answer was stopped by the content filter.";
+    case "file_not_found":
+      return "An attached file no longer exists. Remove it and attach it again.";
     default:
       break;
   }
@@ -479,6 +530,7 @@ export function describeError(error) {
     case 409:
       return "Something else is happening in this conversation right now. Wait a moment and try again.";
     case 413:
+    case 415:
     case 422:
     case 400:
       return `The request was not accepted: ${e.message || "invalid input"}`;
@@ -620,6 +672,7 @@ export class ParleyClient {
     this.apiKey = options.apiKey;
     this.baseUrl = (options.baseUrl ?? "").replace(/\/+$/, "");
     this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
+    this.XMLHttpRequest = options.XMLHttpRequest ?? globalThis.XMLHttpRequest;
     this.maxReconnects = options.maxReconnects ?? 10;
     this.initialBackoffMs = options.initialBackoffMs ?? 250;
     this.maxBackoffMs = options.maxBackoffMs ?? null;
@@ -794,6 +847,83 @@ export class ParleyClient {
     }
     const contentType = response.headers.get("Content-Type") ?? "application/octet-stream";
     return { blob: await response.blob(), filename, contentType };
+  }
+
+  /**
+   * Upload a file (`POST /v1/files`, multipart field `file`). Uses XMLHttpRequest, since fetch cannot report
+   * upload progress. Throws ParleyError (413 too large or over quota, 415 a type Parley does not take).
+   * @param {Blob | File} file
+   * @param {{filename?: string, onProgress?: (progress: {loaded: number, total: number}) => void,
+   *          signal?: AbortSignal}} [options]
+   * @returns {Promise<ParleyFile>}
+   */
+  async uploadFile(file, options = {}) {
+    const headers = { ...(await this.authHeaders()), Accept: "application/json" };
+    const form = new FormData();
+    const name = options.filename ?? /** @type {any} */ (file).name ?? "file";
+    form.append("file", file, name);
+    return new Promise((resolve, reject) => {
+      const xhr = new this.XMLHttpRequest();
+      xhr.open("POST", `${this.baseUrl}/v1/files`);
+      for (const [header, value] of Object.entries(headers)) xhr.setRequestHeader(header, value);
+      let sent = 0;
+      let size = file.size;
+      xhr.upload.addEventListener("progress", (event) => {
+        if (event.lengthComputable) size = event.total;
+        sent = event.loaded;
+        call(() => options.onProgress?.({ loaded: event.loaded, total: size }));
+      });
+      xhr.addEventListener("load", () => {
+        // All of it went, whether or not the browser said so on the way (some never report the last bytes).
+        if (sent < size) call(() => options.onProgress?.({ loaded: size, total: size }));
+        const response = new Response(xhr.status === 204 ? null : xhr.responseText, {
+          status: xhr.status,
+          headers: { "Content-Type": xhr.getResponseHeader("Content-Type") ?? "application/json" },
+        });
+        const requestId = xhr.getResponseHeader("X-Request-ID");
+        const retryAfter = xhr.getResponseHeader("Retry-After");
+        if (requestId) response.headers.set("X-Request-ID", requestId);
+        if (retryAfter) response.headers.set("Retry-After", retryAfter);
+        if (response.ok) response.json().then(resolve, reject);
+        else errorFromResponse(response).then(reject, reject);
+      });
+      xhr.addEventListener("error", () => reject(new ParleyError("The server could not be reached.")));
+      xhr.addEventListener("abort", () =>
+        reject(new ParleyError("The upload was cancelled.", { code: "upload_cancelled" })),
+      );
+      if (options.signal?.aborted) {
+        reject(new ParleyError("The upload was cancelled.", { code: "upload_cancelled" }));
+        return;
+      }
+      options.signal?.addEventListener("abort", () => xhr.abort(), { once: true });
+      xhr.send(form);
+    });
+  }
+
+  /**
+   * Where a file's bytes are (`GET /v1/files/{id}/content`). It needs the Authorization header, so an `<img>`
+   * cannot load it directly: use fetchFileBlob.
+   * @param {string} fileId
+   */
+  fileContentUrl(fileId) {
+    return `${this.baseUrl}/v1/files/${encodeURIComponent(fileId)}/content`;
+  }
+
+  /**
+   * A file's bytes, fetched with the key (e.g. `URL.createObjectURL(await parley.fetchFileBlob(id))` for a
+   * thumbnail; revoke it when done).
+   * @param {string} fileId
+   * @returns {Promise<Blob>}
+   */
+  async fetchFileBlob(fileId) {
+    let response;
+    try {
+      response = await this.fetch(this.fileContentUrl(fileId), { headers: await this.authHeaders() });
+    } catch (cause) {
+      throw new ParleyError("The server could not be reached.", { cause });
+    }
+    if (!response.ok) throw await errorFromResponse(response);
+    return response.blob();
   }
 
   /**

@@ -6,6 +6,7 @@ Parley and run once (not per database backend).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -481,3 +482,115 @@ async def test_markdown_builds_safe_dom(lab: Page, source: str, html: str) -> No
         source,
     )
     assert rendered == html
+
+
+async def test_upload_file_reports_progress_and_a_message_names_its_files(lab: Page) -> None:
+    uploads: list[dict[str, Any]] = []
+
+    async def files_route(route: Route) -> None:
+        request = route.request
+        body = request.post_data_buffer or b""
+        uploads.append({"auth": request.headers.get("authorization"), "type": request.headers.get("content-type")})
+        if b"forbidden.exe" in body:
+            error = {"type": "invalid_request_error", "code": "unsupported_file_type", "message": "Not a type I take."}
+            await route.fulfill(status=415, json={"error": {**error, "param": "file"}})
+            return
+        uploads[-1]["has_name"] = b'filename="notes.txt"' in body
+        created = {"id": "pfile_1", "object": "file", "filename": "notes.txt", "bytes": 300_000}
+        await route.fulfill(
+            status=201, json={**created, "content_type": "text/plain", "created_at": "2026-01-01T00:00:00Z"}
+        )
+
+    await lab.route(f"{ORIGIN}/v1/files", files_route)
+    try:
+        log = await run(
+            lab,
+            """
+            const client0 = new P.ParleyClient({apiKey: 'pk_test'});
+            const progress = [];
+            const file = new File([new Uint8Array(300000).fill(65)], 'notes.txt', {type: 'text/plain'});
+            const uploaded = await client0.uploadFile(file, {onProgress: (p) => progress.push([p.loaded, p.total])});
+            let refused = null;
+            try { await client0.uploadFile(new Blob(['MZ']), {filename: 'forbidden.exe'}); } catch (error) {
+              refused = {status: error.status, code: error.code, words: P.describeError(error)};
+            }
+            const cancelled = new AbortController();
+            cancelled.abort();
+            const aborted = await client0.uploadFile(file, {signal: cancelled.signal}).catch((e) => e.code);
+
+            const {fetch, calls} = scripted([
+              () => new Response(new Uint8Array([137, 80, 78, 71]), {status: 200, headers: {'Content-Type': 'image/png'}}),
+              () => streamed([frames_([[1, 'turn.created', {turn: turnOf('in_progress')}],
+                                       [2, 'turn.completed', {turn: turnOf('completed', 'ok')}]])]),
+            ]);
+            // A scripted XMLHttpRequest: the upload goes in three steps (what a slow network shows).
+            class SlowXHR extends EventTarget {
+              constructor() { super(); this.upload = new EventTarget(); this.headers = {}; }
+              open(method, url) { this.target = [method, url]; }
+              setRequestHeader(name, value) { this.headers[name] = value; }
+              getResponseHeader(name) { return name === 'Content-Type' ? 'application/json' : null; }
+              async send(form) {
+                window.sentForm = {target: this.target, headers: this.headers, name: form.get('file').name};
+                for (const loaded of [100, 200, 300]) {
+                  await new Promise((r) => setTimeout(r, 5));
+                  this.upload.dispatchEvent(Object.assign(new Event('progress'),
+                    {loaded, total: 300, lengthComputable: true}));
+                }
+                this.status = 201;
+                this.responseText = JSON.stringify({id: 'pfile_3', object: 'file', filename: 'x.png'});
+                this.dispatchEvent(new Event('load'));
+              }
+            }
+            const client = new P.ParleyClient({apiKey: 'pk_test', fetch, XMLHttpRequest: SlowXHR});
+            const steps = [];
+            const slow = await client.uploadFile(new Blob(['x']), {filename: 'x.png',
+              onProgress: (p) => steps.push([p.loaded, p.total])});
+            const blob = await client.fetchFileBlob('pfile_2');
+            const files = [{id: 'pfile_2', content_type: 'image/png'}, {id: 'pfile_1', content_type: 'text/plain'}];
+            await client.send('sess_1', {input: P.messageInput('Look', files)}).done;
+            const stored = P.messageFiles([
+              {type: 'message', role: 'user', content: [{type: 'input_text', text: 'Look'},
+                {type: 'input_image', file_id: 'pfile_2', filename: 'a.png', content_type: 'image/png', bytes: 4}]},
+              {type: 'input_file', file_id: 'pfile_1', filename: 'notes.txt', content_type: 'text/plain', bytes: 9},
+              {type: 'input_image', image_url: 'https://example.com/x.png'},
+            ]);
+            return {uploaded, progress, refused, slow: slow.id, steps, sentForm: window.sentForm, aborted, blob: {size: blob.size, type: blob.type},
+                    url: client.fileContentUrl('pfile_2'),
+                    calls: calls.map((c) => ({url: c.url, auth: c.headers.Authorization, body: c.body})),
+                    stored: stored.map((part) => part.filename)};
+            """,
+        )
+    finally:
+        await lab.unroute(f"{ORIGIN}/v1/files", files_route)
+    assert log["uploaded"]["id"] == "pfile_1"
+    # The real upload ends at 100% (whatever the browser reported on the way); the scripted one, step by step.
+    assert log["progress"][-1][0] == log["progress"][-1][1] >= 300_000
+    assert log["slow"] == "pfile_3"
+    assert log["steps"] == [[100, 300], [200, 300], [300, 300]]
+    assert log["sentForm"] == {
+        "target": ["POST", "/v1/files"],
+        "headers": {"Authorization": "Bearer pk_test", "Accept": "application/json"},
+        "name": "x.png",
+    }
+    assert uploads[0] == {"auth": "Bearer pk_test", "type": uploads[0]["type"], "has_name": True}
+    assert uploads[0]["type"].startswith("multipart/form-data; boundary=")
+    assert log["refused"]["status"] == 415
+    assert log["refused"]["code"] == "unsupported_file_type"
+    assert "Not a type I take." in log["refused"]["words"]
+    assert log["aborted"] == "upload_cancelled"
+    assert len(uploads) == 2  # the cancelled upload never left
+    assert log["blob"] == {"size": 4, "type": "image/png"}
+    assert log["url"] == "/v1/files/pfile_2/content"
+    blob_call, send_call = log["calls"]
+    assert blob_call == {"url": "/v1/files/pfile_2/content", "auth": "Bearer pk_test", "body": None}
+    assert json.loads(send_call["body"])["input"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "Look"},
+                {"type": "input_image", "file_id": "pfile_2"},
+                {"type": "input_file", "file_id": "pfile_1"},
+            ],
+        }
+    ]
+    assert log["stored"] == ["a.png", "notes.txt"]
