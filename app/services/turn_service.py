@@ -713,31 +713,7 @@ class TurnService:
         if not self.runner.accepting:
             raise shutting_down()
         check_input(self.settings, request.input)
-        started_at = time.monotonic()
-        started = await start_turn(
-            self.sessionmaker,
-            settings=self.settings,
-            principal=principal,
-            session_id=session_id,
-            request=request,
-            idempotency_key=idempotency_key,
-            runner_id=self.runner.id,
-            server_tools=self.server_tools.definitions(),
-            allowed_server_tools=self.server_tools.allowed_names,
-            costs=self.costs,
-        )
-        turn = started.turn
-        stream_url = self.stream_url(turn, base_url=base_url, principal=principal)
-        if started.replayed:
-            return await self._replay(turn, stream=request.stream, stream_url=stream_url)
-        job = _job(
-            turn,
-            upstream_body=turn.request,
-            stream_url=stream_url,
-            started_at=started_at,
-            title_wanted=started.title_wanted,
-        )
-        return await self._run(self.runner.spawn(job), stream=request.stream, after=0)
+        return await self._start_and_run(principal, session_id, request, idempotency_key, base_url)
 
     async def edit_message(
         self,
@@ -762,7 +738,7 @@ class TurnService:
         branch = await branch_service.prepare_edit(
             self.sessionmaker, self.upstream, principal=principal, session_id=session_id, message_id=message_id
         )
-        return await self._start_branch(principal, session_id, request, idempotency_key, base_url, branch, scope)
+        return await self._start_and_run(principal, session_id, request, idempotency_key, base_url, branch, scope)
 
     async def regenerate(
         self,
@@ -788,7 +764,7 @@ class TurnService:
             self.sessionmaker, self.upstream, principal=principal, session_id=session_id, turn_id=turn_id
         )
         request = TurnRequest(input=original_input, options=options, stream=stream)
-        return await self._start_branch(
+        return await self._start_and_run(
             principal, session_id, request, idempotency_key, base_url, branch, scope, fingerprint=fingerprint
         )
 
@@ -805,19 +781,20 @@ class TurnService:
     def _url(self, turn: Turn, base_url: str, principal: Principal) -> str:
         return self.stream_url(turn, base_url=base_url, principal=principal)
 
-    async def _start_branch(
+    async def _start_and_run(
         self,
         principal: Principal,
         session_id: str,
         request: TurnRequest,
         idempotency_key: str | None,
         base_url: str,
-        branch: BranchStart,
-        scope: str,
+        branch: BranchStart | None = None,
+        scope: str | None = None,
         *,
         fingerprint: str | None = None,
     ) -> TurnReply:
-        """Start and run a branch's first turn; its conversation is discarded if the turn does not start."""
+        """Start a turn and run it (a replay of its Idempotency-Key gets the turn it started). A branch's
+        conversation is discarded if its turn does not start."""
         started_at = time.monotonic()
         try:
             started = await start_turn(
@@ -836,12 +813,14 @@ class TurnService:
                 fingerprint=fingerprint,
             )
         except BaseException:
-            await branch_service.discard_conversation(self.upstream, branch.conversation_id)
+            if branch is not None:
+                await branch_service.discard_conversation(self.upstream, branch.conversation_id)
             raise
         turn = started.turn
         stream_url = self.stream_url(turn, base_url=base_url, principal=principal)
         if started.replayed:
-            await branch_service.discard_conversation(self.upstream, branch.conversation_id)
+            if branch is not None:
+                await branch_service.discard_conversation(self.upstream, branch.conversation_id)
             return await self._replay(turn, stream=request.stream, stream_url=stream_url)
         job = _job(
             turn,

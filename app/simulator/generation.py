@@ -20,7 +20,7 @@ _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])")
 _QUOTE_MAX_TOKENS = 24
 # Words worth repeating back: three or more characters, starting with a letter, and not filler.
 _WORD = re.compile(r"[^\W\d_]\w{2,}")
-_COMMON_WORDS = frozenset(
+COMMON_WORDS = frozenset(
     {
         "about",
         "also",
@@ -273,7 +273,7 @@ def _keywords(text: str) -> list[str]:
     words: list[str] = []
     for match in _WORD.finditer(text):
         word = match.group(0).lower()
-        if word not in _COMMON_WORDS and word not in words:
+        if word not in COMMON_WORDS and word not in words:
             words.append(word)
             if len(words) == 3:
                 return words

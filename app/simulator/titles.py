@@ -4,74 +4,15 @@ from __future__ import annotations
 
 import re
 
-from app.simulator.generation import split_tokens
+from app.simulator.generation import COMMON_WORDS, split_tokens
 
 # Parley's own title request says "title for this conversation"; any instructions asking for a chat's or a
 # conversation's title count, as a model would read them.
 _ASKS_FOR_A_TITLE = re.compile(r"\btitle\b.{0,80}\b(conversation|chat)\b", re.IGNORECASE | re.DOTALL)
 # Words a title keeps: starting with a letter, three characters or more.
 _WORD = re.compile(r"[^\W\d_][\w'-]{2,}")
-_FILLER = frozenset(
-    [
-        "about",
-        "also",
-        "and",
-        "any",
-        "are",
-        "but",
-        "can",
-        "could",
-        "did",
-        "does",
-        "explain",
-        "for",
-        "from",
-        "give",
-        "have",
-        "hello",
-        "help",
-        "hey",
-        "how",
-        "into",
-        "just",
-        "like",
-        "make",
-        "more",
-        "much",
-        "need",
-        "please",
-        "should",
-        "show",
-        "some",
-        "tell",
-        "than",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "this",
-        "those",
-        "use",
-        "want",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "who",
-        "why",
-        "will",
-        "with",
-        "would",
-        "you",
-        "your",
-        "thanks",
-        "thank",
-    ]
-)
+# The answers' common words, and the greetings and verbs of asking that say nothing of a subject ("me" may).
+_FILLER = (COMMON_WORDS | {"hey", "should", "thank", "thanks", "use", "want"}) - {"me"}
 MAX_WORDS = 5
 
 
